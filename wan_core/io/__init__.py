@@ -1,0 +1,1 @@
+"""Reading weight files: safetensors (single and sharded), official .pth, ComfyUI fp8."""

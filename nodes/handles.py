@@ -1,0 +1,186 @@
+"""Model handles: what to load, from where, in which dtype, bound to which device.
+
+A loader node returns a handle without reading any weight; `Wan22SetDevice` returns a copy bound to another device.
+The weights are read the first time a consumer node runs (`handle.load()`), kept in a small cache so that two
+handles of the same file share one module, and moved to the handle's device only then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from wan_core.errors import InputError
+
+from .devices import check_device_name, resolve_device
+
+WEIGHT_DTYPES = {
+    "default": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    # fp8 storage: weights kept in e4m3 (half the memory), matmuls in bf16.
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    # fp8 storage and fp8 matmuls (Hopper / Ada / Blackwell): faster, slightly less exact.
+    "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+}
+
+
+class ModelCache:
+    """Loaded modules by (kind, file, options), least recently used dropped first, a few per kind."""
+
+    def __init__(self, capacity: dict[str, int]) -> None:
+        self._capacity = capacity
+        self._modules: OrderedDict[tuple, torch.nn.Module] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, load: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        with self._lock:
+            if key in self._modules:
+                self._modules.move_to_end(key)
+                return self._modules[key]
+            self._evict(kind=key[0])
+            module = load()
+            self._modules[key] = module
+            return module
+
+    def _evict(self, kind: str) -> None:
+        same_kind = [key for key in self._modules if key[0] == kind]
+        while len(same_kind) >= self._capacity.get(kind, 1):
+            del self._modules[same_kind.pop(0)]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._modules.clear()
+
+
+# Two DiT experts (A14B high + low), one text encoder, one VAE.
+MODEL_CACHE = ModelCache({"dit": 2, "t5": 1, "vae": 1})
+
+
+def move_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move `module` to `device` unless its weights are already there."""
+    first = next(module.parameters(), None)
+    if first is not None and first.device != device:
+        module.to(device)
+    return module
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelHandle:
+    """Base of the handles: a device string (`auto`, `cpu`, `gpu:N`) resolved only when the model is used."""
+
+    kind: ClassVar[str] = ""
+    device: str = "auto"
+
+    def bind(self, device: str) -> ModelHandle:
+        check_device_name(device)
+        return dataclasses.replace(self, device=device)
+
+    def target_device(self) -> torch.device:
+        return resolve_device(self.device, warn=False)
+
+    def _load_cached(self, path: str, options: tuple, load: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        module = MODEL_CACHE.get((self.kind, path, *options), load)
+        return move_module(module, self.target_device())
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiTHandle(ModelHandle):
+    """The diffusion model of a task: the two A14B experts (high, low noise) or the single TI2V-5B model."""
+
+    kind: ClassVar[str] = "dit"
+    task: str
+    high_noise_path: str
+    low_noise_path: str | None = None
+    weight_dtype: str = "default"
+    attention: str = "auto"
+    offload: bool = False
+
+    def _load_expert(self, path: str) -> torch.nn.Module:
+        from wan_core.dit.loader import load_dit
+
+        def read() -> torch.nn.Module:
+            return load_dit(
+                path,
+                device="cpu",
+                dtype=WEIGHT_DTYPES[self.weight_dtype],
+                fp8_compute=self.weight_dtype == "fp8_e4m3fn_fast",
+            )
+
+        model = self._load_cached(path, (self.weight_dtype,), read)
+        _set_attention_backend(model, self.attention)
+        return model
+
+    def load(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """(high-noise or only model, low-noise model or None), on the bound device."""
+        high = self._load_expert(self.high_noise_path)
+        low = self._load_expert(self.low_noise_path) if self.low_noise_path else None
+        return high, low
+
+
+def _set_attention_backend(model: torch.nn.Module, backend: str) -> None:
+    """`auto` means PyTorch SDPA; the others raise here, with what to install, when they cannot run."""
+    from wan_core.dit.attention import check_backend
+
+    model.attention_backend = check_backend("sdpa" if backend == "auto" else backend)
+
+
+@dataclass(frozen=True, kw_only=True)
+class T5Handle(ModelHandle):
+    """The UMT5-XXL text encoder (and its tokenizer: inside the file, or a folder beside it)."""
+
+    kind: ClassVar[str] = "t5"
+    path: str
+    weight_dtype: str = "default"
+    tokenizer_path: str | None = None
+
+    def load(self) -> Any:
+        from wan_core.text.encoder import load_text_encoder
+
+        def read() -> Any:
+            return load_text_encoder(
+                self.path, tokenizer=self.tokenizer_path, device="cpu", dtype=WEIGHT_DTYPES[self.weight_dtype]
+            )
+
+        encoder = MODEL_CACHE.get((self.kind, self.path, self.weight_dtype, self.tokenizer_path), read)
+        device = self.target_device()
+        if torch.device(encoder.device) != device:
+            encoder.to(device)
+        return encoder
+
+
+@dataclass(frozen=True, kw_only=True)
+class VAEHandle(ModelHandle):
+    """The Wan2.1 (z 16) or Wan2.2 (z 48) video VAE."""
+
+    kind: ClassVar[str] = "vae"
+    path: str
+    weight_dtype: str = "default"
+
+    def load(self) -> torch.nn.Module:
+        from wan_core.vae.loader import load_vae
+
+        def read() -> torch.nn.Module:
+            return load_vae(self.path, device="cpu", dtype=WEIGHT_DTYPES[self.weight_dtype])
+
+        return self._load_cached(self.path, (self.weight_dtype,), read)
+
+
+def require_handle(value: Any, expected: type[ModelHandle], socket: str) -> Any:
+    """`value` if it is an `expected` handle, else an error naming the wrong connection."""
+    if not isinstance(value, expected):
+        raise InputError(
+            f"The {socket!r} input needs a {expected.__name__} (from the matching Wan2.2 loader), "
+            f"got {type(value).__name__}; check the wire into {socket!r}."
+        )
+    return value

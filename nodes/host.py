@@ -1,0 +1,154 @@
+"""The one adapter between our nodes and the ComfyUI host (progress, interrupt, model folders, server messages).
+
+ComfyUI has imported `folder_paths`, `comfy.utils`, `comfy.model_management` and `server` before it loads custom
+nodes, so the host is looked up in `sys.modules` when a service is used; nothing is imported from the host at import
+time. Outside ComfyUI (tests, scripts) every service falls back to plain behaviour:
+- model folders: `$WAN22_MODELS_DIR/<kind>/` (default `./models/<kind>/`), kinds `diffusion_models`,
+  `text_encoders`, `vae`;
+- output / input folders: `$WAN22_OUTPUT_DIR` / `$WAN22_INPUT_DIR` (default `./output`, `./input`);
+- progress and server messages do nothing; an interrupt is never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from types import ModuleType
+from typing import Any
+
+from wan_core.errors import MissingFileError
+
+LOG = logging.getLogger("comfyui-wan22")
+
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
+MODELS_DIR_ENV = "WAN22_MODELS_DIR"
+OUTPUT_DIR_ENV = "WAN22_OUTPUT_DIR"
+INPUT_DIR_ENV = "WAN22_INPUT_DIR"
+PREVIEW_MAX_SIZE = 512
+
+
+def _host(name: str) -> ModuleType | None:
+    return sys.modules.get(name)
+
+
+def in_comfyui() -> bool:
+    """True when the nodes run inside a ComfyUI process."""
+    return _host("folder_paths") is not None and _host("comfy.model_management") is not None
+
+
+# ----------------------------------------------------------------------------------------------- model folders
+def model_folders(kind: str) -> list[str]:
+    """The folders searched for models of `kind` (`diffusion_models`, `text_encoders`, `vae`)."""
+    folder_paths = _host("folder_paths")
+    if folder_paths is not None:
+        return list(folder_paths.get_folder_paths(kind))
+    root = os.environ.get(MODELS_DIR_ENV) or os.path.join(os.getcwd(), "models")
+    return [os.path.join(root, kind)]
+
+
+def list_models(kind: str) -> list[str]:
+    """Model files of `kind`, as paths relative to their model folder (`/` separated), sorted."""
+    folder_paths = _host("folder_paths")
+    if folder_paths is not None:
+        return list(folder_paths.get_filename_list(kind))
+    names: set[str] = set()
+    for folder in model_folders(kind):
+        for parent, _dirs, files in os.walk(folder, followlinks=True):
+            for file in files:
+                if file.lower().endswith(MODEL_EXTENSIONS):
+                    names.add(os.path.relpath(os.path.join(parent, file), folder).replace(os.sep, "/"))
+    return sorted(names)
+
+
+def model_path(kind: str, name: str) -> str:
+    """The full path of model file or folder `name` (relative to a `kind` model folder); raises if absent."""
+    relative = os.path.normpath(name)
+    if os.path.isabs(relative) or relative.startswith(".."):
+        raise MissingFileError(f"Model name {name!r} must be relative to a {kind!r} model folder; pick it in the list.")
+    folders = model_folders(kind)
+    for folder in folders:
+        candidate = os.path.join(folder, relative)
+        if os.path.exists(candidate):
+            return candidate
+    raise MissingFileError(
+        f"Model {name!r} was not found in the {kind!r} folders ({', '.join(folders)}). Put the file there "
+        f"(or point ComfyUI's extra_model_paths.yaml, or ${MODELS_DIR_ENV} outside ComfyUI, at its folder) and "
+        "refresh the node list."
+    )
+
+
+def output_directory() -> str:
+    folder_paths = _host("folder_paths")
+    if folder_paths is not None:
+        return folder_paths.get_output_directory()
+    return os.environ.get(OUTPUT_DIR_ENV) or os.path.join(os.getcwd(), "output")
+
+
+def input_directory() -> str:
+    folder_paths = _host("folder_paths")
+    if folder_paths is not None:
+        return folder_paths.get_input_directory()
+    return os.environ.get(INPUT_DIR_ENV) or os.path.join(os.getcwd(), "input")
+
+
+# ------------------------------------------------------------------------------------------ progress, interrupt
+class Progress:
+    """A ComfyUI progress bar bound to one node. The node id is passed explicitly because ComfyUI keeps the
+    executing node in a context variable that worker threads do not inherit."""
+
+    def __init__(self, total: int, node_id: str | None) -> None:
+        utils = _host("comfy.utils")
+        self._bar = utils.ProgressBar(total, node_id=node_id) if utils is not None else None
+        self.total = total
+
+    def update(self, value: int, preview: Any | None = None) -> None:
+        """Set the bar to `value` of `total`; `preview` is an optional PIL image shown on the node."""
+        if self._bar is None:
+            return
+        self._bar.update_absolute(value, self.total, ("JPEG", preview, PREVIEW_MAX_SIZE) if preview else None)
+
+
+def interrupted() -> bool:
+    """True when the user pressed Cancel in ComfyUI."""
+    management = _host("comfy.model_management")
+    return bool(management is not None and management.processing_interrupted())
+
+
+def raise_if_interrupted() -> None:
+    """Raise ComfyUI's own interrupt exception (so ComfyUI reports 'interrupted', not an error) when cancelled."""
+    management = _host("comfy.model_management")
+    if management is not None:
+        management.throw_exception_if_processing_interrupted()
+
+
+def default_torch_device() -> Any | None:
+    """ComfyUI's main device (honours `--cpu`, `--cuda-device`), or None outside ComfyUI."""
+    management = _host("comfy.model_management")
+    return management.get_torch_device() if management is not None else None
+
+
+def latent_rgb_factors(latent_channels: int) -> tuple[list[list[float]], list[float] | None] | None:
+    """ComfyUI's latent-to-RGB preview factors for Wan latents (16 or 48 channels), when the host has them."""
+    formats = _host("comfy.latent_formats")
+    if formats is None:
+        return None
+    for name in ("Wan21", "Wan22"):
+        fmt = getattr(formats, name, None)
+        if fmt is not None and fmt.latent_channels == latent_channels:
+            instance = fmt()
+            return instance.latent_rgb_factors, getattr(instance, "latent_rgb_factors_bias", None)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- server messages
+def send_event(event: str, data: dict[str, Any]) -> None:
+    """Send a websocket message to the client that queued the prompt (no-op outside ComfyUI)."""
+    server = _host("server")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    if instance is None:
+        return
+    try:
+        instance.send_sync(event, data, instance.client_id)
+    except Exception as error:  # a message lost to a closed socket must not fail the generation
+        LOG.debug("could not send %s: %s", event, error)

@@ -1,0 +1,125 @@
+"""Loader nodes: they pick files from ComfyUI's model folders and return handles; weights are read later, on use."""
+
+from __future__ import annotations
+
+import posixpath
+
+from wan_core.dit.attention import BACKENDS
+from wan_core.errors import InputError
+
+from . import host
+from .handles import WEIGHT_DTYPES, DiTHandle, T5Handle, VAEHandle
+
+CATEGORY = "Wan2.2"
+TASKS = ("t2v-A14B", "i2v-A14B", "ti2v-5B")
+NO_MODEL = "none"
+ATTENTION_BACKENDS = ("auto", *BACKENDS)
+# Shards of an official expert folder (`high_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors`) are
+# offered as their folder.
+_OFFICIAL_SHARD_STEM = "diffusion_pytorch_model"
+
+
+def diffusion_model_choices() -> list[str]:
+    """Single-file models of `diffusion_models`, plus each official (sharded) expert folder as `folder/`."""
+    choices = set()
+    for name in host.list_models("diffusion_models"):
+        folder, file = posixpath.split(name)
+        if file.startswith(_OFFICIAL_SHARD_STEM) and folder:
+            choices.add(folder + "/")
+        else:
+            choices.add(name)
+    return sorted(choices)
+
+
+class Wan22ModelLoader:
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        models = diffusion_model_choices()
+        return {
+            "required": {
+                "task": (list(TASKS), {"tooltip": "Which Wan2.2 model: the A14B pair (t2v, i2v) or TI2V-5B."}),
+                "model": (models, {"tooltip": "A14B: the HIGH-noise expert. TI2V-5B: the model."}),
+                "low_noise_model": ([NO_MODEL, *models], {"tooltip": "A14B: the LOW-noise expert. 5B: none."}),
+                "weight_dtype": (list(WEIGHT_DTYPES), {
+                    "default": "default",
+                    "tooltip": "default keeps the file's dtype (fp8_scaled files stay fp8); fp8_e4m3fn halves memory; "
+                    "fp8_e4m3fn_fast also computes in fp8 (Hopper/Ada/Blackwell).",
+                }),
+                "attention": (list(ATTENTION_BACKENDS), {
+                    "default": "auto",
+                    "tooltip": "auto = PyTorch SDPA; flash_attn (FlashAttention 4/3/2) or sage when installed.",
+                }),
+                "offload": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "Keep the expert that is not sampling in CPU RAM (needed on 24 GB cards for A14B).",
+                }),
+            }
+        }
+
+    RETURN_TYPES = ("WAN22_MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Picks the Wan2.2 diffusion model(s). Weights are read when the sampler first runs."
+
+    def load(
+        self, task: str, model: str, low_noise_model: str, weight_dtype: str, attention: str, offload: bool
+    ) -> tuple:
+        if task not in TASKS:
+            raise InputError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+        two_experts = task != "ti2v-5B"
+        if two_experts and low_noise_model == NO_MODEL:
+            raise InputError(f"{task} has two experts: choose the low-noise model file in 'low_noise_model'.")
+        if not two_experts and low_noise_model != NO_MODEL:
+            raise InputError("ti2v-5B is one model: set 'low_noise_model' to none.")
+        return (DiTHandle(
+            task=task,
+            high_noise_path=host.model_path("diffusion_models", model),
+            low_noise_path=host.model_path("diffusion_models", low_noise_model) if two_experts else None,
+            weight_dtype=weight_dtype,
+            attention=attention,
+            offload=offload,
+        ),)
+
+
+class Wan22T5Loader:
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "t5_name": (host.list_models("text_encoders"), {
+                    "tooltip": "UMT5-XXL: ComfyUI's umt5_xxl_*.safetensors or the official "
+                    "models_t5_umt5-xxl-enc-bf16.pth (with google/umt5-xxl/ beside it).",
+                }),
+                "weight_dtype": (list(WEIGHT_DTYPES), {"default": "default"}),
+            }
+        }
+
+    RETURN_TYPES = ("WAN22_T5",)
+    RETURN_NAMES = ("t5",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, t5_name: str, weight_dtype: str) -> tuple:
+        return (T5Handle(path=host.model_path("text_encoders", t5_name), weight_dtype=weight_dtype),)
+
+
+class Wan22VAELoader:
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "vae_name": (host.list_models("vae"), {
+                    "tooltip": "A14B: wan_2.1_vae (Wan2.1_VAE.pth). TI2V-5B: wan2.2_vae (Wan2.2_VAE.pth).",
+                }),
+                "weight_dtype": (["default", "bf16", "fp16", "fp32"], {"default": "default"}),
+            }
+        }
+
+    RETURN_TYPES = ("WAN22_VAE",)
+    RETURN_NAMES = ("vae",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, vae_name: str, weight_dtype: str) -> tuple:
+        return (VAEHandle(path=host.model_path("vae", vae_name), weight_dtype=weight_dtype),)

@@ -1,0 +1,216 @@
+"""The shipped workflows: UI files match the node declarations, `api/` and `workflows/` are in sync, and every API
+workflow runs through the node classes with tiny synthesized models and writes an MP4."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from graph_executor import run_graph
+
+from nodes import NODE_CLASS_MAPPINGS, handles, host
+
+ROOT = Path(__file__).resolve().parent.parent
+API_FILES = sorted((ROOT / "api").glob("*.json"))
+UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
+SHIPPED = {"wan22_t2v_a14b", "wan22_t2v_a14b_dual_gpu", "wan22_ti2v_5b_24gb", "wan22_i2v_a14b"}
+FRONTEND_ONLY = {"Note"}
+CORE_NODE_WIDGETS = {"LoadImage": 2}  # image name + upload button
+
+
+def _load_generator():
+    spec = importlib.util.spec_from_file_location("make_workflows", ROOT / "tools" / "make_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _widget_count(class_type: str) -> int:
+    declared = NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
+    count = 0
+    for spec in (declared.get("required", {}) | declared.get("optional", {})).values():
+        options = spec[1] if len(spec) > 1 else {}
+        if (isinstance(spec[0], list) or spec[0] in {"INT", "FLOAT", "STRING", "BOOLEAN"}) and not options.get(
+            "forceInput"
+        ):
+            count += 2 if options.get("control_after_generate") else 1
+    return count
+
+
+def _link_inputs(class_type: str) -> list[tuple[str, str]]:
+    declared = NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
+    return [
+        (name, spec[0])
+        for name, spec in (declared.get("required", {}) | declared.get("optional", {})).items()
+        if not isinstance(spec[0], list)
+        and (spec[0] not in {"INT", "FLOAT", "STRING", "BOOLEAN"} or (len(spec) > 1 and spec[1].get("forceInput")))
+    ]
+
+
+def _types_overlap(a: str, b: str) -> bool:
+    return bool({t.strip() for t in a.split(",")} & {t.strip() for t in b.split(",")})
+
+
+def test_the_shipped_set_is_complete_and_api_folder_is_not_a_template_folder():
+    assert {p.stem for p in API_FILES} == SHIPPED == {p.stem for p in UI_FILES}
+    assert "workflow" not in "api" and "example" not in "api"
+
+
+def test_files_are_what_the_generator_writes():
+    generator = _load_generator()
+    for graph in generator.all_graphs():
+        for relative, text in generator.render(graph).items():
+            assert (ROOT / relative).read_text(encoding="utf-8") == text, f"{relative} is stale: run the generator"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_ui_workflow_matches_the_node_declarations(path):
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    links = {link[0]: link for link in workflow["links"]}
+    assert workflow["last_link_id"] == max(links) and workflow["last_node_id"] == max(nodes)
+    for node in nodes.values():
+        kind = node["type"]
+        if kind in FRONTEND_ONLY:
+            continue
+        if kind in CORE_NODE_WIDGETS:
+            assert len(node["widgets_values"]) == CORE_NODE_WIDGETS[kind]
+            continue
+        assert len(node["widgets_values"]) == _widget_count(kind), f"{kind} widget count"
+        assert [(i["name"], i["type"]) for i in node["inputs"]] == _link_inputs(kind), f"{kind} inputs"
+        cls = NODE_CLASS_MAPPINGS[kind]
+        assert [o["type"] for o in node["outputs"]] == list(cls.RETURN_TYPES)
+        for slot, declared_input in enumerate(node["inputs"]):
+            if declared_input["link"] is None:
+                continue
+            link_id, source, source_slot, target, target_slot, link_type = links[declared_input["link"]]
+            assert (target, target_slot) == (node["id"], slot)
+            assert link_id in nodes[source]["outputs"][source_slot]["links"]
+            assert _types_overlap(link_type, declared_input["type"])
+    for link_id, _source, _source_slot, target, target_slot, _type in links.values():
+        assert nodes[target]["inputs"][target_slot]["link"] == link_id
+    seed_index = list(NODE_CLASS_MAPPINGS["Wan22DiTSampler"].INPUT_TYPES()["required"]).index("seed") - 2
+    sampler = next(n for n in nodes.values() if n["type"] == "Wan22DiTSampler")
+    assert isinstance(sampler["widgets_values"][seed_index], int)
+    assert sampler["widgets_values"][seed_index + 1] in ("fixed", "randomize", "increment", "decrement")
+    assert any(n["type"] == "Note" for n in nodes.values()) and workflow["groups"]
+
+
+def test_dual_gpu_workflow_puts_t5_on_gpu0_and_dit_vae_on_gpu1():
+    graph = json.loads((ROOT / "api" / "wan22_t2v_a14b_dual_gpu.json").read_text(encoding="utf-8"))
+
+    def device_of(class_type: str, socket: str) -> str:
+        consumer = next(n for n in graph.values() if n["class_type"] == class_type)
+        return graph[consumer["inputs"][socket][0]]["inputs"]["device"]
+
+    assert device_of("Wan22T5Encode", "t5") == "gpu:0"
+    assert device_of("Wan22DiTSampler", "model") == "gpu:1"
+    assert device_of("Wan22VAEDecode", "vae") == "gpu:1"
+
+
+# ------------------------------------------------------------------------------------- running the workflows
+TINY_SIZE = {"width": 32, "height": 32, "frames": 5, "steps": 2}
+
+
+def _write_tiny_models(models: Path) -> None:
+    """Tiny random models under the ComfyUI file names the workflows use (ComfyUI single-file layouts)."""
+    from safetensors.torch import save_file
+
+    from wan_core.configs import DIT_CONFIGS
+    from wan_core.dit.model import WanDiT
+    from wan_core.text.demo import build_tiny_umt5
+    from wan_core.text.tokenizer import build_demo_spiece_model, tokenizer_from_spiece
+    from wan_core.vae import build_vae, official_state_dict
+
+    def save(state: dict, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+    torch.manual_seed(0)
+    dits = {"t2v": "tiny-t2v", "i2v": "tiny-i2v"}
+    for task, config in dits.items():
+        for expert in ("high", "low"):
+            state = WanDiT(DIT_CONFIGS[config]).state_dict()
+            save({f"model.diffusion_model.{k}": v for k, v in state.items()},
+                 models / "diffusion_models" / f"wan2.2_{task}_{expert}_noise_14B_fp8_scaled.safetensors")
+    save(WanDiT(DIT_CONFIGS["tiny-ti2v"]).state_dict(), models / "diffusion_models" / "wan2.2_ti2v_5B_fp16.safetensors")
+    save(official_state_dict(build_vae("tiny-wan2.1")), models / "vae" / "wan_2.1_vae.safetensors")
+    save(official_state_dict(build_vae("tiny-wan2.2")), models / "vae" / "wan2.2_vae.safetensors")
+    spiece = build_demo_spiece_model()
+    umt5 = build_tiny_umt5(tokenizer_from_spiece(spiece).vocab_size).state_dict()
+    del umt5["encoder.embed_tokens.weight"]  # tied to shared.weight; ComfyUI's files store it once
+    umt5["spiece_model"] = torch.frombuffer(bytearray(spiece), dtype=torch.uint8)
+    save(umt5, models / "text_encoders" / "umt5_xxl_fp8_e4m3fn_scaled.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    missing = [m for m in ("wan_core.dit.loader", "wan_core.text.encoder", "wan_core.vae.loader",
+                           "wan_core.pipeline.pipeline") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"the core module(s) {', '.join(missing)} are not there yet")
+    models = tmp_path_factory.mktemp("models")
+    _write_tiny_models(models)
+    return models
+
+
+class FakeLoadImage:
+    """ComfyUI's LoadImage outside ComfyUI: a fixed random picture."""
+
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"image": (["example.png"],)}}
+
+    def load(self, image: str) -> tuple:
+        picture = torch.rand(1, 40, 48, 3, generator=torch.Generator().manual_seed(1))
+        return picture, torch.zeros(1, 40, 48)
+
+
+@pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.stem)
+def test_api_workflow_runs_and_writes_an_mp4(path, tiny_models, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(host.MODELS_DIR_ENV, str(tiny_models))
+    monkeypatch.setenv(host.OUTPUT_DIR_ENV, str(tmp_path / "output"))
+    handles.MODEL_CACHE.clear()
+    graph = json.loads(path.read_text(encoding="utf-8"))
+    for node in graph.values():
+        if node["class_type"] == "Wan22DiTSampler":
+            node["inputs"].update(TINY_SIZE)
+        node.get("_meta", {}).clear()
+    workflow = json.loads((ROOT / "workflows" / path.name).read_text(encoding="utf-8"))
+    with caplog.at_level(logging.WARNING, logger="comfyui-wan22"):
+        _outputs, ui = run_graph(graph, {**NODE_CLASS_MAPPINGS, "LoadImage": FakeLoadImage}, workflow=workflow)
+    (saved,) = next(iter(ui.values()))["images"]
+    video = tmp_path / "output" / saved["subfolder"] / saved["filename"]
+    assert video.suffix == ".mp4" and video.stat().st_size > 1000
+    if "dual_gpu" in path.stem and torch.cuda.device_count() < 2:
+        assert "gpu:1 does not exist" in caplog.text  # fell back, and still finished
+    handles.MODEL_CACHE.clear()
+
+
+def test_sampler_shows_step_progress_and_stops_at_the_interrupt(tiny_models, tmp_path, monkeypatch):
+    from test_nodes import _fake_comfyui
+
+    calls: list = []
+    state, interrupted_error = _fake_comfyui(monkeypatch, calls)
+    state["interrupt_on_update"] = True  # the user presses Cancel while step 1 is shown
+    monkeypatch.setenv(host.MODELS_DIR_ENV, str(tiny_models))
+    monkeypatch.setenv(host.OUTPUT_DIR_ENV, str(tmp_path / "output"))
+    graph = json.loads((ROOT / "api" / "wan22_t2v_a14b.json").read_text(encoding="utf-8"))
+    graph["6"]["inputs"].update(TINY_SIZE, steps=4)
+    with pytest.raises(interrupted_error):
+        run_graph(graph, NODE_CLASS_MAPPINGS)
+    updates = [call for call in calls if call[0] == "update"]
+    assert len(updates) == 1 and updates[0][1:3] == (1, 4)
+    kind, picture, _size = updates[0][3]
+    assert kind == "JPEG" and picture.size == (TINY_SIZE["width"] // 8, TINY_SIZE["height"] // 8)
+    progress = [call[2] for call in calls if call[0] == "send" and call[1] == "wan22.progress"]
+    assert progress == [{"node": "6", "device": "CPU", "step": 1, "total": 4, "expert": "high_noise"}]
+    assert not list((tmp_path / "output").rglob("*.mp4"))

@@ -1,0 +1,251 @@
+"""The denoising loop: initial noise, MoE expert switching, classifier-free guidance, progress and cancel.
+
+It follows the official ``generate`` loops (``wan/text2video.py``, ``image2video.py``, ``textimage2video.py``):
+noise from ``torch.Generator(device).manual_seed(seed)``, the high-noise expert while ``t >= boundary * 1000`` with
+the second guide scale, then the low-noise expert with the first; two forwards per step (cond, uncond) combined as
+``uncond + g * (cond - uncond)``; the solver steps on float32 latents.
+
+A model is any callable ``model(x, t, context, y=None) -> Tensor`` with ``x`` ``[1, C, F', H', W']``, ``t`` ``[1]``
+(or ``[1, seq_len]`` per token), ``context`` a list with one ``[L, 4096]`` tensor; it returns ``[1, C_out, F', H', W']``
+(``wan_core.dit.WanDiT`` has this signature).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InputError, WanError
+from ..sampling import make_solver
+from . import conditioning
+from .tasks import TaskConfig, get_task
+
+log = logging.getLogger(__name__)
+
+HIGH_NOISE, LOW_NOISE, SINGLE = "high_noise", "low_noise", "single"
+
+
+@dataclass
+class StepInfo:
+    """What the loop reports after each step."""
+
+    step: int  # 1-based
+    total: int
+    expert: str  # "high_noise" | "low_noise" | "single"
+    timestep: int
+    latents: torch.Tensor  # the current x0 estimate [z, F', H', W'] (float32, on the sampling device), for previews
+    seconds: float  # wall time of this step
+
+
+ProgressCallback = Callable[[StepInfo], None]
+CancelCheck = Callable[[], bool]
+
+
+class GenerationCancelled(WanError):
+    """The cancel check returned True; sampling stopped between two steps."""
+
+    def __init__(self, step: int, total: int):
+        super().__init__(f"generation cancelled after {step} of {total} steps")
+        self.step = step
+        self.total = total
+
+
+def as_guide_pair(guide_scale: float | tuple[float, float] | list[float]) -> tuple[float, float]:
+    """A guide scale as the official ``(low_noise, high_noise)`` pair (a single number is used for both)."""
+    if isinstance(guide_scale, (int, float)) and not isinstance(guide_scale, bool):
+        return float(guide_scale), float(guide_scale)
+    pair = tuple(float(g) for g in guide_scale)
+    if len(pair) != 2:
+        raise InputError(f"guide_scale takes one number or two (low_noise, high_noise), got {guide_scale!r}")
+    return pair  # type: ignore[return-value]
+
+
+def as_context(embedding: torch.Tensor | list[torch.Tensor], device: torch.device, what: str) -> list[torch.Tensor]:
+    """One prompt's embedding ``[L, 4096]`` (or a list holding it) as the DiT's context list, on ``device``."""
+    if isinstance(embedding, torch.Tensor):
+        embedding = [embedding[0]] if embedding.ndim == 3 and embedding.shape[0] == 1 else [embedding]
+    embedding = list(embedding)
+    if len(embedding) != 1 or not isinstance(embedding[0], torch.Tensor) or embedding[0].ndim != 2:
+        shapes = [tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__ for e in embedding]
+        raise InputError(f"{what} must be one prompt embedding [L, 4096] (or a list of one), got {shapes}")
+    return [embedding[0].to(device)]
+
+
+def select_expert(timestep: int | float, boundary_timestep: float | None, guide_scale: tuple[float, float]):
+    """``(expert, guide scale)`` for a timestep: high-noise with ``guide_scale[1]`` while ``t >= boundary``."""
+    if boundary_timestep is None:
+        return SINGLE, guide_scale[0]
+    if timestep >= boundary_timestep:
+        return HIGH_NOISE, guide_scale[1]
+    return LOW_NOISE, guide_scale[0]
+
+
+def cfg(cond_out: torch.Tensor, uncond_out: torch.Tensor, guide_scale: float) -> torch.Tensor:
+    """Classifier-free guidance as the reference computes it."""
+    return uncond_out + guide_scale * (cond_out - uncond_out)
+
+
+def initial_noise(latent_shape: tuple[int, ...], seed: int, device: torch.device | str) -> torch.Tensor:
+    """The official initial noise: float32 ``randn`` from ``torch.Generator(device).manual_seed(seed)``."""
+    device = torch.device(device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return torch.randn(*latent_shape, dtype=torch.float32, device=device, generator=generator)
+
+
+def resolve_seed(seed: int) -> int:
+    """A negative seed means a random one, as in the official code."""
+    if seed is None or seed < 0:
+        seed = random.randint(0, sys.maxsize)
+        log.info("random seed: %d", seed)
+    return int(seed)
+
+
+def module_device(model: object) -> torch.device | None:
+    """The device of a module's first parameter or buffer, or its ``device`` attribute (None if it has none)."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    for getter in ("parameters", "buffers"):
+        fn = getattr(model, getter, None)
+        if fn is not None:
+            for tensor in fn():
+                return tensor.device
+    return None
+
+
+def move_to(model: object, device: torch.device | str) -> None:
+    """Move a module to ``device`` unless it is there already (objects without ``.to`` are left alone)."""
+    device = torch.device(device)
+    current = module_device(model)
+    if current is not None and _same_device(current, device):
+        return
+    to = getattr(model, "to", None)
+    if callable(to):
+        to(device)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type == "cuda" and a.index != b.index:
+        current = torch.cuda.current_device()
+        return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+    return a.index == b.index or a.type == "cpu"
+
+
+def free_device_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def sample_latents(
+    *,
+    task: str | TaskConfig,
+    high_noise_model: Callable,
+    low_noise_model: Callable | None,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    latent_shape: tuple[int, int, int, int] | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    frame_num: int | None = None,
+    seed: int,
+    sample_solver: str = "unipc",
+    sample_steps: int | None = None,
+    sample_shift: float | None = None,
+    guide_scale: float | tuple[float, float] | None = None,
+    device: torch.device | str = "cpu",
+    y: torch.Tensor | None = None,
+    first_frame_latent: torch.Tensor | None = None,
+    offload_model: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+    dtype: torch.dtype | None = torch.bfloat16,
+) -> torch.Tensor:
+    """Run the sampler; return the final latents ``[z, F', H', W']`` (float32, on ``device``).
+
+    ``cond`` / ``uncond``: the prompt / negative prompt embeddings ``[L, 4096]`` (or lists of one).
+    ``y``: the i2v conditioning ``[4 + z, F', H', W']`` (mask channels + image latent).
+    ``first_frame_latent``: the ti2v start-frame latent ``[z, 1, H', W']``; it replaces the first latent frame, whose
+    tokens get timestep 0. For a one-model task (ti2v-5B) pass the model as ``high_noise_model`` and None as
+    ``low_noise_model``. ``dtype``: the CUDA autocast dtype (the official ``param_dtype``; None: no autocast); on CPU
+    no autocast is used, as in the official code. ``seed`` < 0 draws a random seed.
+    """
+    task = get_task(task)
+    device = torch.device(device)
+    if latent_shape is None:
+        if None in (width, height, frame_num):
+            raise InputError("sample_latents needs latent_shape or width, height and frame_num")
+        latent_shape = task.latent_shape(width, height, frame_num)
+    latent_shape = tuple(int(v) for v in latent_shape)
+    sample_steps = task.sample_steps if sample_steps is None else sample_steps
+    sample_shift = task.sample_shift if sample_shift is None else sample_shift
+    guide = as_guide_pair(task.guide_scale if guide_scale is None else guide_scale)
+    boundary = task.boundary_timestep
+    if boundary is not None and low_noise_model is None:
+        raise InputError(f"task {task.name} has two experts: pass both high_noise_model and low_noise_model")
+    experts = {HIGH_NOISE: high_noise_model, LOW_NOISE: low_noise_model, SINGLE: high_noise_model}
+
+    solver = make_solver(sample_solver, sample_steps, sample_shift)
+    latents = initial_noise(latent_shape, resolve_seed(seed), device)
+
+    context, context_null = as_context(cond, device, "cond"), as_context(uncond, device, "uncond")
+    y_batch = None if y is None else y.to(device)[None]
+    token_mask = None
+    if first_frame_latent is not None:
+        first_frame_latent = first_frame_latent.to(device=device, dtype=torch.float32)
+        token_mask = conditioning.first_frame_mask(latent_shape, device=device)
+        latents = conditioning.replace_first_frame(latents, first_frame_latent, token_mask)
+    seq_len = conditioning.seq_len_for(latent_shape, task.patch_size)
+
+    autocast = torch.autocast(
+        "cuda", dtype=dtype or torch.bfloat16, enabled=device.type == "cuda" and dtype is not None
+    )
+    total = solver.steps
+    active = None
+    try:
+        with torch.no_grad(), autocast:
+            for i, t in enumerate(solver.timesteps):
+                if cancel is not None and cancel():
+                    raise GenerationCancelled(i, total)
+                start = time.perf_counter()
+                expert, g = select_expert(t.item(), boundary, guide)
+                model = experts[expert]
+                if expert != active:
+                    if offload_model and active is not None and experts[active] is not model:
+                        move_to(experts[active], "cpu")
+                        free_device_memory(device)
+                    move_to(model, device)
+                    active = expert
+
+                timestep = torch.stack([t]).to(device)
+                if token_mask is not None:
+                    timestep = conditioning.per_token_timesteps(token_mask, timestep, seq_len, task.patch_size)
+                x = latents[None]
+                noise_cond = model(x, timestep, context, y=y_batch)[0].float()
+                noise_uncond = model(x, timestep, context_null, y=y_batch)[0].float()
+                flow = cfg(noise_cond, noise_uncond, g)
+
+                x0 = solver.predict_x0(flow, latents) if progress is not None else None
+                latents = solver.step(flow, latents)
+                if first_frame_latent is not None:
+                    latents = conditioning.replace_first_frame(latents, first_frame_latent, token_mask)
+                    if x0 is not None:
+                        x0 = conditioning.replace_first_frame(x0, first_frame_latent, token_mask)
+                if progress is not None:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    progress(StepInfo(i + 1, total, expert, int(t.item()), x0, time.perf_counter() - start))
+    finally:
+        if offload_model:
+            for model in {id(m): m for m in experts.values() if m is not None}.values():
+                move_to(model, "cpu")
+            free_device_memory(device)
+    return latents

@@ -1,0 +1,97 @@
+"""Checks of a generation request, run before any model is loaded. Each error names the nearest valid value."""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+
+from ..errors import InputError
+from .tasks import TaskConfig, get_task
+
+SOLVERS = ("unipc", "dpm++", "euler")
+
+
+def nearest_multiple(value: int, multiple: int) -> int:
+    """The multiple of ``multiple`` closest to ``value`` (ties go up), at least ``multiple``."""
+    return max(multiple, (value + multiple // 2) // multiple * multiple)
+
+
+def nearest_frame_num(value: int) -> int:
+    """The ``4k + 1`` closest to ``value`` (ties go up), at least 1."""
+    return max(1, (value - 1 + 2) // 4 * 4 + 1)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: object) -> int:
+    if _is_int(value):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        raise InputError(f"{name} {value!r} is not a whole number: use {round(value)}")
+    raise InputError(f"{name} must be a whole number, got {value!r}")
+
+
+def _check_side(name: str, value: object, multiple: int, task: TaskConfig) -> None:
+    value = _check_int(name, value)
+    where = f" for {task.name}" if multiple != 16 else ""
+    if value < multiple:
+        raise InputError(f"{name} {value} is too small: use at least {multiple}")
+    if value % multiple:
+        raise InputError(
+            f"{name} {value} is not a multiple of {multiple}{where}: use {nearest_multiple(value, multiple)}"
+        )
+
+
+def check_solver(sample_solver: object) -> str:
+    if sample_solver in SOLVERS:
+        return sample_solver
+    close = difflib.get_close_matches(str(sample_solver).lower(), SOLVERS, n=1, cutoff=0.4)
+    hint = f"use {close[0]!r}" if close else "use one of " + ", ".join(SOLVERS)
+    raise InputError(f"unknown sample_solver {sample_solver!r}: {hint} (valid: {', '.join(SOLVERS)})")
+
+
+def validate_request(
+    task: str | TaskConfig,
+    *,
+    width: int,
+    height: int,
+    frame_num: int,
+    sample_steps: int,
+    sample_solver: str,
+    sample_shift: float | None = None,
+    has_image: bool | None = None,
+) -> None:
+    """Raise :class:`~wan_core.errors.InputError` if the request cannot run; return None if it can.
+
+    ``task`` is a task name or a :class:`TaskConfig`. ``sample_shift`` and ``has_image`` are checked when given.
+    """
+    task = get_task(task)
+    _check_side("width", width, task.size_multiple, task)
+    _check_side("height", height, task.size_multiple, task)
+
+    frame_num = _check_int("frame_num", frame_num)
+    if frame_num < 1 or (frame_num - 1) % 4:
+        raise InputError(f"frame_num {frame_num} is not 4k+1: use {nearest_frame_num(frame_num)}")
+
+    sample_steps = _check_int("sample_steps", sample_steps)
+    if sample_steps < 1:
+        raise InputError(
+            f"sample_steps {sample_steps} must be at least 1: use 1 (the {task.name} default is {task.sample_steps})"
+        )
+
+    check_solver(sample_solver)
+
+    if sample_shift is not None:
+        if not isinstance(sample_shift, numbers.Real) or isinstance(sample_shift, bool) or not sample_shift > 0:
+            raise InputError(
+                f"sample_shift {sample_shift!r} must be a number above 0: use {task.sample_shift} "
+                f"(the {task.name} default)"
+            )
+
+    if has_image is not None:
+        if task.needs_image and not has_image:
+            raise InputError(f"task {task.name} needs an input image (--image / image=...)")
+        if has_image and not task.accepts_image:
+            raise InputError(f"task {task.name} takes no input image: use i2v-A14B or ti2v-5B for image-to-video")

@@ -1,0 +1,164 @@
+"""UMT5-XXL parameter names: the official Wan checkpoint <-> transformers' `UMT5EncoderModel` (= ComfyUI's files).
+
+Official `models_t5_umt5-xxl-enc-bf16.pth` (`wan/modules/t5.py`, `T5Encoder`) -> transformers / ComfyUI:
+- `token_embedding.weight` -> `shared.weight` (and the tied `encoder.embed_tokens.weight`)
+- `blocks.N.norm1.weight` -> `encoder.block.N.layer.0.layer_norm.weight`
+- `blocks.N.attn.{q,k,v,o}.weight` -> `encoder.block.N.layer.0.SelfAttention.{q,k,v,o}.weight`
+- `blocks.N.pos_embedding.embedding.weight` -> `encoder.block.N.layer.0.SelfAttention.relative_attention_bias.weight`
+- `blocks.N.norm2.weight` -> `encoder.block.N.layer.1.layer_norm.weight`
+- `blocks.N.ffn.gate.0.weight` (GELU branch) -> `encoder.block.N.layer.1.DenseReluDense.wi_0.weight`
+- `blocks.N.ffn.fc1.weight` (linear branch) -> `encoder.block.N.layer.1.DenseReluDense.wi_1.weight`
+- `blocks.N.ffn.fc2.weight` -> `encoder.block.N.layer.1.DenseReluDense.wo.weight`
+- `norm.weight` -> `encoder.final_layer_norm.weight`
+
+The official FFN computes `fc2(fc1(x) * gelu(gate(x)))`, transformers `wo(gelu(wi_0(x)) * wi_1(x))`: the same
+product, so `gate.0 <-> wi_0` and `fc1 <-> wi_1`.
+
+ComfyUI's `umt5_xxl_*.safetensors` use transformers' names, store the embedding once (`shared.weight`, no
+`encoder.embed_tokens.weight`) and add the sentencepiece model as a uint8 tensor `spiece_model`; the fp8 files add
+`scaled_fp8` and `<layer>.scale_weight` (see `wan_core.io.quant`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+from ..errors import KeyMismatchError, describe_keys
+from ..io.state_dict import strip_prefix
+
+SHARED = "shared.weight"
+EMBED_TOKENS = "encoder.embed_tokens.weight"
+SPIECE_MODEL = "spiece_model"
+
+# (official suffix after `blocks.N.`, transformers suffix after `encoder.block.N.`)
+_BLOCK_PAIRS = (
+    ("norm1.weight", "layer.0.layer_norm.weight"),
+    ("attn.q.weight", "layer.0.SelfAttention.q.weight"),
+    ("attn.k.weight", "layer.0.SelfAttention.k.weight"),
+    ("attn.v.weight", "layer.0.SelfAttention.v.weight"),
+    ("attn.o.weight", "layer.0.SelfAttention.o.weight"),
+    ("pos_embedding.embedding.weight", "layer.0.SelfAttention.relative_attention_bias.weight"),
+    ("norm2.weight", "layer.1.layer_norm.weight"),
+    ("ffn.gate.0.weight", "layer.1.DenseReluDense.wi_0.weight"),
+    ("ffn.fc1.weight", "layer.1.DenseReluDense.wi_1.weight"),
+    ("ffn.fc2.weight", "layer.1.DenseReluDense.wo.weight"),
+)
+_GLOBAL_PAIRS = (
+    ("token_embedding.weight", SHARED),
+    ("norm.weight", "encoder.final_layer_norm.weight"),
+)
+_OFFICIAL_TO_HF_BLOCK = dict(_BLOCK_PAIRS)
+_HF_TO_OFFICIAL_BLOCK = {hf: off for off, hf in _BLOCK_PAIRS}
+_OFFICIAL_TO_HF_GLOBAL = dict(_GLOBAL_PAIRS)
+_HF_TO_OFFICIAL_GLOBAL = {hf: off for off, hf in _GLOBAL_PAIRS}
+
+_OFFICIAL_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_HF_BLOCK = re.compile(r"^encoder\.block\.(\d+)\.(.+)$")
+
+# Prefixes that some exports put before every name (DataParallel, ComfyUI's saved CLIP, ...).
+_OFFICIAL_PREFIXES = ("module.", "model.")
+_HF_PREFIXES = ("umt5xxl.transformer.", "text_encoders.umt5xxl.transformer.", "transformer.", "text_encoder.")
+
+
+def official_keys(num_layers: int) -> list[str]:
+    """The names of an official encoder checkpoint with `num_layers` blocks."""
+    keys = ["token_embedding.weight"]
+    keys += [f"blocks.{i}.{off}" for i in range(num_layers) for off, _ in _BLOCK_PAIRS]
+    return keys + ["norm.weight"]
+
+
+def transformers_keys(num_layers: int, *, tied: bool = True) -> list[str]:
+    """The names of `UMT5EncoderModel.state_dict()` with `num_layers` blocks (`tied`: with embed_tokens)."""
+    keys = [SHARED] + ([EMBED_TOKENS] if tied else [])
+    keys += [f"encoder.block.{i}.{hf}" for i in range(num_layers) for _, hf in _BLOCK_PAIRS]
+    return keys + ["encoder.final_layer_norm.weight"]
+
+
+def is_official(sd: Mapping[str, torch.Tensor]) -> bool:
+    """True when the names are the official checkpoint's (`token_embedding`, `blocks.N.*`)."""
+    keys = strip_prefix(dict.fromkeys(sd), _OFFICIAL_PREFIXES)
+    return "token_embedding.weight" in keys or any(k.startswith("blocks.") for k in keys)
+
+
+def is_transformers(sd: Mapping[str, torch.Tensor]) -> bool:
+    """True when the names are transformers' / ComfyUI's (`shared`, `encoder.block.N.*`)."""
+    keys = strip_prefix(dict.fromkeys(sd), _HF_PREFIXES)
+    return SHARED in keys or EMBED_TOKENS in keys or any(k.startswith("encoder.block.") for k in keys)
+
+
+def from_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official names -> transformers names (`shared.weight`; the loader re-ties `encoder.embed_tokens`).
+
+    Every name must be known: an unknown one raises `KeyMismatchError` rather than being dropped.
+    """
+    sd = strip_prefix(dict(sd), _OFFICIAL_PREFIXES)
+    out: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, value in sd.items():
+        if key in _OFFICIAL_TO_HF_GLOBAL:
+            out[_OFFICIAL_TO_HF_GLOBAL[key]] = value
+            continue
+        match = _OFFICIAL_BLOCK.match(key)
+        if match and match[2] in _OFFICIAL_TO_HF_BLOCK:
+            out[f"encoder.block.{match[1]}.{_OFFICIAL_TO_HF_BLOCK[match[2]]}"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise KeyMismatchError(
+            f"{len(unknown)} name(s) are not parameters of the official UMT5 encoder: {describe_keys(unknown)}. "
+            "Expected names such as 'token_embedding.weight', 'blocks.0.attn.q.weight', 'norm.weight' "
+            "(models_t5_umt5-xxl-enc-bf16.pth)."
+        )
+    return out
+
+
+def to_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers / ComfyUI names -> official names, e.g. to write `models_t5_umt5-xxl-enc-bf16.pth`.
+
+    `encoder.embed_tokens.weight` is the tied copy of `shared.weight` and is dropped (it becomes `token_embedding`
+    only when `shared.weight` is absent). ComfyUI's `spiece_model` and quantization tensors are not parameters and
+    raise, like any other unknown name: dequantize first.
+    """
+    sd = strip_prefix(dict(sd), _HF_PREFIXES)
+    out: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, value in sd.items():
+        if key == EMBED_TOKENS:
+            if SHARED not in sd:
+                out["token_embedding.weight"] = value
+            continue
+        if key in _HF_TO_OFFICIAL_GLOBAL:
+            out[_HF_TO_OFFICIAL_GLOBAL[key]] = value
+            continue
+        match = _HF_BLOCK.match(key)
+        if match and match[2] in _HF_TO_OFFICIAL_BLOCK:
+            out[f"blocks.{match[1]}.{_HF_TO_OFFICIAL_BLOCK[match[2]]}"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise KeyMismatchError(
+            f"{len(unknown)} name(s) are not parameters of transformers' UMT5EncoderModel: {describe_keys(unknown)}."
+        )
+    return out
+
+
+def from_comfy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI umt5 file -> transformers names: the names are the same; `spiece_model` is removed (read it first)
+    and a prefix such as `umt5xxl.transformer.` (a CLIP saved by ComfyUI) is stripped."""
+    sd = {k: v for k, v in sd.items() if not k.endswith(SPIECE_MODEL)}
+    return strip_prefix(dict(sd), _HF_PREFIXES)
+
+
+def to_transformers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Any supported naming (official, transformers, ComfyUI) -> transformers names."""
+    if is_official(sd) and not is_transformers(sd):
+        return from_official(sd)
+    if is_transformers(sd):
+        return from_comfy(sd)
+    raise KeyMismatchError(
+        f"These weights are not a UMT5 text encoder: no 'token_embedding.weight' / 'blocks.N.*' (official) nor "
+        f"'shared.weight' / 'encoder.block.N.*' (transformers, ComfyUI) names. They hold: {describe_keys(list(sd))}."
+    )

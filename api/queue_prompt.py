@@ -2,6 +2,8 @@
 
     python api/queue_prompt.py api/wan22_t2v_a14b.json --server 127.0.0.1:8188 --prompt "a red fox in snow" --seed 7
 
+`--width/--height/--frames/--steps` shrink a run for a quick check of an installation.
+
 It POSTs the graph to /prompt, follows progress on the websocket (with `websocket-client` when installed; otherwise
 it polls /history), then reads the outputs from /history/<prompt_id>. Standard library only.
 """
@@ -86,11 +88,18 @@ def main() -> None:
     parser.add_argument("--server", default="127.0.0.1:8188", help="host:port of ComfyUI")
     parser.add_argument("--prompt", help="replace the prompt of the Wan2.2 Prompt Styler")
     parser.add_argument("--seed", type=int, help="replace the sampler seed")
+    parser.add_argument("--width", type=int, help="replace the sampler width")
+    parser.add_argument("--height", type=int, help="replace the sampler height")
+    parser.add_argument("--frames", type=int, help="replace the sampler frame count (4n+1)")
+    parser.add_argument("--steps", type=int, help="replace the sampler step count")
     args = parser.parse_args()
 
     graph = json.loads(args.workflow.read_text(encoding="utf-8"))
     set_inputs(graph, "Wan22PromptStyler", prompt=args.prompt)
-    set_inputs(graph, "Wan22DiTSampler", seed=args.seed)
+    set_inputs(
+        graph, "Wan22DiTSampler", seed=args.seed, width=args.width, height=args.height, frames=args.frames,
+        steps=args.steps,
+    )
     client_id = uuid.uuid4().hex
     socket = open_websocket(args.server, client_id)
     prompt_id = post_prompt(args.server, graph, client_id)

@@ -1,0 +1,124 @@
+"""Fused Triton kernels for the DiT's memory-bound steps (CUDA only; the model falls back to PyTorch ops elsewhere).
+
+- `modulated_layer_norm`: `layer_norm(x) * (1 + scale) + shift` of the float32 residual, written once in the
+  compute dtype (PyTorch: a float32 LayerNorm pass, then a cast pass).
+- `rms_norm_rope`: the RMSNorm over the whole projection times its weight, then the 3-D RoPE rotation of
+  consecutive pairs, all in float32 registers, read once and written once in the compute dtype (PyTorch: an upcast,
+  a norm, a complex multiply and a downcast, each a full pass).
+
+Set `WAN_CORE_TRITON=0` to turn them off. `TRITON_INTERPRET=1` runs them on CPU tensors (tests).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # triton is optional: CPU-only installs lack it
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - depends on the install
+    triton = None
+    tl = None
+
+ENABLED = os.environ.get("WAN_CORE_TRITON", "1") != "0"
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether the fused kernels can run on `x` here."""
+    return ENABLED and triton is not None and (x.is_cuda or _INTERPRET)
+
+
+def _warps(block: int) -> int:
+    return max(1, min(16, block // 256))
+
+
+if triton is not None:
+
+    @triton.jit
+    def _modulated_ln_kernel(X, OUT, SCALE, SHIFT, rows_per_mod, D, eps,
+                             PLUS_ONE: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < D
+        x = tl.load(X + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=0) / D
+        xc = tl.where(mask, x - mean, 0.0)
+        var = tl.sum(xc * xc, axis=0) / D
+        rstd = 1.0 / tl.sqrt(var + eps)
+        m = row // rows_per_mod
+        scale = tl.load(SCALE + m * D + cols, mask=mask, other=0.0).to(tl.float32)
+        shift = tl.load(SHIFT + m * D + cols, mask=mask, other=0.0).to(tl.float32)
+        if PLUS_ONE:
+            scale = scale + 1.0
+        y = xc * rstd * scale + shift
+        tl.store(OUT + row * D + cols, y.to(OUT.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _rms_rope_kernel(X, OUT, W, FREQS, seq_len, HALF, half_head, eps,
+                         HAS_ROPE: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        j = tl.arange(0, BLOCK)
+        offs = 2 * j[:, None] + tl.arange(0, 2)[None, :]
+        mask2 = offs < 2 * HALF
+        x = tl.load(X + row * 2 * HALF + offs, mask=mask2, other=0.0).to(tl.float32)
+        ss = tl.sum(tl.sum(x * x, axis=1), axis=0)
+        rstd = 1.0 / tl.sqrt(ss / (2 * HALF) + eps)
+        w = tl.load(W + offs, mask=mask2, other=0.0).to(tl.float32)
+        x = x * rstd * w
+        if HAS_ROPE:
+            xe, xo = tl.split(x)
+            tok = row % seq_len
+            p = j % half_head
+            f = tl.load(FREQS + (tok * half_head + p)[:, None] * 2 + tl.arange(0, 2)[None, :],
+                        mask=mask2, other=0.0)
+            cos, sin = tl.split(f)
+            x = tl.join(xe * cos - xo * sin, xe * sin + xo * cos)
+        tl.store(OUT + row * 2 * HALF + offs, x.to(OUT.dtype.element_ty), mask=mask2)
+
+
+def modulated_layer_norm(
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float, dtype: torch.dtype, plus_one: bool = True
+) -> torch.Tensor:
+    """`layer_norm(x) * (plus_one + scale) + shift` in `dtype`.
+
+    `x` `[B, L, D]`; `scale`/`shift` `[B, 1, D]` (per sample), `[B, L, D]` (per token) or `[D]` (shared).
+    """
+    batch, seq, dim = x.shape
+    x = x.contiguous()
+    if scale.dim() == 1:
+        rows_per_mod = batch * seq
+        scale2, shift2 = scale.reshape(1, dim), shift.reshape(1, dim)
+    elif scale.shape[1] == 1:
+        rows_per_mod = seq
+        scale2, shift2 = scale.reshape(-1, dim), shift.reshape(-1, dim)
+        if scale2.shape[0] == 1 and batch > 1:
+            rows_per_mod = batch * seq
+    else:
+        rows_per_mod = 1
+        scale2 = scale.expand(batch, seq, dim).reshape(batch * seq, dim)
+        shift2 = shift.expand(batch, seq, dim).reshape(batch * seq, dim)
+    scale2, shift2 = scale2.float().contiguous(), shift2.float().contiguous()
+    out = torch.empty(batch, seq, dim, dtype=dtype, device=x.device)
+    block = triton.next_power_of_2(dim)
+    _modulated_ln_kernel[(batch * seq,)](x, out, scale2, shift2, rows_per_mod, dim, eps, PLUS_ONE=plus_one,
+                                         BLOCK=block, num_warps=_warps(block))
+    return out
+
+
+def rms_norm_rope(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, freqs: torch.Tensor | None, head_dim: int
+) -> torch.Tensor:
+    """RMSNorm of `x` `[B, L, D]` over D times `weight`, then (with `freqs`, complex64 `[L, head_dim/2]`) the RoPE
+    rotation of each head's consecutive pairs; returned in `x.dtype`."""
+    batch, seq, dim = x.shape
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    half = dim // 2
+    table = torch.view_as_real(freqs).contiguous() if freqs is not None else x  # unused without rope
+    block = triton.next_power_of_2(half)
+    _rms_rope_kernel[(batch * seq,)](x, out, weight.float().contiguous(), table, seq, half, head_dim // 2, eps,
+                                     HAS_ROPE=freqs is not None, BLOCK=block, num_warps=_warps(block))
+    return out

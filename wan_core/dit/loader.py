@@ -1,0 +1,419 @@
+"""`load_dit`: a `WanDiT` from any checkpoint layout users have, detected by itself.
+
+1. official expert folder (`high_noise_model/`, `low_noise_model/`, or the TI2V-5B root): `config.json` +
+   `diffusion_pytorch_model-0000k-of-0000n.safetensors` + `.safetensors.index.json` (shards renamed by mirrors,
+   e.g. `...-00001-of-00006-bf16.safetensors`, and a missing index are fine);
+2. a ComfyUI single file, keys bare or prefixed `model.diffusion_model.`, fp16/bf16/fp32, or fp8: `*_fp8_scaled`
+   (`<layer>.scale_weight` + `scaled_fp8`) and the newer `weight_scale` / `comfy_quant` format;
+3. a diffusers `WanTransformer3DModel` folder (`transformer/`, `transformer_2/`) or single file;
+plus an official `.pth` state dict (read with `weights_only=True`).
+
+The weights are read tensor by tensor with safetensors (memory-mapped), straight to the target device and dtype, and
+assigned into a model built on the meta device: no second copy, no full fp32 copy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..configs import DIT_CONFIGS, WanDiTConfig, model_type_for_in_dim
+from ..errors import (
+    CheckpointError,
+    ConfigMismatchError,
+    CorruptFileError,
+    KeyMismatchError,
+    MissingFileError,
+    WanError,
+    describe_keys,
+)
+from ..io.files import find_weight_files
+from ..io.quant import dequantize
+from ..io.state_dict import FP8_DTYPES, read_safetensors_metadata, read_torch_file
+from .keymap import diffusers_to_official_key, is_diffusers_layout
+from .model import FP8, FP8Linear, WanDiT, fp8_capable, keeps_fp32
+
+_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
+_QUANT_SUFFIXES = (".scale_weight", ".weight_scale", ".scale_input", ".input_scale", ".comfy_quant",
+                   ".weight_scale_2", ".pre_quant_scale")
+_MARKERS = ("scaled_fp8",)
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
+    if hasattr(torch, _attr):
+        _SAFETENSORS_DTYPES[_name] = getattr(torch, _attr)
+_MODEL_ROOT_CHILDREN = ("high_noise_model", "low_noise_model", "transformer", "transformer_2")
+
+
+@dataclass
+class _Entry:
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+class _Checkpoint:
+    """The tensors of one checkpoint (one or several files), read lazily."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.config_json: dict | None = None
+        self.config_path: Path | None = None
+        self.files: list[Path] = []
+        self.entries: dict[str, _Entry] = {}
+        self.metadata: dict[str, str] = {}
+        self._torch_tensors: dict[str, torch.Tensor] | None = None
+        self._resolve()
+
+    # --- finding the files -------------------------------------------------------------------------------------
+    def _resolve(self) -> None:
+        path = self.path
+        if not path.exists():
+            raise MissingFileError(f"DiT checkpoint {path} does not exist.")
+        in_folder = path.is_file() and path.name.startswith("diffusion_pytorch_model")
+        if in_folder and (path.parent / "config.json").is_file():
+            path = self.path = path.parent  # a file of an official/diffusers folder: load the folder
+        if path.is_dir():
+            config_path = path / "config.json"
+            if config_path.is_file():
+                self.config_path = config_path
+                try:
+                    self.config_json = json.loads(config_path.read_text())
+                except (OSError, ValueError) as err:
+                    raise CorruptFileError(f"{config_path} is not valid JSON ({err}): download it again.") from err
+            try:
+                self.files = find_weight_files(path, "diffusion_pytorch_model")
+            except MissingFileError:
+                children = [c for c in _MODEL_ROOT_CHILDREN if (path / c).is_dir()]
+                if children and not any(path.glob("diffusion_pytorch_model*.safetensors")):
+                    options = " or ".join(str(path / c) for c in children)
+                    raise MissingFileError(
+                        f"{path} is a model root, not a DiT folder: point load_dit at {options}."
+                    ) from None
+                singles = sorted(path.glob("*.safetensors"))
+                if len(singles) != 1:
+                    raise
+                self.files = singles
+        elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            self.files = [path]
+        elif path.suffix == ".safetensors":
+            self.files = [path]
+        else:
+            raise CheckpointError(f"{path} is neither a folder, a .safetensors file nor a .pth file.")
+        for file in self.files:
+            self._read_header(file)
+
+    def _read_header(self, file: Path) -> None:
+        if file.suffix != ".safetensors":
+            tensors = read_torch_file(file)
+            self._torch_tensors = {**(self._torch_tensors or {}), **tensors}
+            for key, value in tensors.items():
+                self.entries[key] = _Entry(file, value.dtype, tuple(value.shape))
+            return
+        self.metadata.update(read_safetensors_metadata(file))  # raises CorruptFileError naming the file
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    sl = handle.get_slice(key)
+                    dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype())
+                    if dtype is None:
+                        raise CheckpointError(f"{file}: tensor {key!r} has dtype {sl.get_dtype()}, which torch "
+                                              "cannot hold here.")
+                    self.entries[key] = _Entry(file, dtype, tuple(sl.get_shape()))
+        except WanError:
+            raise
+        except Exception as err:
+            raise CorruptFileError(
+                f"{file} cannot be read ({type(err).__name__}: {err}). The file is truncated or damaged: "
+                "download it again."
+            ) from err
+
+    # --- reading ----------------------------------------------------------------------------------------------
+    def reader(self, device: torch.device) -> _Reader:
+        return _Reader(self, device)
+
+
+class _Reader:
+    """Reads tensors from the checkpoint's files onto a device, keeping each file open once."""
+
+    def __init__(self, ckpt: _Checkpoint, device: torch.device) -> None:
+        self.ckpt = ckpt
+        self.device = device
+        self._handles: dict[Path, object] = {}
+
+    def get(self, key: str) -> torch.Tensor:
+        entry = self.ckpt.entries[key]
+        if self.ckpt._torch_tensors is not None and key in self.ckpt._torch_tensors:
+            return self.ckpt._torch_tensors[key].to(self.device)
+        from safetensors import safe_open
+
+        load_device = str(self.device) if self.device.type in ("cpu", "cuda") else "cpu"
+        try:
+            handle = self._handles.get(entry.file)
+            if handle is None:
+                handle = safe_open(str(entry.file), framework="pt", device=load_device)
+                self._handles[entry.file] = handle
+            tensor = handle.get_tensor(key)
+        except Exception as err:
+            raise CorruptFileError(
+                f"{entry.file} cannot be read at tensor {key!r} ({type(err).__name__}: {err}). The file is "
+                "truncated or damaged: download it again."
+            ) from err
+        return tensor.to(self.device)
+
+    def close(self) -> None:
+        self._handles.clear()
+
+
+# --- names -------------------------------------------------------------------------------------------------------
+def _normalize_names(raw_keys: list[str]) -> dict[str, str]:
+    """Official name for each raw key (prefix stripped, diffusers names mapped); keys of other models dropped."""
+    keys = [k for k in raw_keys if k not in _MARKERS]
+    chosen = ""
+    for prefix in _PREFIXES:
+        inside = [k for k in keys if k.startswith(prefix)]
+        if not inside:
+            continue
+        # model.diffusion_model.* in a full ComfyUI checkpoint: keep the DiT's keys only
+        if prefix == "model.diffusion_model." or len(inside) == len(keys):
+            chosen = prefix
+            break
+    names = {k[len(chosen) :]: k for k in keys if k.startswith(chosen)}
+    if is_diffusers_layout(names):
+        names = {diffusers_to_official_key(k): raw for k, raw in names.items()}
+    return {raw: name for name, raw in names.items()}
+
+
+def _split_quant(names: dict[str, str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """(official name -> raw key of each tensor, layer -> {suffix: raw key} of the quantization side keys)."""
+    main: dict[str, str] = {}
+    aux: dict[str, dict[str, str]] = {}
+    for raw, name in names.items():
+        if name in _MARKERS:
+            continue
+        for suffix in _QUANT_SUFFIXES:
+            if name.endswith(suffix):
+                aux.setdefault(name[: -len(suffix)], {})[suffix] = raw
+                break
+        else:
+            main[name] = raw
+    return main, aux
+
+
+# --- config ------------------------------------------------------------------------------------------------------
+_SHAPE_FIELDS = ("dim", "in_dim", "out_dim", "patch_size", "ffn_dim", "num_layers", "text_dim", "freq_dim",
+                 "qk_norm", "cross_attn_norm")
+
+
+def _shape_facts(shapes: dict[str, tuple[int, ...]], where: str) -> dict[str, tuple[object, str]]:
+    """What the weight shapes say about the config: field -> (value, evidence)."""
+    need = ("patch_embedding.weight", "head.head.weight", "blocks.0.ffn.0.weight", "text_embedding.0.weight",
+            "time_embedding.0.weight")
+    absent = [k for k in need if k not in shapes]
+    if absent:
+        raise KeyMismatchError(
+            f"{where} does not hold a Wan DiT: {len(absent)} of its core keys are missing ({describe_keys(absent)}). "
+            f"It has {len(shapes)} tensors, e.g. {describe_keys(list(shapes), 5)}. Point load_dit at a Wan2.2 "
+            "diffusion model (an expert folder, a ComfyUI diffusion_models/ file or a diffusers transformer/ folder)."
+        )
+    patch = shapes["patch_embedding.weight"]
+    if len(patch) != 5:
+        raise ConfigMismatchError(f"{where}: patch_embedding.weight has shape {list(patch)}, not a Conv3d weight.")
+    patch_size = tuple(int(p) for p in patch[2:])
+    head_out = shapes["head.head.weight"][0]
+    blocks = {int(k.split(".")[1]) for k in shapes if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    return {
+        "dim": (patch[0], f"patch_embedding.weight {list(patch)}"),
+        "in_dim": (patch[1], f"patch_embedding.weight {list(patch)}"),
+        "patch_size": (patch_size, f"patch_embedding.weight {list(patch)}"),
+        "out_dim": (head_out // max(1, patch_size[0] * patch_size[1] * patch_size[2]),
+                    f"head.head.weight {list(shapes['head.head.weight'])}"),
+        "ffn_dim": (shapes["blocks.0.ffn.0.weight"][0],
+                    f"blocks.0.ffn.0.weight {list(shapes['blocks.0.ffn.0.weight'])}"),
+        "num_layers": (len(blocks), f"blocks.0 ... blocks.{max(blocks) if blocks else -1}"),
+        "text_dim": (shapes["text_embedding.0.weight"][1],
+                     f"text_embedding.0.weight {list(shapes['text_embedding.0.weight'])}"),
+        "freq_dim": (shapes["time_embedding.0.weight"][1],
+                     f"time_embedding.0.weight {list(shapes['time_embedding.0.weight'])}"),
+        "qk_norm": ("blocks.0.self_attn.norm_q.weight" in shapes, "blocks.0.self_attn.norm_q.weight present"),
+        "cross_attn_norm": ("blocks.0.norm3.weight" in shapes, "blocks.0.norm3.weight present"),
+    }
+
+
+def _infer_config(facts: dict[str, tuple[object, str]]) -> WanDiTConfig:
+    values = {k: v for k, (v, _) in facts.items()}
+    for known in DIT_CONFIGS.values():
+        if all(getattr(known, k) == values[k] for k in _SHAPE_FIELDS):
+            return known
+    dim = int(values["dim"])
+    heads = dim // 128 if dim % 128 == 0 else max(1, dim // 64)
+    return WanDiTConfig(model_type=model_type_for_in_dim(int(values["in_dim"])), num_heads=heads, **values)
+
+
+def _check_config(cfg: WanDiTConfig, facts: dict[str, tuple[object, str]], source: str, where: str) -> None:
+    wrong = [(k, getattr(cfg, k), v, ev) for k, (v, ev) in facts.items() if getattr(cfg, k) != v]
+    if wrong:
+        detail = "; ".join(f"{k}={c!r} in the config but {v!r} in the weights ({ev})" for k, c, v, ev in wrong)
+        if source.endswith("config.json"):
+            fix = (f"Fix or replace {source} with the one published with these weights, or delete it to take the "
+                   "config from the weight shapes.")
+        else:
+            fix = "Pass the config of these weights, or leave config=None to take it from config.json or the shapes."
+        raise ConfigMismatchError(f"The config ({source}) does not match the weights in {where}: {detail}. {fix}")
+
+
+# --- loading -----------------------------------------------------------------------------------------------------
+def _target_dtype(dtype: torch.dtype | None, ckpt: _Checkpoint, main: dict[str, str]) -> torch.dtype:
+    if dtype is not None:
+        if not dtype.is_floating_point or dtype in FP8_DTYPES:
+            raise WanError(f"dtype={dtype} is not a compute dtype; use torch.bfloat16, float16 or float32 "
+                           "(fp8 weights: fp8_compute=True).")
+        return dtype
+    probe = main.get("blocks.0.ffn.0.weight")
+    stored = ckpt.entries[probe].dtype if probe else torch.bfloat16
+    if stored in (torch.float32, torch.float16, torch.bfloat16):
+        return stored
+    return torch.bfloat16
+
+
+def _swap_fp8_linears(model: WanDiT, names: list[str]) -> None:
+    for name in names:
+        module_path = name[: -len(".weight")]
+        parent_path, _, attr = module_path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        old = getattr(parent, attr)
+        with torch.device("meta"):
+            new = FP8Linear(old.in_features, old.out_features, bias=old.bias is not None)
+        setattr(parent, attr, new)
+
+
+def load_dit(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    config: WanDiTConfig | None = None,
+    fp8_compute: bool = False,
+) -> WanDiT:
+    """Load a Wan2.2 DiT from an official folder, a ComfyUI single file, or a diffusers folder/file.
+
+    `dtype`: the compute dtype (None: as stored; fp8 files: bfloat16). The time embedding, modulations and norm
+    weights are kept in float32. `config`: overrides config.json / the shapes (checked against the weights).
+    `fp8_compute`: keep the block matmul weights in float8 e4m3 with a per-tensor scale (fp8 files as stored,
+    others quantized on load) and run them with `torch._scaled_mm` where the GPU has fp8 tensor cores.
+    """
+    device = torch.device(device)
+    if fp8_compute and FP8 is None:
+        raise WanError("fp8_compute needs a torch with float8_e4m3fn (torch >= 2.1).")
+    ckpt = _Checkpoint(Path(path))
+    where = str(ckpt.path)
+    names = _normalize_names(list(ckpt.entries))
+    main, aux = _split_quant(names)
+    shapes = {name: ckpt.entries[raw].shape for name, raw in main.items()}
+    facts = _shape_facts(shapes, where)
+
+    if config is not None:
+        cfg, source = config, "the config= argument"
+    elif ckpt.config_json is not None:
+        cfg, source = WanDiTConfig.from_official_json(ckpt.config_json), str(ckpt.config_path)
+    else:
+        cfg, source = _infer_config(facts), "inferred from the weight shapes"
+    _check_config(cfg, facts, source, where)
+
+    with torch.device("meta"):
+        model = WanDiT(cfg)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(main))
+    unexpected = sorted(set(main) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {describe_keys(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {describe_keys(unexpected)}")
+        hint = "A weight file may be missing or incomplete, or the file belongs to another model."
+        if any(k.startswith("img_emb.") or ".k_img." in k for k in unexpected):
+            hint = "These are Wan2.1 I2V weights (CLIP image branch); wan_core runs the Wan2.2 models."
+        raise KeyMismatchError(
+            f"The weights in {where} do not match the Wan DiT ({cfg.model_type}, dim {cfg.dim}, {cfg.num_layers} "
+            f"layers): {'; '.join(parts)}. {hint}"
+        )
+    bad_shapes = [
+        f"{k}: {list(shapes[k])} (expected {list(expected[k])})" for k in expected if shapes[k] != expected[k]
+    ]
+    if bad_shapes:
+        raise ConfigMismatchError(
+            f"{len(bad_shapes)} tensor(s) in {where} do not have the shapes the config ({source}) gives: "
+            f"{'; '.join(bad_shapes[:6])}{' ...' if len(bad_shapes) > 6 else ''}."
+        )
+
+    target = _target_dtype(dtype, ckpt, main)
+    fp8_names = [k for k in expected if fp8_compute and fp8_capable(k)]
+    if fp8_names:
+        _swap_fp8_linears(model, fp8_names)
+    model.requires_grad_(False)
+
+    reader = ckpt.reader(device)
+    state: dict[str, torch.Tensor] = {}
+    scales: dict[str, torch.Tensor] = {}
+    fp8_set = set(fp8_names)
+    try:
+        for name in expected:
+            raw = main[name]
+            layer = name[: -len(".weight")] if name.endswith(".weight") else None
+            side = aux.get(layer, {}) if layer is not None else {}
+            want = torch.float32 if keeps_fp32(name) else target
+            tensor = reader.get(raw)
+            quantized = tensor.dtype in FP8_DTYPES or tensor.dtype == torch.int8 or bool(side)
+            scale_key = side.get(".weight_scale") or side.get(".scale_weight")
+            if name in fp8_set:
+                if tensor.dtype == FP8 and (scale_key is None or ckpt.entries[scale_key].shape in ((), (1,))):
+                    scale = reader.get(scale_key).float().reshape(()) if scale_key else torch.ones((), device=device)
+                    state[name], scales[name] = tensor, scale
+                    continue
+                if quantized:
+                    tensor = _dequantize_layer(reader, raw, tensor, side, torch.float32, ckpt.metadata)
+                amax = tensor.float().abs().amax().clamp(min=1e-12)
+                scale = (amax / torch.finfo(FP8).max).float()
+                state[name], scales[name] = (tensor.float() / scale).to(FP8), scale
+                continue
+            if quantized:
+                state[name] = _dequantize_layer(reader, raw, tensor, side, want, ckpt.metadata)
+            else:
+                state[name] = tensor.to(want) if tensor.is_floating_point() else tensor
+    finally:
+        reader.close()
+
+    model.load_state_dict(state, strict=True, assign=True)
+    for name, scale in scales.items():
+        model.get_submodule(name[: -len(".weight")]).weight_scale = scale.to(device)
+    leftover = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.device.type == "meta"]
+    if leftover:
+        raise CheckpointError(f"Internal error: {describe_keys(leftover)} were not loaded from {where}.")
+    model.eval()
+    model.source = where
+    return model
+
+
+def _dequantize_layer(
+    reader: _Reader,
+    raw: str,
+    tensor: torch.Tensor,
+    side: dict[str, str],
+    dtype: torch.dtype,
+    metadata: dict[str, str],
+) -> torch.Tensor:
+    """One quantized weight, dequantized with `wan_core.io.quant.dequantize` (only this layer in memory)."""
+    mini = {raw: tensor}
+    for raw_side in side.values():
+        mini[raw_side] = reader.get(raw_side)
+    out = dequantize(mini, dtype, metadata)
+    return out[raw]

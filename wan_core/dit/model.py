@@ -1,0 +1,445 @@
+"""The Wan2.2 diffusion transformer (official `wan/modules/model.py` `WanModel`, inference only).
+
+Parameter names and shapes are exactly the official ones, so an official state dict loads with `strict=True`.
+What differs from the reference is how, not what, it computes:
+- a `[B]` timestep gives one time embedding and one 6-way modulation per sample, broadcast over the tokens (the
+  reference builds them per token in fp32: `[B, L, 6, dim]`, about 9 GB at 720p for A14B); per-token timesteps
+  (TI2V-5B) are embedded once per distinct value and gathered;
+- the residual stream is float32 (as under the reference's fp32 autocast regions); norms, modulation, time embedding
+  and the head are computed in float32; the matmuls and attention run in the model's dtype;
+- a LayerNorm and its modulation are one `layer_norm` call with `1 + scale` / `shift` as its affine (on CUDA: one
+  fused Triton kernel that also writes the compute dtype, see `kernels.py`; likewise q/k RMSNorm + RoPE);
+- the 3-D RoPE is a float32 complex multiply with a table computed once per grid (never float64 on the GPU);
+- the patch embedding is the equivalent matmul over patches (Conv3d with kernel == stride).
+
+Attention backend: `WanDiT(config, attention_backend="sdpa")` or `model.attention_backend = "flash_attn"`
+(`"sdpa"` | `"flash_attn"` | `"sage"`, see `wan_core.dit.attention`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..configs import WanDiTConfig
+from ..errors import InputError, WanError
+from . import kernels
+from .attention import attention, check_backend
+from .rope import apply_rope, rope_freqs
+
+FP8 = getattr(torch, "float8_e4m3fn", None)
+
+# Parameters kept (and always computed) in float32, whatever the model's dtype.
+_FP32_PATTERNS = ("time_embedding.", "time_projection.", "modulation", "norm3.", "norm_q.", "norm_k.")
+# Linear layers that fp8 compute may keep in fp8 (the transformer blocks' matmuls).
+_FP8_LAYERS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
+               "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
+
+
+def keeps_fp32(name: str) -> bool:
+    """Whether the parameter `name` is stored in float32 by the loader (time embedding, modulations, norms)."""
+    return any(p in name for p in _FP32_PATTERNS)
+
+
+def fp8_capable(name: str) -> bool:
+    """Whether `name` is the weight of a block Linear that fp8 compute may keep in fp8."""
+    return name.startswith("blocks.") and name.endswith(".weight") and any(
+        name[: -len(".weight")].endswith(layer) for layer in _FP8_LAYERS
+    )
+
+
+def _scaled_mm_supported(device: torch.device) -> bool:
+    if device.type != "cuda" or FP8 is None or not hasattr(torch, "_scaled_mm"):
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+class FP8Linear(nn.Module):
+    """A Linear whose weight stays float8 e4m3 with a per-tensor float32 scale (`weight_scale`).
+
+    On CUDA devices with fp8 tensor cores (compute capability 8.9+) the matmul is `torch._scaled_mm` on the input
+    quantized per tensor; elsewhere the weight is dequantized for each call (fp8 storage, full-precision math).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+        self.register_buffer("weight_scale", torch.ones((), dtype=torch.float32), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            _scaled_mm_supported(x.device)
+            and x.dtype in (torch.bfloat16, torch.float16)
+            and self.in_features % 16 == 0
+            and self.out_features % 16 == 0
+        ):
+            shape = x.shape
+            x2 = x.reshape(-1, shape[-1])
+            amax = x2.abs().amax().float().clamp_(min=1e-12)
+            scale_in = amax / 440.0  # under e4m3's 448: the bf16 rounding of x / scale cannot overflow it
+            xq = (x2 * (1.0 / scale_in).to(x2.dtype)).to(FP8)
+            bias = self.bias.to(x.dtype) if self.bias is not None else None
+            out = torch._scaled_mm(xq, self.weight.t(), scale_a=scale_in, scale_b=self.weight_scale.float(),
+                                   bias=bias, out_dtype=x.dtype)
+            return out.view(*shape[:-1], self.out_features)
+        weight = (self.weight.float() * self.weight_scale.float()).to(x.dtype)
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, weight, bias)
+
+
+def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    bias = layer.bias.float() if layer.bias is not None else None
+    return F.linear(x.float(), layer.weight.float(), bias)
+
+
+def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
+    """`[N, dim]` float32 `cat(cos, sin)` of `t * 10000^(-i/half)`, computed in float64 like the reference."""
+    half = dim // 2
+    high = torch.float32 if t.device.type == "mps" else torch.float64
+    pos = t.to(high)
+    freqs = torch.pow(10000, -torch.arange(half, device=t.device, dtype=high).div(half))
+    sinusoid = torch.outer(pos, freqs)
+    return torch.cat([torch.cos(sinusoid), torch.sin(sinusoid)], dim=1).float()
+
+
+@dataclass
+class TimeCond:
+    """Time conditioning: embeddings of N distinct timesteps and how tokens pick them.
+
+    `e` `[N, dim]` and `e0` `[N, 6, dim]` (float32). With `index` None, N == B and sample b uses row b for all its
+    tokens; otherwise `index` `[B, L]` names each token's row.
+    """
+
+    e: torch.Tensor
+    e0: torch.Tensor
+    index: torch.Tensor | None
+
+    def pick(self, table: torch.Tensor) -> torch.Tensor:
+        """`table` `[N, dim]` as a tensor broadcastable to `[B, L, dim]`."""
+        return table.unsqueeze(1) if self.index is None else table[self.index]
+
+    def block_chunks(self, modulation: torch.Tensor, which: Sequence[int]) -> list[torch.Tensor]:
+        mod = modulation.float().view(-1, modulation.shape[-1])
+        return [self.pick(mod[k] + self.e0[:, k]) for k in which]
+
+    def head_chunks(self, modulation: torch.Tensor) -> list[torch.Tensor]:
+        mod = modulation.float().view(-1, modulation.shape[-1])
+        return [self.pick(mod[k] + self.e) for k in (0, 1)]
+
+
+def modulated_norm(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """`layer_norm(x) * (1 + scale) + shift` in float32, returned in `dtype`."""
+    if kernels.usable(x):
+        return kernels.modulated_layer_norm(x, scale, shift, eps, dtype)
+    batch, seq, dim = x.shape
+    if shift.shape[1] == 1:
+        if batch == 1:
+            return F.layer_norm(x, (dim,), 1 + scale[0, 0], shift[0, 0], eps).to(dtype)
+        out = torch.empty(batch, seq, dim, dtype=dtype, device=x.device)
+        for b in range(batch):
+            out[b] = F.layer_norm(x[b], (dim,), 1 + scale[b, 0], shift[b, 0], eps)
+        return out
+    normed = F.layer_norm(x, (dim,), eps=eps)
+    return torch.addcmul(shift, normed, 1 + scale).to(dtype)
+
+
+class WanRMSNorm(nn.Module):
+    """RMSNorm over the whole projection (all heads together), computed in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps)
+
+
+class WanSelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim)
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        return isinstance(self.norm_q, WanRMSNorm) and kernels.usable(x)
+
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, backend: str) -> torch.Tensor:
+        dtype = x.dtype
+        if self._fused(x):
+            q = self._heads(kernels.rms_norm_rope(self.q(x), self.norm_q.weight, self.norm_q.eps, freqs,
+                                                  self.head_dim))
+            k = self._heads(kernels.rms_norm_rope(self.k(x), self.norm_k.weight, self.norm_k.eps, freqs,
+                                                  self.head_dim))
+            v = self._heads(self.v(x))
+            out = attention(q, k, v, backend)
+            return self.o(out.reshape(x.shape[0], x.shape[1], self.dim))
+        q = apply_rope(self._heads(self.norm_q(self.q(x)).float()), freqs).to(dtype)
+        k = apply_rope(self._heads(self.norm_k(self.k(x)).float()), freqs).to(dtype)
+        v = self._heads(self.v(x))
+        out = attention(q, k, v, backend)
+        return self.o(out.reshape(x.shape[0], x.shape[1], self.dim))
+
+
+class WanCrossAttention(WanSelfAttention):
+    def forward(self, x: torch.Tensor, context: torch.Tensor, backend: str) -> torch.Tensor:  # type: ignore[override]
+        dtype = x.dtype
+        if self._fused(x):
+            q = self._heads(kernels.rms_norm_rope(self.q(x), self.norm_q.weight, self.norm_q.eps, None, self.head_dim))
+            k = self._heads(kernels.rms_norm_rope(self.k(context), self.norm_k.weight, self.norm_k.eps, None,
+                                                  self.head_dim))
+        else:
+            q = self._heads(self.norm_q(self.q(x)).to(dtype))
+            k = self._heads(self.norm_k(self.k(context)).to(dtype))
+        v = self._heads(self.v(context))
+        out = attention(q, k, v, backend)
+        return self.o(out.reshape(x.shape[0], x.shape[1], self.dim))
+
+
+class WanAttentionBlock(nn.Module):
+    def __init__(self, cfg: WanDiTConfig) -> None:
+        super().__init__()
+        dim = cfg.dim
+        self.eps = cfg.eps
+        self.self_attn = WanSelfAttention(dim, cfg.num_heads, cfg.qk_norm, cfg.eps)
+        self.norm3 = nn.LayerNorm(dim, cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_attn = WanCrossAttention(dim, cfg.num_heads, cfg.qk_norm, cfg.eps)
+        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def _norm3(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if isinstance(self.norm3, nn.LayerNorm):
+            if kernels.usable(x):
+                return kernels.modulated_layer_norm(x, self.norm3.weight, self.norm3.bias, self.eps, dtype,
+                                                    plus_one=False)
+            return F.layer_norm(x, (x.shape[-1],), self.norm3.weight.float(), self.norm3.bias.float(), self.eps).to(
+                dtype
+            )
+        return x.to(dtype)
+
+    def forward(
+        self, x: torch.Tensor, time: TimeCond, context: torch.Tensor, freqs: torch.Tensor, backend: str
+    ) -> torch.Tensor:
+        """`x`: float32 residual stream `[B, L, dim]`; `context`: embedded text `[B, text_len, dim]`."""
+        dtype = context.dtype
+        inplace = not torch.is_grad_enabled()
+        shift, scale, gate = time.block_chunks(self.modulation, (0, 1, 2))
+        y = self.self_attn(modulated_norm(x, shift, scale, self.eps, dtype), freqs, backend)
+        x = x.addcmul_(y, gate) if inplace else x.addcmul(y, gate)
+        y = self.cross_attn(self._norm3(x, dtype), context, backend)
+        x = x.add_(y) if inplace else x + y
+        shift, scale, gate = time.block_chunks(self.modulation, (3, 4, 5))
+        y = self.ffn(modulated_norm(x, shift, scale, self.eps, dtype))
+        return x.addcmul_(y, gate) if inplace else x.addcmul(y, gate)
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: WanDiTConfig) -> None:
+        super().__init__()
+        self.eps = cfg.eps
+        self.head = nn.Linear(cfg.dim, cfg.patch_volume * cfg.out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x: torch.Tensor, time: TimeCond) -> torch.Tensor:
+        shift, scale = time.head_chunks(self.modulation)
+        return _linear_fp32(self.head, modulated_norm(x, shift, scale, self.eps, torch.float32))
+
+
+class WanDiT(nn.Module):
+    """The Wan2.2 DiT. `forward(x, t, context, y=None)`; see the module docstring for the attention backend."""
+
+    def __init__(self, config: WanDiTConfig, attention_backend: str = "sdpa") -> None:
+        super().__init__()
+        self.config = config
+        cfg = config
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
+        self.blocks = nn.ModuleList([WanAttentionBlock(cfg) for _ in range(cfg.num_layers)])
+        self.head = Head(cfg)
+        self._attention_backend = check_backend(attention_backend)
+        self._rope_cache: dict[tuple, torch.Tensor] = {}
+
+    # --- settings ----------------------------------------------------------------------------------------------
+    @property
+    def attention_backend(self) -> str:
+        return self._attention_backend
+
+    @attention_backend.setter
+    def attention_backend(self, name: str) -> None:
+        self._attention_backend = check_backend(name)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype (matmuls, attention): the dtype of the patch embedding."""
+        return self.patch_embedding.bias.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_embedding.bias.device
+
+    # --- pieces -----------------------------------------------------------------------------------------------
+    def _rope(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+        key = (grid, str(device))
+        freqs = self._rope_cache.get(key)
+        if freqs is None:
+            if len(self._rope_cache) >= 4:
+                self._rope_cache.clear()
+            freqs = rope_freqs(self.config.head_dim, grid, device)
+            self._rope_cache[key] = freqs
+        return freqs
+
+    def _time(self, t: torch.Tensor | float, batch: int, seq: int, device: torch.device) -> TimeCond:
+        t = torch.as_tensor(t, device=device)
+        if t.dim() == 0:
+            t = t.expand(batch)
+        if t.dim() == 1 and t.shape[0] == 1 and batch > 1:
+            t = t.expand(batch)
+        index = None
+        if t.dim() == 2:
+            if t.shape[0] != batch or t.shape[1] < seq:
+                raise InputError(f"Per-token timesteps must be [B, L] = [{batch}, {seq}] (or longer), not "
+                                 f"{list(t.shape)}.")
+            t = t[:, :seq]
+            if bool((t == t[:, :1]).all()):
+                t = t[:, 0]
+            else:
+                t, index = torch.unique(t, return_inverse=True)
+        elif t.dim() != 1 or t.shape[0] != batch:
+            raise InputError(f"Timesteps must be [B] = [{batch}] or per token [B, L], not {list(t.shape)}.")
+        e = _linear_fp32(self.time_embedding[0], sinusoidal_embedding(self.config.freq_dim, t))
+        e = _linear_fp32(self.time_embedding[2], F.silu(e))
+        e0 = _linear_fp32(self.time_projection[1], F.silu(e)).unflatten(1, (6, self.config.dim))
+        return TimeCond(e, e0, index)
+
+    def _context(
+        self, context: torch.Tensor | Sequence[torch.Tensor], batch: int, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        cfg = self.config
+        if isinstance(context, torch.Tensor):
+            items = [context] if context.dim() == 2 else list(context.unbind(0))
+        else:
+            items = list(context)
+        if len(items) == 1 and batch > 1:
+            items = items * batch
+        if len(items) != batch:
+            raise InputError(f"{len(items)} text contexts for a batch of {batch} latents.")
+        padded = torch.zeros(batch, cfg.text_len, cfg.text_dim, dtype=dtype, device=device)
+        for i, u in enumerate(items):
+            if u.dim() != 2 or u.shape[1] != cfg.text_dim:
+                raise InputError(
+                    f"Text context {i} has shape {list(u.shape)}; the model takes [L, {cfg.text_dim}] embeddings."
+                )
+            if u.shape[0] > cfg.text_len:
+                raise InputError(f"Text context {i} has {u.shape[0]} tokens; the model takes at most {cfg.text_len}.")
+            padded[i, : u.shape[0]] = u
+        return self.text_embedding(padded)
+
+    def _patchify(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        cfg = self.config
+        batch, channels, frames, height, width = x.shape
+        pt, ph, pw = cfg.patch_size
+        if frames % pt or height % ph or width % pw:
+            raise InputError(
+                f"Latent size {frames}x{height}x{width} is not a multiple of the patch size {cfg.patch_size}."
+            )
+        f, h, w = frames // pt, height // ph, width // pw
+        patches = (
+            x.to(dtype)
+            .view(batch, channels, f, pt, h, ph, w, pw)
+            .permute(0, 2, 4, 6, 1, 3, 5, 7)
+            .reshape(batch, f * h * w, channels * pt * ph * pw)
+        )
+        weight = self.patch_embedding.weight.to(dtype).reshape(cfg.dim, -1)
+        return F.linear(patches, weight, self.patch_embedding.bias.to(dtype)), (f, h, w)
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """`[B, L, prod(patch) * out_dim]` -> `[B, out_dim, F, H, W]`."""
+        cfg = self.config
+        batch = x.shape[0]
+        f, h, w = grid
+        pt, ph, pw = cfg.patch_size
+        x = x.view(batch, f, h, w, pt, ph, pw, cfg.out_dim)
+        x = torch.einsum("bfhwpqrc->bcfphqwr", x)
+        return x.reshape(batch, cfg.out_dim, f * pt, h * ph, w * pw)
+
+    # --- forward ----------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        context: torch.Tensor | Sequence[torch.Tensor],
+        y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the flow for latents `x` `[B, C, F, H, W]` at timesteps `t` (`[B]` in [0, 1000], or `[B, L]`
+        per token) given text embeddings `context` (a list of `[L_i, text_dim]` or a `[B, L, text_dim]` tensor).
+
+        `y` (i2v): the conditioning channels (4 mask + 16 image latent), concatenated to `x` on the channel axis.
+        Returns float32 `[B, out_dim, F, H, W]`.
+        """
+        cfg = self.config
+        if x.dim() != 5:
+            raise InputError(f"Latents must be [B, C, F, H, W], not {list(x.shape)}.")
+        if y is not None:
+            if y.dim() == 4:
+                y = y.unsqueeze(0)
+            x = torch.cat([x, y.to(x.dtype).expand(x.shape[0], *y.shape[1:])], dim=1)
+        if x.shape[1] != cfg.in_dim:
+            hint = " (i2v models take the conditioning channels as y)" if cfg.model_type == "i2v" else ""
+            raise InputError(f"The model takes {cfg.in_dim} input channels, got {x.shape[1]}{hint}.")
+        if any(p.device.type == "meta" for p in (self.patch_embedding.weight, self.head.head.weight)):
+            raise WanError("The model has no weights yet (meta device): load it with wan_core.load_dit.")
+        dtype, device = self.dtype, self.device
+        x = x.to(device)
+        batch = x.shape[0]
+
+        hidden, grid = self._patchify(x, dtype)
+        hidden = hidden.float()
+        seq = hidden.shape[1]
+        time = self._time(t, batch, seq, device)
+        ctx = self._context(context, batch, dtype, device)
+        freqs = self._rope(grid, device)
+        backend = self._attention_backend
+        for block in self.blocks:
+            hidden = block(hidden, time, ctx, freqs, backend)
+        out = self.head(hidden, time)
+        return self.unpatchify(out, grid)
+
+
+def init_random_(model: WanDiT, generator: torch.Generator | None = None, std: float = 1.0) -> WanDiT:
+    """Fill every parameter with random values of a sensible scale (tests and benchmarks)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+                continue
+            if p.dim() >= 2 and "modulation" not in name:
+                fan_in = math.prod(p.shape[1:])
+                p.copy_(torch.randn(p.shape, generator=generator) * (std / fan_in**0.5))
+            elif name.endswith("norm_q.weight") or name.endswith("norm_k.weight") or name.endswith("norm3.weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=generator))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+    return model

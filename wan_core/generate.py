@@ -1,0 +1,359 @@
+"""Command-line video generation with the flags of the official Wan2.2 `generate.py`.
+
+    python -m wan_core.generate --task t2v-A14B --size 1280*720 --ckpt_dir ./Wan2.2-T2V-A14B --prompt "..."
+    python -m wan_core.generate --demo        # tiny random checkpoint, runs on CPU in seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .checkpoint_dir import LAYOUTS
+from .errors import CheckpointError, InputError
+from .pipeline.conditioning import official_image_input
+from .pipeline.tasks import TASKS, get_task, parse_size
+from .pipeline.validation import SOLVERS, validate_request
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+    from .pipeline.denoise import StepInfo
+
+PROG = "wan22-generate"
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# The official example prompts (generate.py's EXAMPLE_PROMPT), used when --prompt is not given.
+_CATS_BOXING = "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a spotlighted stage."
+EXAMPLE_PROMPTS = {
+    "t2v-A14B": _CATS_BOXING,
+    "i2v-A14B": (
+        "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard. The fluffy-furred feline "
+        "gazes directly at the camera with a relaxed expression. Blurred beach scenery forms the background featuring "
+        "crystal-clear waters, distant green hills, and a blue sky dotted with white clouds. The cat assumes a "
+        "naturally relaxed posture, as if savoring the sea breeze and warm sunlight. A close-up shot highlights the "
+        "feline's intricate details and the refreshing atmosphere of the seaside."
+    ),
+    "ti2v-5B": _CATS_BOXING,
+}
+# --demo defaults: small enough that the whole run takes seconds on a CPU, with both experts used (t2v, i2v).
+DEMO_SIZE = "128*96"
+DEMO_FRAME_NUM = 9
+DEMO_STEPS = 8
+
+
+def str2bool(text: str) -> bool:
+    """The official `str2bool`: yes/true/t/y/1 and no/false/f/n/0, any case."""
+    value = text.strip().lower()
+    if value in ("yes", "true", "t", "y", "1"):
+        return True
+    if value in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, yes/no, 1/0), got {text!r}")
+
+
+def parse_guide_scale(text: str) -> float | tuple[float, float]:
+    """One scale for every expert, or `low,high` (the low-noise expert's scale first, as the official configs)."""
+    parts = text.split(",")
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise argparse.ArgumentTypeError(
+        f"expected a number such as 5.0, or two numbers low,high such as 3.0,4.0; got {text!r}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Generate a video from a text prompt (and an image for i2v/ti2v) with Wan2.2. "
+        "The flags are those of the official Wan2.2 generate.py.",
+    )
+    parser.add_argument("--task", default="t2v-A14B", choices=list(TASKS), help="The task to run.")
+    parser.add_argument(
+        "--size",
+        default=None,
+        help="width*height of the video, e.g. 1280*720 or 832*480 (ti2v-5B: 1280*704 or 704*1280). For i2v the "
+        f"area counts and the aspect ratio follows the image. Default: the task's first size (1280*720; ti2v-5B: "
+        f"1280*704), {DEMO_SIZE} with --demo.",
+    )
+    parser.add_argument("--frame_num", type=int, default=None, help="Number of frames, 4n+1. Default: the task's.")
+    parser.add_argument("--ckpt_dir", default=None, help="The folder of the official checkpoint download.")
+    parser.add_argument(
+        "--offload_model",
+        type=str2bool,
+        default=None,
+        help="Keep the expert not in use in CPU RAM and move models back to the CPU after the run, "
+        "reducing GPU memory use. Default: true on a GPU, false on the CPU.",
+    )
+    parser.add_argument("--t5_cpu", action="store_true", help="Run the T5 text encoder on the CPU.")
+    parser.add_argument(
+        "--convert_model_dtype", action="store_true", help="Store the DiT weights in bf16 (the param dtype)."
+    )
+    parser.add_argument("--prompt", default=None, help="The prompt. Default: the official example prompt.")
+    parser.add_argument("--image", default=None, help="The first frame (required for i2v-A14B, optional for ti2v-5B).")
+    parser.add_argument("--base_seed", type=int, default=-1, help="The seed; -1 picks a random one.")
+    parser.add_argument("--sample_solver", default="unipc", choices=SOLVERS, help="The sampler.")
+    parser.add_argument("--sample_steps", type=int, default=None, help="Sampling steps. Default: the task's.")
+    parser.add_argument("--sample_shift", type=float, default=None, help="Flow-matching shift. Default: the task's.")
+    parser.add_argument(
+        "--sample_guide_scale",
+        type=parse_guide_scale,
+        default=None,
+        help="Classifier-free guidance scale: one number, or low,high for the two experts. Default: the task's.",
+    )
+    parser.add_argument("--save_file", default=None, help="The MP4 to write. Default: a name from task, size, prompt.")
+    parser.add_argument(
+        "--save_tensor", default=None, metavar="PATH", help="Also save the video as safetensors [3,F,H,W] in [-1,1]."
+    )
+    parser.add_argument("--save_frames", default=None, metavar="DIR", help="Also save every frame as a PNG in DIR.")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="Run on a tiny checkpoint with RANDOM weights, synthesized into a cache folder (WAN22_DEMO_DIR): "
+        "checks the whole pipeline in seconds on a CPU; the video is noise.",
+    )
+    parser.add_argument("--device", default=None, help="torch device, e.g. cuda:1 or cpu. Default: cuda if present.")
+    return parser
+
+
+@dataclass
+class Request:
+    """A generation request with every default filled in and every value checked."""
+
+    task: str
+    ckpt_dir: Path | None  # None with --demo until the demo checkpoint is built
+    width: int
+    height: int
+    frame_num: int
+    prompt: str
+    image: torch.Tensor | None  # the start frame [3, H, W] in [-1, 1]
+    seed: int
+    sample_solver: str
+    sample_steps: int
+    sample_shift: float
+    guide_scale: float | tuple[float, float]
+    device: torch.device
+    offload_model: bool
+    save_file: Path
+    fps: int
+
+
+def _default_save_file(task: str, width: int, height: int, prompt: str, demo: bool) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    words = re.sub(r"[^\w.-]+", "_", prompt)[:50].strip("_")
+    return Path(f"{'demo_' if demo else ''}{task}_{width}x{height}_{words}_{stamp}.mp4")
+
+
+def _open_image(path: str | None, demo_fallback: bool) -> PILImage | None:
+    """The --image as an RGB PIL image; without --image, None (or a gradient when `demo_fallback`)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if path is None:
+        return _demo_image() if demo_fallback else None
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise InputError(f"--image {path!r} cannot be read as an image ({err}). Pass a PNG or JPEG file.") from err
+
+
+def _demo_image() -> PILImage:
+    """A smooth color gradient as the demo's i2v first frame."""
+    from PIL import Image
+
+    width, height = 256, 192
+    ramp_x = torch.linspace(0, 255, width).expand(height, width)
+    ramp_y = torch.linspace(0, 255, height)[:, None].expand(height, width)
+    pixels = torch.stack([ramp_x, ramp_y, 255 - ramp_x], dim=-1).to(torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'video.mp4'}.")
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"{flag} {path}: {parent} is a file, not a folder.")
+
+
+def _pick_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise InputError(f"--device {name!r} is not a torch device ({err}); use e.g. cuda, cuda:1 or cpu.") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: this torch sees no CUDA GPU; use --device cpu or a CUDA build of torch.")
+    return device
+
+
+def resolve_request(args: argparse.Namespace) -> Request:
+    """Fill the task's defaults into the parsed flags and validate everything before any model is loaded."""
+    task = get_task(args.task)
+    if args.demo and args.ckpt_dir is not None:
+        raise InputError(
+            "--demo builds its own tiny random checkpoint; drop --ckpt_dir (to choose where the demo checkpoint "
+            "is kept, set the environment variable WAN22_DEMO_DIR)."
+        )
+    if not args.demo and args.ckpt_dir is None:
+        raise InputError(
+            "Pass --ckpt_dir with the folder of an official Wan2.2 download (e.g. huggingface-cli download "
+            f"{LAYOUTS[args.task].hf_repo} --local-dir ./ckpt), or --demo to try a tiny random checkpoint."
+        )
+    width, height = parse_size(args.size or (DEMO_SIZE if args.demo else task.sizes[0]))
+    image = _open_image(args.image, task.needs_image and args.demo)
+    if image is not None and task.accepts_image:
+        # As the official generate.py: --size gives the area; the output's aspect ratio follows the image.
+        image, width, height = official_image_input(image, task, max_area=width * height)
+    frame_num = args.frame_num if args.frame_num is not None else DEMO_FRAME_NUM if args.demo else task.frame_num
+    steps = args.sample_steps if args.sample_steps is not None else DEMO_STEPS if args.demo else task.sample_steps
+    shift = args.sample_shift if args.sample_shift is not None else task.sample_shift
+    validate_request(
+        task,
+        width=width,
+        height=height,
+        frame_num=frame_num,
+        sample_steps=steps,
+        sample_solver=args.sample_solver,
+        sample_shift=shift,
+        has_image=image is not None,
+    )
+
+    device = _pick_device(args.device)
+    prompt = args.prompt if args.prompt is not None else EXAMPLE_PROMPTS[args.task]
+    save_file = Path(args.save_file) if args.save_file else _default_save_file(args.task, width, height, prompt,
+                                                                                 args.demo)
+    _check_writable(save_file, "--save_file")
+    if args.save_tensor:
+        _check_writable(Path(args.save_tensor), "--save_tensor")
+    if args.save_frames and Path(args.save_frames).is_file():
+        raise InputError(f"--save_frames {args.save_frames} is a file; give a folder for the PNG frames.")
+    return Request(
+        task=args.task,
+        ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None,
+        width=width,
+        height=height,
+        frame_num=frame_num,
+        prompt=prompt,
+        image=image,
+        seed=args.base_seed if args.base_seed >= 0 else random.randint(0, sys.maxsize),
+        sample_solver=args.sample_solver,
+        sample_steps=steps,
+        sample_shift=shift,
+        guide_scale=args.sample_guide_scale if args.sample_guide_scale is not None else task.guide_scale,
+        device=device,
+        offload_model=args.offload_model if args.offload_model is not None else device.type != "cpu",
+        save_file=save_file,
+        fps=task.fps,
+    )
+
+
+class ProgressBar:
+    """A tqdm bar fed by the pipeline's progress callback: step i of n, the expert in use, seconds per step."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, desc="denoising", unit="step", dynamic_ncols=True)
+
+    def __call__(self, info: StepInfo) -> None:
+        self._bar.set_postfix_str(f"expert={info.expert} t={info.timestep} {info.seconds:.2f}s/step", refresh=False)
+        self._bar.update(info.step - self._bar.n)  # info.step is 1-based
+        if info.step == info.total:
+            self.close()  # stop the clock before the VAE decode
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .checkpoint_dir import load_pipeline
+    from .video_io import save_tensor, save_video
+
+    request = resolve_request(args)
+    if args.demo:
+        from .demo import DEMO_WARNING, ensure_demo_checkpoint
+
+        request.ckpt_dir = ensure_demo_checkpoint(request.task)
+        _say(DEMO_WARNING.format(folder=request.ckpt_dir))
+
+    _say(f"Loading {request.task} from {request.ckpt_dir} onto {request.device} ...")
+    started = time.perf_counter()
+    pipeline = load_pipeline(
+        request.task,
+        request.ckpt_dir,
+        device=request.device,
+        offload_model=request.offload_model,
+        t5_cpu=args.t5_cpu,
+        convert_model_dtype=args.convert_model_dtype,
+    )
+    _say(f"Loaded in {time.perf_counter() - started:.1f}s. Generating {request.frame_num} frames at "
+         f"{request.width}x{request.height}, {request.sample_steps} {request.sample_solver} steps, "
+         f"seed {request.seed}.")
+    bar = ProgressBar(request.sample_steps)
+    try:
+        video = pipeline.generate(
+            request.prompt,
+            negative_prompt=None,
+            width=request.width,
+            height=request.height,
+            frame_num=request.frame_num,
+            seed=request.seed,
+            sample_solver=request.sample_solver,
+            sample_steps=request.sample_steps,
+            sample_shift=request.sample_shift,
+            guide_scale=request.guide_scale,
+            image=request.image,
+            progress=bar,
+            cancel=None,
+        )
+    finally:
+        bar.close()
+
+    save_video(request.save_file, video, request.fps, frames_dir=args.save_frames)
+    _say(f"Saved {request.save_file} ({video.shape[1]} frames, {video.shape[3]}x{video.shape[2]}, {request.fps} fps).")
+    if args.save_frames:
+        _say(f"Saved the frames as PNGs in {args.save_frames}.")
+    if args.save_tensor:
+        save_tensor(args.save_tensor, video)
+        _say(f"Saved the video tensor [3, F, H, W] in [-1, 1] to {args.save_tensor}.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `wan22-generate` / `python -m wan_core.generate`. Returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (InputError, CheckpointError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

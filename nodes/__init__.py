@@ -1,5 +1,6 @@
 """ComfyUI nodes of comfyui-wan22 (classic API). Node ids carry the `Wan22` prefix and never change."""
 
+from .batch_queue import Wan22BatchQueueManager
 from .gpu_check import Wan22GPUCheck
 from .loaders import Wan22ModelLoader, Wan22T5Loader, Wan22VAELoader
 from .sampler import Wan22DiTSampler
@@ -20,6 +21,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "Wan22VAEDecode": Wan22VAEDecode,
     "Wan22VAEEncode": Wan22VAEEncode,
     "Wan22SaveVideo": Wan22SaveVideo,
+    "Wan22BatchQueueManager": Wan22BatchQueueManager,
     "Wan22GPUCheck": Wan22GPUCheck,
 }
 
@@ -34,5 +36,6 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "Wan22VAEDecode": "Wan2.2 VAE Decode",
     "Wan22VAEEncode": "Wan2.2 VAE Encode",
     "Wan22SaveVideo": "Wan2.2 Save Video",
+    "Wan22BatchQueueManager": "Wan2.2 Batch Queue Manager",
     "Wan22GPUCheck": "Wan2.2 GPU Check",
 }

@@ -2,7 +2,8 @@
 
 A loader node returns a handle without reading any weight; `Wan22SetDevice` returns a copy bound to another device.
 The weights are read the first time a consumer node runs (`handle.load()`), kept in a small cache so that two
-handles of the same file share one module, and moved to the handle's device only then.
+handles of the same file share one module, and moved to the handle's device only then. A caller that needs a second
+copy on another device (the batch manager's replica per GPU) passes a cache of its own: `handle.load(cache)`.
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ class ModelHandle:
     def target_device(self) -> torch.device:
         return resolve_device(self.device, warn=False)
 
-    def _load_cached(self, path: str, options: tuple, load: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-        module = MODEL_CACHE.get((self.kind, path, *options), load)
+    def _load_cached(
+        self, path: str, options: tuple, load: Callable[[], torch.nn.Module], cache: ModelCache | None = None
+    ) -> torch.nn.Module:
+        module = (cache or MODEL_CACHE).get((self.kind, path, *options), load)
         return move_module(module, self.target_device())
 
 
@@ -106,7 +109,7 @@ class DiTHandle(ModelHandle):
     attention: str = "auto"
     offload: bool = False
 
-    def _load_expert(self, path: str) -> torch.nn.Module:
+    def _load_expert(self, path: str, cache: ModelCache | None) -> torch.nn.Module:
         from wan_core.dit.loader import load_dit
 
         def read() -> torch.nn.Module:
@@ -117,14 +120,14 @@ class DiTHandle(ModelHandle):
                 fp8_compute=self.weight_dtype == "fp8_e4m3fn_fast",
             )
 
-        model = self._load_cached(path, (self.weight_dtype,), read)
+        model = self._load_cached(path, (self.weight_dtype,), read, cache)
         _set_attention_backend(model, self.attention)
         return model
 
-    def load(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    def load(self, cache: ModelCache | None = None) -> tuple[torch.nn.Module, torch.nn.Module | None]:
         """(high-noise or only model, low-noise model or None), on the bound device."""
-        high = self._load_expert(self.high_noise_path)
-        low = self._load_expert(self.low_noise_path) if self.low_noise_path else None
+        high = self._load_expert(self.high_noise_path, cache)
+        low = self._load_expert(self.low_noise_path, cache) if self.low_noise_path else None
         return high, low
 
 
@@ -144,7 +147,7 @@ class T5Handle(ModelHandle):
     weight_dtype: str = "default"
     tokenizer_path: str | None = None
 
-    def load(self) -> Any:
+    def load(self, cache: ModelCache | None = None) -> Any:
         from wan_core.text.encoder import load_text_encoder
 
         def read() -> Any:
@@ -152,7 +155,7 @@ class T5Handle(ModelHandle):
                 self.path, tokenizer=self.tokenizer_path, device="cpu", dtype=WEIGHT_DTYPES[self.weight_dtype]
             )
 
-        encoder = MODEL_CACHE.get((self.kind, self.path, self.weight_dtype, self.tokenizer_path), read)
+        encoder = (cache or MODEL_CACHE).get((self.kind, self.path, self.weight_dtype, self.tokenizer_path), read)
         device = self.target_device()
         if torch.device(encoder.device) != device:
             encoder.to(device)
@@ -167,13 +170,13 @@ class VAEHandle(ModelHandle):
     path: str
     weight_dtype: str = "default"
 
-    def load(self) -> torch.nn.Module:
+    def load(self, cache: ModelCache | None = None) -> torch.nn.Module:
         from wan_core.vae.loader import load_vae
 
         def read() -> torch.nn.Module:
             return load_vae(self.path, device="cpu", dtype=WEIGHT_DTYPES[self.weight_dtype])
 
-        return self._load_cached(self.path, (self.weight_dtype,), read)
+        return self._load_cached(self.path, (self.weight_dtype,), read, cache)
 
 
 def require_handle(value: Any, expected: type[ModelHandle], socket: str) -> Any:

@@ -76,6 +76,12 @@ def test_truncated_safetensors_names_the_file(tmp_path):
         read_safetensors(path)
 
 
+def test_legacy_format_pth_loads(tmp_path):
+    path = tmp_path / "legacy.pth"
+    torch.save({"w": torch.arange(4.0)}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(read_torch_file(path)["w"], torch.arange(4.0))
+
+
 class ArbitraryObject:
     """A pickled class a malicious .pth could carry: weights_only loading must refuse it."""
 

@@ -157,6 +157,14 @@ def output_names(node: Node) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- the graphs
 MODELS, PROMPT, SAMPLE, OUTPUT = "1. Models", "2. Prompt", "3. Sampling", "4. Decode and save"
+BATCH = "2. Batch queue"
+SAMPLE_CSV = "sample_batch.csv"
+DUAL_GPU = {"t5": "gpu:0", "dit": "gpu:1", "vae": "gpu:1"}
+BATCH_TEXT = (
+    "Each CSV row is one video (its columns override the node's size, frames, steps, seed, style). Videos and the "
+    "job ledger go to ComfyUI/output/wan22_batches/; queueing the same batch again skips the videos already made. "
+    "queue_timeout is per job (seconds)."
+)
 GROUP_TEXT = {
     MODELS: "Files from Comfy-Org/Wan_2.2_ComfyUI_Repackaged (split_files/): diffusion_models/, text_encoders/, vae/ "
     "into ComfyUI/models/ (official Wan2.2 folders work too). Weights load when the sampler first runs.",
@@ -178,12 +186,12 @@ def column(index: int, row: int) -> tuple[int, int]:
     return (40 + index * (NODE_WIDTH + 60), 40 + row * 300)
 
 
-def build_graph(
-    name: str, title: str, *, task: str, model: str, low: str, vae: str, weight_dtype: str = "default",
-    offload: bool = False, sampler: dict, save_prefix: str, fps: float, tiled: bool = False,
-    devices: dict[str, str] | None = None, start_image: str | None = None, prompt: str = PROMPT_TEXT,
-) -> Graph:
-    """A Wan2.2 graph; `devices` (`{"t5": "gpu:0", "dit": "gpu:1", "vae": "gpu:1"}`) adds Wan22SetDevice nodes."""
+def model_nodes(
+    *, task: str, model: str, low: str, vae: str, weight_dtype: str = "default", offload: bool = False,
+    devices: dict[str, str] | None = None,
+) -> tuple[list[Node], dict[str, list]]:
+    """The three loaders (ids 1-3), a Wan22SetDevice (ids 20+) per entry of `devices`, and the handle outputs to
+    wire: `{"dit": [node id, slot], "t5": ..., "vae": ...}`."""
     nodes = [
         Node(1, "Wan22ModelLoader", {"task": task, "model": model, "low_noise_model": low,
                                      "weight_dtype": weight_dtype, "attention": "auto", "offload": offload},
@@ -191,8 +199,6 @@ def build_graph(
         Node(2, "Wan22T5Loader", {"t5_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "weight_dtype": "default"},
              column(0, 1), MODELS),
         Node(3, "Wan22VAELoader", {"vae_name": vae, "weight_dtype": "default"}, column(0, 2), MODELS),
-        Node(4, "Wan22PromptStyler", {"prompt": prompt, "style": "Cinematic Lighting",
-                                      "negative_prompt": DEFAULT_NEGATIVE_PROMPT}, column(1, 1), PROMPT),
     ]
     handles = {"dit": ["1", 0], "t5": ["2", 0], "vae": ["3", 0]}
     for offset, (part, device) in enumerate((devices or {}).items()):
@@ -201,6 +207,39 @@ def build_graph(
         nodes.append(Node(node_id, "Wan22SetDevice", {"model": handles[part], "device": device},
                           (column(0, row)[0] + NODE_WIDTH + 30, column(0, row)[1] + 150), MODELS))
         handles[part] = [str(node_id), 0]
+    return nodes, handles
+
+
+def build_batch_graph() -> Graph:
+    """A CSV batch on two GPUs: T5 on gpu:0 encodes the next job while the DiT experts and the VAE on gpu:1
+    denoise and decode the current one."""
+    nodes, handles = model_nodes(**T2V_FILES, devices=DUAL_GPU)
+    batch_inputs = {
+        "model": handles["dit"], "t5": handles["t5"], "vae": handles["vae"], "prompts": "",
+        "csv_file": SAMPLE_CSV, "style": "none", "negative_prompt": "", **T2V, "gpu_mode": "as wired",
+        "max_concurrent_jobs": 0, "queue_timeout": 1800.0, "auto_clear_cache": True, "defrag_every": 0,
+        "wait_for_vae_load": True,
+    }
+    nodes.append(Node(30, "Wan22BatchQueueManager", batch_inputs, column(2, 0), BATCH))
+    graph = Graph("wan22_batch_dual_gpu", "Wan2.2 T2V A14B batch, two GPUs", nodes,
+                  {MODELS: GROUP_TEXT[MODELS], BATCH: BATCH_TEXT})
+    graph.notes.append((f"Copy api/{SAMPLE_CSV} from this pack into ComfyUI/input/ (or write your own CSV there: a "
+                        "header row with prompt and optional negative_prompt, style, seed, width, height, frames, "
+                        "steps), press R to refresh the file list, then queue. On one GPU gpu:1 falls back to the "
+                        "main GPU and the jobs run one after the other.", (40, -260)))
+    return graph
+
+
+def build_graph(
+    name: str, title: str, *, task: str, model: str, low: str, vae: str, weight_dtype: str = "default",
+    offload: bool = False, sampler: dict, save_prefix: str, fps: float, tiled: bool = False,
+    devices: dict[str, str] | None = None, start_image: str | None = None, prompt: str = PROMPT_TEXT,
+) -> Graph:
+    """A Wan2.2 graph; `devices` (`{"t5": "gpu:0", "dit": "gpu:1", "vae": "gpu:1"}`) adds Wan22SetDevice nodes."""
+    nodes, handles = model_nodes(task=task, model=model, low=low, vae=vae, weight_dtype=weight_dtype, offload=offload,
+                                 devices=devices)
+    nodes.insert(3, Node(4, "Wan22PromptStyler", {"prompt": prompt, "style": "Cinematic Lighting",
+                                                  "negative_prompt": DEFAULT_NEGATIVE_PROMPT}, column(1, 1), PROMPT))
     nodes.append(Node(5, "Wan22T5Encode", {"t5": handles["t5"], "positive": ["4", 0], "negative": ["4", 1]},
                       column(2, 1), PROMPT))
     sampler_inputs = {"model": handles["dit"], "conditioning": ["5", 0], **sampler}
@@ -228,8 +267,7 @@ T2V_FILES = {"task": "t2v-A14B", "model": "wan2.2_t2v_high_noise_14B_fp8_scaled.
 
 def all_graphs() -> list[Graph]:
     dual = build_graph("wan22_t2v_a14b_dual_gpu", "Wan2.2 T2V A14B, two GPUs", **T2V_FILES, sampler=T2V,
-                       save_prefix="wan22/t2v_a14b_dual", fps=16, devices={"t5": "gpu:0", "dit": "gpu:1",
-                                                                            "vae": "gpu:1"})
+                       save_prefix="wan22/t2v_a14b_dual", fps=16, devices=DUAL_GPU)
     dual.notes.append(("Two GPUs: T5 and the styler run on gpu:0, the DiT experts and the VAE on gpu:1 (Wan2.2 Set "
                        "Device nodes). On a one-GPU machine gpu:1 falls back to the main GPU with a warning, so the "
                        "workflow still runs.", (40, -260)))
@@ -253,7 +291,7 @@ def all_graphs() -> list[Graph]:
                       "height). The VAE goes to the sampler too: it encodes the picture.", (40, -260)))
     single = build_graph("wan22_t2v_a14b", "Wan2.2 T2V A14B", **T2V_FILES, sampler=T2V, save_prefix="wan22/t2v_a14b",
                          fps=16)
-    return [single, dual, five_b, i2v]
+    return [single, dual, five_b, i2v, build_batch_graph()]
 
 
 def render(graph: Graph) -> dict[str, str]:

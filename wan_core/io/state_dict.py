@@ -61,13 +61,21 @@ def read_safetensors(
     return out
 
 
+def _load_pth(path: Path) -> object:
+    """torch.load with weights_only; memory-mapped for zip-format files, read whole for legacy-format ones."""
+    import zipfile
+
+    mmap = zipfile.is_zipfile(path)
+    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def read_torch_file(path: str | Path, *, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """An official `.pth` state dict, loaded with `weights_only=True` (never arbitrary pickles)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"Weight file {path} does not exist.")
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        data = _load_pth(path)
     except Exception as err:
         raise _corrupt(path, err) from err
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):

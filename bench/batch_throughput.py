@@ -1,0 +1,196 @@
+"""Batch throughput: the same batch of N text-to-video jobs on 1 GPU, then on every visible GPU (one replica per GPU),
+through the real batch engine (`BatchScheduler`, `PipelineStages`, `Worker.replica`). Prints one JSON object.
+
+The DiT experts and the VAE have real shapes and random weights (A14B: two 14B experts per GPU, bf16; 5B: one model
+and the Wan2.2 VAE). The text encoder is a stand-in returning random [L, 4096] embeddings: UMT5 takes well under 1%
+of a job. Few steps and few frames keep a run inside one 10-minute call; GPU utilisation of every GPU is sampled in a
+background thread during each timed batch.
+
+    python bench/batch_throughput.py                           # every visible GPU, A14B and 5B shapes
+    python bench/batch_throughput.py --tiny                    # CPU smoke check with the tiny configs
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dit_step import build_ours  # noqa: E402
+
+from wan_core.batch import BatchJob, BatchScheduler, JobLedger, Worker  # noqa: E402
+from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings, StagesRunner  # noqa: E402
+from wan_core.configs import DIT_CONFIGS  # noqa: E402
+from wan_core.pipeline.tasks import get_task  # noqa: E402
+from wan_core.vae import build_vae  # noqa: E402
+
+MODELS = {  # task -> (DiT config, VAE config), real and tiny
+    "t2v-A14B": {"real": ("t2v-A14B", "wan2.1"), "tiny": ("tiny-t2v", "tiny-wan2.1")},
+    "ti2v-5B": {"real": ("ti2v-5B", "wan2.2"), "tiny": ("tiny-ti2v", "tiny-wan2.2")},
+}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", default="t2v-A14B,ti2v-5B", help="comma-separated: t2v-A14B, ti2v-5B")
+    p.add_argument("--jobs", type=int, default=8, help="jobs per timed batch")
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--frames", type=int, default=17)
+    p.add_argument("--size", default="832x480", help="WIDTHxHEIGHT")
+    p.add_argument("--tiny", action="store_true", help="tiny configs on the CPU (smoke check)")
+    p.add_argument("--json", default="", help="also write the JSON here")
+    return p.parse_args()
+
+
+class RandomTextEncoder:
+    """Stands in for UMT5-XXL: random embeddings of a fixed length on its device."""
+
+    def __init__(self, device: str, dim: int, length: int = 64):
+        self.device = torch.device(device)
+        self.dim = dim
+        self.length = length
+
+    def encode(self, prompts: list[str]) -> list[torch.Tensor]:
+        return [torch.randn(self.length, self.dim, device=self.device) for _ in prompts]
+
+    def to(self, device: str | torch.device) -> RandomTextEncoder:
+        self.device = torch.device(device)
+        return self
+
+
+class UtilisationSampler:
+    """Samples the utilisation (%) of every GPU every `period` seconds in a background thread."""
+
+    def __init__(self, count: int, period: float = 0.2):
+        self.count = count
+        self.period = period
+        self.samples: list[list[float]] = [[] for _ in range(count)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> UtilisationSampler:
+        if self.count:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self.count:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            for index, value in enumerate(gpu_utilisation(self.count)):
+                self.samples[index].append(value)
+
+    def summary(self) -> list[dict]:
+        return [{"gpu": i, "mean_percent": round(statistics.fmean(s), 1) if s else None,
+                 "max_percent": max(s) if s else None, "samples": len(s)} for i, s in enumerate(self.samples)]
+
+
+def gpu_utilisation(count: int) -> list[float]:
+    try:
+        return [float(torch.cuda.utilization(index)) for index in range(count)]
+    except Exception:  # torch.cuda.utilization needs pynvml; nvidia-smi reads the same counter
+        text = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, check=True).stdout
+        return [float(line) for line in text.split()[:count]]
+
+
+def build_worker(device: str, task: str, args: argparse.Namespace, output_dir: Path, batch: str) -> Worker:
+    dit_name, vae_name = MODELS[task]["tiny" if args.tiny else "real"]
+    config = DIT_CONFIGS[dit_name]
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+    task_config = get_task(task)
+    high = build_ours(config, torch.device(device), dtype, "sdpa")
+    low = build_ours(config, torch.device(device), dtype, "sdpa") if task_config.is_moe else None
+    vae = build_vae(vae_name).to(device).eval()
+    settings = SamplingSettings(task_config, "unipc", task_config.sample_shift, task_config.guide_scale)
+    stages = PipelineStages(
+        settings=settings,
+        text_encoder=LazyModel(lambda: RandomTextEncoder(device, config.text_dim)),
+        experts=LazyModel(lambda: (high, low)),
+        vae=LazyModel(lambda: vae),
+        encode_device=device, denoise_device=device, decode_device=device,
+        output_dir=output_dir, batch=batch, build_prompts=lambda job: (job.prompt, ""),
+    )  # fmt: skip
+    return Worker.replica(device, StagesRunner(stages))
+
+
+def run_batch(workers: list[Worker], jobs: list[BatchJob], ledger_file: Path, gpus: int) -> tuple[float, dict]:
+    with JobLedger(ledger_file) as ledger, UtilisationSampler(gpus) as sampler:
+        scheduler = BatchScheduler(workers, 0, None, ledger, auto_clear_cache=False)
+        start = time.perf_counter()
+        summary = scheduler.run(jobs)
+        seconds = time.perf_counter() - start
+    failed = [r for r in summary.results if r.state != "done"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} job(s) did not finish:\n{summary.table()}")
+    return seconds, {"utilisation": sampler.summary()}
+
+
+def measure(task: str, devices: list[str], args: argparse.Namespace, scratch: Path) -> dict:
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    if args.tiny:
+        width, height = 32, 32
+
+    def jobs(count: int, offset: int) -> list[BatchJob]:
+        return [BatchJob(index=i + 1, prompt=f"job {offset + i}", negative_prompt="", style="none", seed=offset + i,
+                         width=width, height=height, frames=args.frames, steps=args.steps) for i in range(count)]
+
+    result: dict = {"task": task, "shapes": "tiny" if args.tiny else "real", "jobs": args.jobs, "steps": args.steps,
+                    "frames": args.frames, "size": f"{width}x{height}"}
+    runs = {}
+    for label, used in (("1", devices[:1]), (str(len(devices)), devices)):
+        if label in runs:
+            continue
+        output_dir = scratch / f"{task}-{label}"
+        workers = [build_worker(device, task, args, output_dir, f"bench-{label}") for device in used]
+        run_batch(workers, jobs(len(used), 10_000), output_dir / "warmup.jsonl", torch.cuda.device_count())
+        seconds, extra = run_batch(workers, jobs(args.jobs, 0), output_dir / "timed.jsonl", torch.cuda.device_count())
+        runs[label] = {"devices": used, "seconds": round(seconds, 2),
+                       "jobs_per_hour": round(args.jobs * 3600 / seconds, 1), **extra}
+        del workers
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    result["runs"] = runs
+    many = runs[str(len(devices))]
+    result["speedup"] = round(many["jobs_per_hour"] / runs["1"]["jobs_per_hour"], 3)
+    return result
+
+
+def main() -> None:
+    args = parse_args()
+    gpus = 0 if args.tiny else torch.cuda.device_count()
+    devices = [f"cuda:{i}" for i in range(gpus)] or ["cpu"]
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(0) if gpus else "cpu",
+        "gpus": gpus, "torch": torch.__version__, "text_encoder": "stand-in (random embeddings)",
+        "results": [],
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        for task in args.tasks.split(","):
+            report["results"].append(measure(task.strip(), devices, args, Path(scratch)))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

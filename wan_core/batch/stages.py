@@ -1,0 +1,124 @@
+"""The real generation of a batch job, split into the scheduler's stages: text encoding on the text encoder's device,
+denoising with the DiT experts on theirs, decoding with the VAE and writing the MP4.
+
+Models are given as loaders and read on first use (once, from the stage's own device thread), so a batch whose jobs
+are all done loads nothing, and the text encoder of a split worker loads while the DiT's GPU already works.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import torch
+
+from wan_core.batch.jobs import BatchJob, output_path
+from wan_core.batch.scheduler import CancelCheck, DeviceContext, JobCancelled, JobStages, StepProgress
+from wan_core.pipeline.denoise import StepInfo
+from wan_core.pipeline.pipeline import WanPipeline
+from wan_core.pipeline.tasks import TaskConfig
+from wan_core.video_io import save_video
+
+T = TypeVar("T")
+PromptBuilder = Callable[[BatchJob], tuple[str, str]]  # job -> (positive, negative) as the text encoder gets them
+StepListener = Callable[[BatchJob, str, StepInfo], None]  # (job, device, step) after each denoising step
+StartListener = Callable[[BatchJob, str], None]  # (job, device) when a job's first stage begins
+
+
+class LazyModel(Generic[T]):
+    """A model read by `load` on the first `get()` only; thread-safe."""
+
+    def __init__(self, load: Callable[[], T]):
+        self._load = load
+        self._model: T | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The batch-wide settings of every job (size, frames, steps and seed come from the job)."""
+
+    task: TaskConfig
+    solver: str
+    shift: float
+    guide_scale: tuple[float, float]  # official order: (low_noise, high_noise)
+    offload_model: bool = False
+
+
+@dataclass
+class PipelineStages:
+    """`JobStages` of a Wan2.2 text-to-video job. `experts` gives (high-noise or only model, low-noise or None)."""
+
+    settings: SamplingSettings
+    text_encoder: LazyModel
+    experts: LazyModel
+    vae: LazyModel
+    encode_device: str
+    denoise_device: str
+    decode_device: str
+    output_dir: Path
+    batch: str
+    build_prompts: PromptBuilder
+    on_start: StartListener | None = None
+    on_step: StepListener | None = None
+
+    def encode(self, job: BatchJob) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.on_start is not None:
+            self.on_start(job, self.encode_device)
+        positive, negative = self.build_prompts(job)
+        encoder = self.text_encoder.get()
+        return self._pipeline(self.encode_device, text_encoder=encoder).encode_prompts(positive, negative)
+
+    def denoise(
+        self, job: BatchJob, cond: tuple[torch.Tensor, torch.Tensor], cancel: CancelCheck, progress: StepProgress
+    ) -> torch.Tensor:
+        high, low = self.experts.get()
+        pipeline = self._pipeline(self.denoise_device, high_noise_model=high, low_noise_model=low)
+
+        def on_step(info: StepInfo) -> None:
+            progress(info.step, info.total)
+            if self.on_step is not None:
+                self.on_step(job, self.denoise_device, info)
+
+        positive, negative = (embedding.to(self.denoise_device) for embedding in cond)
+        return pipeline.sample(
+            positive, negative, width=job.width, height=job.height, frame_num=job.frames, seed=job.seed,
+            sample_solver=self.settings.solver, sample_steps=job.steps, sample_shift=self.settings.shift,
+            guide_scale=self.settings.guide_scale, progress=on_step, cancel=cancel,
+        )  # fmt: skip
+
+    def decode(self, job: BatchJob, latents: torch.Tensor) -> Path:
+        video = self._pipeline(self.decode_device, vae=self.vae.get()).decode(latents.to(self.decode_device))
+        final = output_path(self.output_dir, self.batch, job.index)
+        partial = final.with_name(final.stem + ".partial.mp4")  # ffmpeg picks the container from the suffix
+        save_video(partial, video.cpu(), self.settings.task.fps)
+        os.replace(partial, final)  # a killed job never leaves a truncated file under the final name
+        return final
+
+    def _pipeline(self, device: str, **models: Any) -> WanPipeline:
+        models = {"text_encoder": None, "vae": None, "high_noise_model": None, **models}
+        return WanPipeline(self.settings.task, device=device, offload_model=self.settings.offload_model, **models)
+
+
+@dataclass(frozen=True)
+class StagesRunner:
+    """A `JobRunner` running the stages one after the other on one device: a replica worker (`Worker.replica`)."""
+
+    stages: JobStages
+
+    def run(self, job: BatchJob, context: DeviceContext, cancel: CancelCheck, progress: StepProgress) -> Path:
+        cond = self.stages.encode(job)
+        if cancel():
+            raise JobCancelled(f"job {job.index} cancelled after text encoding")
+        latents = self.stages.denoise(job, cond, cancel, progress)
+        return Path(self.stages.decode(job, latents))

@@ -18,7 +18,7 @@ from wan_core.batch.ledger import JobLedger, JobState
 from wan_core.batch.scheduler import BatchScheduler, BatchSummary, ProgressEvent, Worker
 from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings, StagesRunner
 from wan_core.errors import InputError
-from wan_core.pipeline.denoise import SINGLE, StepInfo
+from wan_core.pipeline.denoise import StepInfo
 from wan_core.pipeline.tasks import get_task
 from wan_core.pipeline.validation import validate_request
 from wan_core.styles import NO_STYLE, STYLES_DIR, load_styles, style_prompt
@@ -26,7 +26,7 @@ from wan_core.styles import NO_STYLE, STYLES_DIR, load_styles, style_prompt
 from . import host
 from .devices import CPU, device_label, gpu_count
 from .handles import MODEL_CACHE, DiTHandle, ModelCache, ModelHandle, T5Handle, VAEHandle, require_handle
-from .sampler import PROGRESS_EVENT, Wan22DiTSampler
+from .sampler import Wan22DiTSampler, send_progress
 
 CATEGORY = "Wan2.2"
 QUEUE_EVENT = "wan22.queue"  # {"node", "queued", "running", "done", "failed"} (docs/canvas.md)
@@ -72,10 +72,7 @@ class _BatchProgress:
             self._publish()
 
     def denoise_step(self, job: BatchJob, device: str, info: StepInfo) -> None:
-        host.send_event(PROGRESS_EVENT, {
-            "node": self.node_id, "device": device_label_of(device), "step": info.step, "total": info.total,
-            "expert": None if info.expert == SINGLE else info.expert,
-        })
+        send_progress(self.node_id, device_label_of(device), info)
 
     def scheduler_event(self, event: ProgressEvent) -> None:
         with self._lock:

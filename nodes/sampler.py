@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from wan_core.errors import InputError
+from wan_core.pipeline.denoise import SINGLE, StepInfo
 
 from . import host
 from .devices import announce_device, device_label
@@ -22,6 +23,14 @@ def _solvers() -> list[str]:
     from wan_core.pipeline.validation import SOLVERS
 
     return list(SOLVERS)
+
+
+def send_progress(node: str | None, device: str, info: StepInfo) -> None:
+    """Tell the canvas about one denoising step of node `node` on `device` (a label such as `GPU 1`)."""
+    host.send_event(PROGRESS_EVENT, {
+        "node": node, "device": device, "step": info.step, "total": info.total,
+        "expert": None if info.expert == SINGLE else info.expert,
+    })
 
 
 def latent_preview(latents: torch.Tensor) -> Image.Image:
@@ -134,11 +143,8 @@ class Wan22DiTSampler:
         )
         bar = host.Progress(steps, unique_id)
 
-        def on_step(info) -> None:
-            host.send_event(PROGRESS_EVENT, {
-                "node": str(unique_id), "device": label, "step": info.step, "total": info.total,
-                "expert": None if info.expert == "single" else info.expert,
-            })
+        def on_step(info: StepInfo) -> None:
+            send_progress(str(unique_id), label, info)
             bar.update(info.step, latent_preview(info.latents))
             host.raise_if_interrupted()
 

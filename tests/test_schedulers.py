@@ -80,33 +80,26 @@ def run_pair(ours, ref, steps: int) -> float:
     return worst
 
 
+# What the diffusers UniPC and DPM++ schedulers need to act as the official flow-matching, order-2 solvers.
+_FLOW_MULTISTEP = dict(
+    num_train_timesteps=1000,
+    solver_order=2,
+    prediction_type="flow_prediction",
+    use_flow_sigmas=True,
+    lower_order_final=True,
+    final_sigmas_type="zero",
+)
+
+
 def diffusers_unipc(steps: int, shift: float):
-    sched = diffusers.UniPCMultistepScheduler(
-        num_train_timesteps=1000,
-        solver_order=2,
-        prediction_type="flow_prediction",
-        use_flow_sigmas=True,
-        flow_shift=shift,
-        predict_x0=True,
-        solver_type="bh2",
-        lower_order_final=True,
-        final_sigmas_type="zero",
-    )
+    sched = diffusers.UniPCMultistepScheduler(**_FLOW_MULTISTEP, flow_shift=shift, predict_x0=True, solver_type="bh2")
     sched.set_timesteps(sigmas=unshifted_sigmas("unipc", steps))
     return sched
 
 
 def diffusers_dpm(steps: int, shift: float):
     sched = diffusers.DPMSolverMultistepScheduler(
-        num_train_timesteps=1000,
-        solver_order=2,
-        prediction_type="flow_prediction",
-        use_flow_sigmas=True,
-        flow_shift=shift,
-        algorithm_type="dpmsolver++",
-        solver_type="midpoint",
-        lower_order_final=True,
-        final_sigmas_type="zero",
+        **_FLOW_MULTISTEP, flow_shift=shift, algorithm_type="dpmsolver++", solver_type="midpoint"
     )
     sched.set_timesteps(steps)
     sigmas, timesteps = official_dpm_grid(steps, shift)

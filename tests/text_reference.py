@@ -58,15 +58,15 @@ def official_encoder_forward(sd: dict[str, torch.Tensor], ids: torch.Tensor, mas
     return _rms_norm(x, sd["norm.weight"])
 
 
-def reference_encode(sd_official: dict[str, torch.Tensor], tokenizer_folder, prompts: list[str]) -> list[torch.Tensor]:
-    """The reference's `T5EncoderModel.__call__`: transformers tokenizer (padding to 512, `</s>`), the official
-    encoder, each output trimmed to its mask sum."""
+def reference_tokenize(tokenizer_folder, prompts: list[str]):
+    """The reference's `HuggingfaceTokenizer` call: cleaned prompts, padded to 512 with `</s>`; a transformers
+    `BatchEncoding` (`input_ids`, `attention_mask`)."""
     from transformers import AutoTokenizer
 
     from wan_core.text.cleaning import clean_prompt
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_folder), local_files_only=True)
-    batch = tok(
+    return tok(
         [clean_prompt(p) for p in prompts],
         padding="max_length",
         truncation=True,
@@ -74,6 +74,12 @@ def reference_encode(sd_official: dict[str, torch.Tensor], tokenizer_folder, pro
         add_special_tokens=True,
         return_tensors="pt",
     )
+
+
+def reference_encode(sd_official: dict[str, torch.Tensor], tokenizer_folder, prompts: list[str]) -> list[torch.Tensor]:
+    """The reference's `T5EncoderModel.__call__`: `reference_tokenize`, the official encoder, each output trimmed to
+    its mask sum."""
+    batch = reference_tokenize(tokenizer_folder, prompts)
     ids, mask = batch.input_ids, batch.attention_mask
     seq_lens = mask.gt(0).sum(dim=1).long()
     with torch.no_grad():

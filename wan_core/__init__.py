@@ -5,8 +5,7 @@ Imports nothing from ComfyUI. The public names are resolved lazily so that `impo
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wan_core._lazy import lazy_getattr
 
 _EXPORTS = {
     "load_dit": "wan_core.dit.loader",
@@ -20,10 +19,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'wan_core' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -37,3 +37,13 @@ def describe_keys(keys: list[str] | set[str], limit: int = 8) -> str:
     shown = ", ".join(repr(k) for k in ordered[:limit])
     more = f", ... ({len(ordered)} in all)" if len(ordered) > limit else ""
     return shown + more
+
+
+def describe_key_mismatch(missing: list[str] | set[str], unexpected: list[str] | set[str]) -> str:
+    """`missing N: ...; unexpected M: ...` for the key sets of a failed strict load (empty when both are)."""
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)}: {describe_keys(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)}: {describe_keys(unexpected)}")
+    return "; ".join(parts)

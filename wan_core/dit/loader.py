@@ -28,6 +28,7 @@ from ..errors import (
     KeyMismatchError,
     MissingFileError,
     WanError,
+    describe_key_mismatch,
     describe_keys,
 )
 from ..io.files import find_weight_files
@@ -334,17 +335,12 @@ def load_dit(
     missing = sorted(set(expected) - set(main))
     unexpected = sorted(set(main) - set(expected))
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {describe_keys(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {describe_keys(unexpected)}")
         hint = "A weight file may be missing or incomplete, or the file belongs to another model."
         if any(k.startswith("img_emb.") or ".k_img." in k for k in unexpected):
             hint = "These are Wan2.1 I2V weights (CLIP image branch); wan_core runs the Wan2.2 models."
         raise KeyMismatchError(
             f"The weights in {where} do not match the Wan DiT ({cfg.model_type}, dim {cfg.dim}, {cfg.num_layers} "
-            f"layers): {'; '.join(parts)}. {hint}"
+            f"layers): {describe_key_mismatch(missing, unexpected)}. {hint}"
         )
     bad_shapes = [
         f"{k}: {list(shapes[k])} (expected {list(expected[k])})" for k in expected if shapes[k] != expected[k]

@@ -80,40 +80,25 @@ def parse_size(size: str) -> tuple[int, int]:
     return w, h
 
 
-_A14B_SIZES = ("1280*720", "720*1280", "832*480", "480*832")
+# Fields the two A14B MoE tasks share: same sampling length, output format, Wan2.1 VAE and latent geometry.
+_A14B = dict(
+    sample_steps=40,
+    fps=16,
+    frame_num=81,
+    sizes=("1280*720", "720*1280", "832*480", "480*832"),
+    size_multiple=16,
+    vae="wan2.1",
+    z_dim=16,
+    vae_stride=(4, 8, 8),
+    patch_size=(1, 2, 2),
+)
 
 TASKS: dict[str, TaskConfig] = {
     "t2v-A14B": TaskConfig(
-        name="t2v-A14B",
-        model_type="t2v",
-        boundary=0.875,
-        sample_shift=12.0,
-        sample_steps=40,
-        guide_scale=(3.0, 4.0),
-        fps=16,
-        frame_num=81,
-        sizes=_A14B_SIZES,
-        size_multiple=16,
-        vae="wan2.1",
-        z_dim=16,
-        vae_stride=(4, 8, 8),
-        patch_size=(1, 2, 2),
+        name="t2v-A14B", model_type="t2v", boundary=0.875, sample_shift=12.0, guide_scale=(3.0, 4.0), **_A14B
     ),
     "i2v-A14B": TaskConfig(
-        name="i2v-A14B",
-        model_type="i2v",
-        boundary=0.900,
-        sample_shift=5.0,
-        sample_steps=40,
-        guide_scale=(3.5, 3.5),
-        fps=16,
-        frame_num=81,
-        sizes=_A14B_SIZES,
-        size_multiple=16,
-        vae="wan2.1",
-        z_dim=16,
-        vae_stride=(4, 8, 8),
-        patch_size=(1, 2, 2),
+        name="i2v-A14B", model_type="i2v", boundary=0.900, sample_shift=5.0, guide_scale=(3.5, 3.5), **_A14B
     ),
     "ti2v-5B": TaskConfig(
         name="ti2v-5B",

@@ -5,8 +5,7 @@ The public names are resolved lazily so that `import wan_core.text` does not imp
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wan_core._lazy import lazy_getattr
 
 _EXPORTS = {
     "load_text_encoder": "wan_core.text.encoder",
@@ -26,10 +25,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'wan_core.text' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

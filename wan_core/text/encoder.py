@@ -24,7 +24,14 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigMismatchError, InputError, KeyMismatchError, MissingFileError, describe_keys
+from ..errors import (
+    ConfigMismatchError,
+    InputError,
+    KeyMismatchError,
+    MissingFileError,
+    describe_key_mismatch,
+    describe_keys,
+)
 from ..io.files import find_weight_files
 from ..io.quant import dequantize, is_quantized
 from ..io.state_dict import FP8_DTYPES, cast_floating, read_safetensors, read_safetensors_metadata, read_torch_file
@@ -324,14 +331,9 @@ def _build_model(config, state_dict: dict[str, torch.Tensor]):
     missing = sorted(set(expected) - set(state_dict) - {EMBED_TOKENS})
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {describe_keys(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {describe_keys(unexpected)}")
         raise KeyMismatchError(
-            f"The weights do not fit UMT5EncoderModel ({'; '.join(parts)}). The file is incomplete or is not a "
-            "umt5-xxl text encoder."
+            f"The weights do not fit UMT5EncoderModel ({describe_key_mismatch(missing, unexpected)}). The file is "
+            "incomplete or is not a umt5-xxl text encoder."
         )
     wrong = [
         f"{k} {tuple(v.shape)} (expected {tuple(expected[k])})" for k, v in state_dict.items() if v.shape != expected[k]

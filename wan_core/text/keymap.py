@@ -89,23 +89,35 @@ def is_transformers(sd: Mapping[str, torch.Tensor]) -> bool:
     return SHARED in keys or EMBED_TOKENS in keys or any(k.startswith("encoder.block.") for k in keys)
 
 
+def _rename(
+    sd: Mapping[str, torch.Tensor],
+    global_names: Mapping[str, str],
+    block: re.Pattern[str],
+    block_names: Mapping[str, str],
+    block_prefix: str,
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """`sd` under the other side's names (`block` captures the block index and the suffix), and the keys no rule
+    names."""
+    out: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, value in sd.items():
+        match = block.match(key)
+        if key in global_names:
+            out[global_names[key]] = value
+        elif match and match[2] in block_names:
+            out[f"{block_prefix}.{match[1]}.{block_names[match[2]]}"] = value
+        else:
+            unknown.append(key)
+    return out, unknown
+
+
 def from_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official names -> transformers names (`shared.weight`; the loader re-ties `encoder.embed_tokens`).
 
     Every name must be known: an unknown one raises `KeyMismatchError` rather than being dropped.
     """
     sd = strip_prefix(dict(sd), _OFFICIAL_PREFIXES)
-    out: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    for key, value in sd.items():
-        if key in _OFFICIAL_TO_HF_GLOBAL:
-            out[_OFFICIAL_TO_HF_GLOBAL[key]] = value
-            continue
-        match = _OFFICIAL_BLOCK.match(key)
-        if match and match[2] in _OFFICIAL_TO_HF_BLOCK:
-            out[f"encoder.block.{match[1]}.{_OFFICIAL_TO_HF_BLOCK[match[2]]}"] = value
-        else:
-            unknown.append(key)
+    out, unknown = _rename(sd, _OFFICIAL_TO_HF_GLOBAL, _OFFICIAL_BLOCK, _OFFICIAL_TO_HF_BLOCK, "encoder.block")
     if unknown:
         raise KeyMismatchError(
             f"{len(unknown)} name(s) are not parameters of the official UMT5 encoder: {describe_keys(unknown)}. "
@@ -123,21 +135,12 @@ def to_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     raise, like any other unknown name: dequantize first.
     """
     sd = strip_prefix(dict(sd), _HF_PREFIXES)
-    out: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    for key, value in sd.items():
-        if key == EMBED_TOKENS:
-            if SHARED not in sd:
-                out["token_embedding.weight"] = value
-            continue
-        if key in _HF_TO_OFFICIAL_GLOBAL:
-            out[_HF_TO_OFFICIAL_GLOBAL[key]] = value
-            continue
-        match = _HF_BLOCK.match(key)
-        if match and match[2] in _HF_TO_OFFICIAL_BLOCK:
-            out[f"blocks.{match[1]}.{_HF_TO_OFFICIAL_BLOCK[match[2]]}"] = value
-        else:
-            unknown.append(key)
+    global_names = dict(_HF_TO_OFFICIAL_GLOBAL)
+    if SHARED in sd:
+        sd.pop(EMBED_TOKENS, None)
+    else:
+        global_names[EMBED_TOKENS] = "token_embedding.weight"
+    out, unknown = _rename(sd, global_names, _HF_BLOCK, _HF_TO_OFFICIAL_BLOCK, "blocks")
     if unknown:
         raise KeyMismatchError(
             f"{len(unknown)} name(s) are not parameters of transformers' UMT5EncoderModel: {describe_keys(unknown)}."

@@ -20,8 +20,11 @@ Keys that match no rule pass through unchanged, so strict loading reports them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+# (official, diffusers) prefix pairs: of whole keys, of the rest after `encoder.`/`decoder.`, inside residual blocks.
+_TOP_O2D = (("conv1.", "quant_conv."), ("conv2.", "post_quant_conv."))
+_PART_O2D = (("conv1.", "conv_in."), ("head.0.", "norm_out."), ("head.2.", "conv_out."))
 _RES_O2D = (
     ("residual.0.gamma", "norm1.gamma"),
     ("residual.2.", "conv1."),
@@ -34,18 +37,21 @@ _OFFICIAL_MARKERS = ("decoder.middle.0.residual.0.gamma", "encoder.conv1.weight"
 _DIFFUSERS_MARKERS = ("decoder.mid_block.resnets.0.norm1.gamma", "encoder.conv_in.weight", "post_quant_conv.weight")
 
 
+def _swap_prefix(name: str, pairs: tuple[tuple[str, str], ...], to_diffusers: bool) -> str | None:
+    """`name` with the first matching prefix of `pairs` swapped for its other-side twin; None when none matches."""
+    for official, diffusers in pairs:
+        old, new = (official, diffusers) if to_diffusers else (diffusers, official)
+        if name.startswith(old):
+            return new + name[len(old) :]
+    return None
+
+
 def _res_o2d(rest: str) -> str:
-    for old, new in _RES_O2D:
-        if rest.startswith(old):
-            return new + rest[len(old) :]
-    return rest
+    return _swap_prefix(rest, _RES_O2D, to_diffusers=True) or rest
 
 
 def _res_d2o(rest: str) -> str:
-    for old, new in _RES_O2D:
-        if rest.startswith(new):
-            return old + rest[len(new) :]
-    return rest
+    return _swap_prefix(rest, _RES_O2D, to_diffusers=False) or rest
 
 
 def detect_layout(keys: Iterable[str]) -> str | None:
@@ -79,20 +85,27 @@ def diffusers_structure(keys: Iterable[str]) -> tuple[bool, int]:
     return residual, max(len(up) - 1, 0)
 
 
-def official_to_diffusers_key(key: str, residual: bool, num_res_blocks: int) -> str:
-    """The diffusers name of one official key."""
-    if key.startswith(("conv1.", "conv2.")):
-        return ("quant_conv." if key[4] == "1" else "post_quant_conv.") + key[6:]
+def _rename_key(key: str, to_diffusers: bool, rename_stage: Callable[[str, str], str | None]) -> str:
+    """`key` under the other layout's name: the fixed renames (`_TOP_O2D`, `_PART_O2D`) first, then
+    `rename_stage(part, rest)` for `encoder.`/`decoder.` keys; unchanged when no rule applies."""
+    if (renamed := _swap_prefix(key, _TOP_O2D, to_diffusers)) is not None:
+        return renamed
     m = re.match(r"(encoder|decoder)\.(.*)", key)
     if m is None:
         return key
     part, rest = m[1], m[2]
-    if rest.startswith("conv1."):
-        return f"{part}.conv_in.{rest[6:]}"
-    if rest.startswith("head.0."):
-        return f"{part}.norm_out.{rest[7:]}"
-    if rest.startswith("head.2."):
-        return f"{part}.conv_out.{rest[7:]}"
+    if (renamed := _swap_prefix(rest, _PART_O2D, to_diffusers)) is not None:
+        return f"{part}.{renamed}"
+    return rename_stage(part, rest) or key
+
+
+def official_to_diffusers_key(key: str, residual: bool, num_res_blocks: int) -> str:
+    """The diffusers name of one official key."""
+    return _rename_key(key, True, lambda part, rest: _stage_o2d(part, rest, residual, num_res_blocks))
+
+
+def _stage_o2d(part: str, rest: str, residual: bool, num_res_blocks: int) -> str | None:
+    """The diffusers name of an official middle / down / up stage key; None when it is none of those."""
     if mm := re.match(r"middle\.([012])\.(.*)", rest):
         index, inner = int(mm[1]), mm[2]
         if index == 1:
@@ -117,25 +130,16 @@ def official_to_diffusers_key(key: str, residual: bool, num_res_blocks: int) -> 
             if j <= num_res_blocks:
                 return f"decoder.up_blocks.{i}.resnets.{j}.{_res_o2d(mm[2])}"
             return f"decoder.up_blocks.{i}.upsamplers.0.{mm[2]}"
-    return key
+    return None
 
 
 def diffusers_to_official_key(key: str, residual: bool, num_res_blocks: int) -> str:
     """The official name of one diffusers key."""
-    if key.startswith("quant_conv."):
-        return "conv1." + key[len("quant_conv.") :]
-    if key.startswith("post_quant_conv."):
-        return "conv2." + key[len("post_quant_conv.") :]
-    m = re.match(r"(encoder|decoder)\.(.*)", key)
-    if m is None:
-        return key
-    part, rest = m[1], m[2]
-    if rest.startswith("conv_in."):
-        return f"{part}.conv1.{rest[8:]}"
-    if rest.startswith("norm_out."):
-        return f"{part}.head.0.{rest[9:]}"
-    if rest.startswith("conv_out."):
-        return f"{part}.head.2.{rest[9:]}"
+    return _rename_key(key, False, lambda part, rest: _stage_d2o(part, rest, residual, num_res_blocks))
+
+
+def _stage_d2o(part: str, rest: str, residual: bool, num_res_blocks: int) -> str | None:
+    """The official name of a diffusers mid / down / up block key; None when it is none of those."""
     if mm := re.match(r"mid_block\.attentions\.0\.(.*)", rest):
         return f"{part}.middle.1.{mm[1]}"
     if mm := re.match(r"mid_block\.resnets\.([01])\.(.*)", rest):
@@ -158,7 +162,7 @@ def diffusers_to_official_key(key: str, residual: bool, num_res_blocks: int) -> 
         if mm := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.(.*)", rest):
             i = int(mm[1])
             return f"decoder.upsamples.{i * (num_res_blocks + 2) + num_res_blocks + 1}.{mm[2]}"
-    return key
+    return None
 
 
 def official_to_diffusers(state_dict: dict) -> dict:

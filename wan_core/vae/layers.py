@@ -274,18 +274,29 @@ def unpatchify(x: torch.Tensor, p: int) -> torch.Tensor:
     return x.reshape(b, cpp // (p * p), f, h * p, w * p)
 
 
-class AvgDown3D(nn.Module):
-    """Parameter-free shortcut: space/time-to-channel rearrangement followed by a mean over channel groups."""
+class _RearrangeShortcut(nn.Module):
+    """Shared fields of the parameter-free shortcuts that trade (time, space) blocks for channels."""
 
-    def __init__(self, in_channels: int, out_channels: int, factor_t: int, factor_s: int = 1) -> None:
+    def __init__(self, out_channels: int, factor_t: int, factor_s: int) -> None:
         super().__init__()
         self.out_channels = out_channels
         self.factor_t = factor_t
         self.factor_s = factor_s
-        factor = factor_t * factor_s * factor_s
-        if in_channels * factor % out_channels:
-            raise ValueError(f"AvgDown3D: {in_channels} * {factor} is not a multiple of {out_channels}")
-        self.group_size = in_channels * factor // out_channels
+
+    def _whole_ratio(self, channels: int, divisor: int) -> int:
+        """``channels * factor_t * factor_s**2 / divisor``, which must be a whole number."""
+        factor = self.factor_t * self.factor_s * self.factor_s
+        if channels * factor % divisor:
+            raise ValueError(f"{type(self).__name__}: {channels} * {factor} is not a multiple of {divisor}")
+        return channels * factor // divisor
+
+
+class AvgDown3D(_RearrangeShortcut):
+    """Parameter-free shortcut: space/time-to-channel rearrangement followed by a mean over channel groups."""
+
+    def __init__(self, in_channels: int, out_channels: int, factor_t: int, factor_s: int = 1) -> None:
+        super().__init__(out_channels, factor_t, factor_s)
+        self.group_size = self._whole_ratio(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ft, fs = self.factor_t, self.factor_s
@@ -298,18 +309,12 @@ class AvgDown3D(nn.Module):
         return x.mean(dim=2)
 
 
-class DupUp3D(nn.Module):
+class DupUp3D(_RearrangeShortcut):
     """Parameter-free shortcut: channel repetition rearranged into space/time (drops the padding frame at the start)."""
 
     def __init__(self, in_channels: int, out_channels: int, factor_t: int, factor_s: int = 1) -> None:
-        super().__init__()
-        self.out_channels = out_channels
-        self.factor_t = factor_t
-        self.factor_s = factor_s
-        factor = factor_t * factor_s * factor_s
-        if out_channels * factor % in_channels:
-            raise ValueError(f"DupUp3D: {out_channels} * {factor} is not a multiple of {in_channels}")
-        self.repeats = out_channels * factor // in_channels
+        super().__init__(out_channels, factor_t, factor_s)
+        self.repeats = self._whole_ratio(out_channels, in_channels)
 
     def forward(self, x: torch.Tensor, first_chunk: bool = False) -> torch.Tensor:
         ft, fs = self.factor_t, self.factor_s

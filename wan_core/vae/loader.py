@@ -18,7 +18,14 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigMismatchError, CorruptFileError, InputError, KeyMismatchError, describe_keys
+from ..errors import (
+    ConfigMismatchError,
+    CorruptFileError,
+    InputError,
+    KeyMismatchError,
+    describe_key_mismatch,
+    describe_keys,
+)
 from ..io.files import find_weight_files
 from ..io.state_dict import read_safetensors, read_torch_file, strip_prefix
 from .config import VAEConfig, published_stats
@@ -157,13 +164,9 @@ def _check_keys(net: WanVAENet, state_dict: dict[str, torch.Tensor], source: str
             residual, nrb = net.config.residual, net.config.num_res_blocks
             missing = {official_to_diffusers_key(k, residual, nrb) for k in missing}
             unexpected = {official_to_diffusers_key(k, residual, nrb) for k in unexpected}
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {describe_keys(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {describe_keys(unexpected)}")
         raise KeyMismatchError(
-            f"{source} does not match a {net.config.variant} VAE with {layout} key names: {'; '.join(parts)}. "
+            f"{source} does not match a {net.config.variant} VAE with {layout} key names: "
+            f"{describe_key_mismatch(missing, unexpected)}. "
             "The file is incomplete or holds another model."
         )
     wrong = [

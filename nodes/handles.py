@@ -21,15 +21,16 @@ from wan_core.errors import InputError
 
 from .devices import check_device_name, resolve_device
 
-WEIGHT_DTYPES = {
-    "default": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-    "fp32": torch.float32,
+COMPUTE_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# The DiT loader's options for each weight_dtype choice of the model loader.
+DIT_WEIGHT_FORMATS: dict[str, dict] = {
+    # As stored: fp8_scaled files keep fp8 weights (matmuls in bf16), others load in their own dtype.
+    "default": {"dtype": None, "fp8_weights": None},
+    **{name: {"dtype": dtype, "fp8_weights": False} for name, dtype in COMPUTE_DTYPES.items() if dtype is not None},
     # fp8 storage: weights kept in e4m3 (half the memory), matmuls in bf16.
-    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e4m3fn": {"dtype": torch.bfloat16, "fp8_weights": True},
     # fp8 storage and fp8 matmuls (Hopper / Ada / Blackwell): faster, slightly less exact.
-    "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+    "fp8_e4m3fn_fast": {"dtype": torch.bfloat16, "fp8_compute": True},
 }
 
 
@@ -113,12 +114,7 @@ class DiTHandle(ModelHandle):
         from wan_core.dit.loader import load_dit
 
         def read() -> torch.nn.Module:
-            return load_dit(
-                path,
-                device="cpu",
-                dtype=WEIGHT_DTYPES[self.weight_dtype],
-                fp8_compute=self.weight_dtype == "fp8_e4m3fn_fast",
-            )
+            return load_dit(path, device="cpu", **DIT_WEIGHT_FORMATS[self.weight_dtype])
 
         model = self._load_cached(path, (self.weight_dtype,), read, cache)
         _set_attention_backend(model, self.attention)
@@ -152,7 +148,7 @@ class T5Handle(ModelHandle):
 
         def read() -> Any:
             return load_text_encoder(
-                self.path, tokenizer=self.tokenizer_path, device="cpu", dtype=WEIGHT_DTYPES[self.weight_dtype]
+                self.path, tokenizer=self.tokenizer_path, device="cpu", dtype=COMPUTE_DTYPES[self.weight_dtype]
             )
 
         encoder = (cache or MODEL_CACHE).get((self.kind, self.path, self.weight_dtype, self.tokenizer_path), read)
@@ -174,7 +170,7 @@ class VAEHandle(ModelHandle):
         from wan_core.vae.loader import load_vae
 
         def read() -> torch.nn.Module:
-            return load_vae(self.path, device="cpu", dtype=WEIGHT_DTYPES[self.weight_dtype])
+            return load_vae(self.path, device="cpu", dtype=COMPUTE_DTYPES[self.weight_dtype])
 
         return self._load_cached(self.path, (self.weight_dtype,), read, cache)
 

@@ -8,7 +8,7 @@ from wan_core.dit.attention import BACKENDS
 from wan_core.errors import InputError
 
 from . import host
-from .handles import WEIGHT_DTYPES, DiTHandle, T5Handle, VAEHandle
+from .handles import COMPUTE_DTYPES, DIT_WEIGHT_FORMATS, DiTHandle, T5Handle, VAEHandle
 
 CATEGORY = "Wan2.2"
 TASKS = ("t2v-A14B", "i2v-A14B", "ti2v-5B")
@@ -40,7 +40,7 @@ class Wan22ModelLoader:
                 "task": (list(TASKS), {"tooltip": "Which Wan2.2 model: the A14B pair (t2v, i2v) or TI2V-5B."}),
                 "model": (models, {"tooltip": "A14B: the HIGH-noise expert. TI2V-5B: the model."}),
                 "low_noise_model": ([NO_MODEL, *models], {"tooltip": "A14B: the LOW-noise expert. 5B: none."}),
-                "weight_dtype": (list(WEIGHT_DTYPES), {
+                "weight_dtype": (list(DIT_WEIGHT_FORMATS), {
                     "default": "default",
                     "tooltip": "default keeps the file's dtype (fp8_scaled files stay fp8); fp8_e4m3fn halves memory; "
                     "fp8_e4m3fn_fast also computes in fp8 (Hopper/Ada/Blackwell).",
@@ -91,7 +91,7 @@ class Wan22T5Loader:
                     "tooltip": "UMT5-XXL: ComfyUI's umt5_xxl_*.safetensors or the official "
                     "models_t5_umt5-xxl-enc-bf16.pth (with google/umt5-xxl/ beside it).",
                 }),
-                "weight_dtype": (list(WEIGHT_DTYPES), {"default": "default"}),
+                "weight_dtype": (list(COMPUTE_DTYPES), {"default": "default"}),
             }
         }
 
@@ -112,7 +112,7 @@ class Wan22VAELoader:
                 "vae_name": (host.list_models("vae"), {
                     "tooltip": "A14B: wan_2.1_vae (Wan2.1_VAE.pth). TI2V-5B: wan2.2_vae (Wan2.2_VAE.pth).",
                 }),
-                "weight_dtype": (["default", "bf16", "fp16", "fp32"], {"default": "default"}),
+                "weight_dtype": (list(COMPUTE_DTYPES), {"default": "default"}),
             }
         }
 

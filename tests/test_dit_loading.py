@@ -113,17 +113,27 @@ def test_comfyui_bare_single_file(reference, tmp_path):
     assert _rel(_output(load_dit(path), inputs), out) < TOL
 
 
+FP8_MODES = {  # load_dit options -> (block weights stay fp8, fp8 matmuls where the GPU has them)
+    "dequantized": ({"fp8_weights": False}, False, False),
+    "as-stored": ({"fp8_weights": None}, True, False),
+    "fp8-weights": ({"fp8_weights": True}, True, False),
+    "fp8-compute": ({"fp8_compute": True}, True, True),
+}
+
+
 @pytest.mark.parametrize("new_format", [False, True], ids=["scale_weight", "weight_scale+comfy_quant"])
-@pytest.mark.parametrize("fp8_compute", [False, True], ids=["dequantized", "fp8-weights"])
-def test_fp8_scaled_single_file(reference, tmp_path, new_format, fp8_compute):
+@pytest.mark.parametrize("mode", list(FP8_MODES))
+def test_fp8_scaled_single_file(reference, tmp_path, new_format, mode):
     state, inputs, out = reference
+    options, keeps_fp8, scaled_mm = FP8_MODES[mode]
     quantized = quantize_fp8_scaled(state, new_format=new_format)
     assert ("scaled_fp8" in quantized) != new_format
     path = write_safetensors({f"model.diffusion_model.{k}": v for k, v in quantized.items()},
                              tmp_path / "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors")
-    model = load_dit(path, dtype=torch.float32, fp8_compute=fp8_compute)
-    q_weight = model.blocks[0].self_attn.q.weight
-    assert q_weight.dtype == (torch.float8_e4m3fn if fp8_compute else torch.float32)
+    model = load_dit(path, dtype=torch.float32, **options)
+    q_layer = model.blocks[0].self_attn.q
+    assert q_layer.weight.dtype == (torch.float8_e4m3fn if keeps_fp8 else torch.float32)
+    assert getattr(q_layer, "scaled_mm", False) == scaled_mm
     assert model.time_projection[1].weight.dtype == torch.float32
     got = _output(model, inputs)
     dequantized = _reference_from(dequantize(quantized, torch.float32), inputs)
@@ -133,12 +143,20 @@ def test_fp8_scaled_single_file(reference, tmp_path, new_format, fp8_compute):
     assert default.dtype == torch.bfloat16
 
 
-def test_fp8_compute_quantizes_plain_weights(reference, tmp_path):
+@pytest.mark.parametrize("mode", ["fp8-weights", "fp8-compute"])
+def test_fp8_modes_quantize_plain_weights(reference, tmp_path, mode):
     state, inputs, out = reference
     path = write_safetensors(state, tmp_path / "plain.safetensors")
-    model = load_dit(path, dtype=torch.float32, fp8_compute=True)
+    model = load_dit(path, dtype=torch.float32, **FP8_MODES[mode][0])
     assert model.blocks[1].ffn[2].weight.dtype == torch.float8_e4m3fn
     assert _rel(_output(model, inputs), out) < FP8_TOL
+
+
+def test_as_stored_keeps_a_plain_file_plain(reference, tmp_path):
+    state, inputs, out = reference
+    model = load_dit(write_safetensors(state, tmp_path / "plain.safetensors"), fp8_weights=None)
+    assert model.blocks[1].ffn[2].weight.dtype == torch.float32
+    assert _rel(_output(model, inputs), out) < 1e-6
 
 
 def test_diffusers_folder_and_single_file(reference, tmp_path):

@@ -218,6 +218,32 @@ def test_model_loader_checks_the_expert_count(models_dir):
         loader.load("ti2v-5B", "high.safetensors", "low.safetensors", "default", "auto", False)
 
 
+@pytest.mark.parametrize("weight_dtype", list(handles.DIT_WEIGHT_FORMATS))
+@pytest.mark.parametrize("stored", ["fp8_scaled", "fp32"])
+def test_every_weight_dtype_choice_loads_and_runs(models_dir, weight_dtype, stored):
+    from wan_core.configs import DIT_CONFIGS
+    from wan_core.dit.model import WanDiT
+    from wan_core.io.quant import quantize_fp8_scaled
+    from wan_core.io.writers import write_safetensors
+
+    torch.manual_seed(0)
+    reference = WanDiT(DIT_CONFIGS["tiny-ti2v"]).eval()
+    state = reference.state_dict()
+    if stored == "fp8_scaled":
+        state = quantize_fp8_scaled(state)
+    write_safetensors(state, models_dir / "diffusion_models" / "model.safetensors")
+    (handle,) = Wan22ModelLoader().load("ti2v-5B", "model.safetensors", "none", weight_dtype, "auto", False)
+    model, _ = handle.load()
+    fp8_expected = weight_dtype.startswith("fp8") or (weight_dtype == "default" and stored == "fp8_scaled")
+    assert (model.blocks[0].ffn[0].weight.dtype == torch.float8_e4m3fn) == fp8_expected
+    x = torch.randn(1, 48, 1, 4, 4)
+    context = [torch.randn(7, 64)]
+    with torch.no_grad():
+        got = model(x.to(model.dtype), torch.tensor([500.0]), [c.to(model.dtype) for c in context]).float()
+        want = reference(x, torch.tensor([500.0]), context)
+    assert ((got - want).norm() / want.norm()).item() < 0.1  # fp8 / bf16 rounding only
+
+
 # ------------------------------------------------------------------------------------------- images, preview
 def test_image_conversions_round_trip_and_preview_is_an_rgb_picture():
     video = torch.rand(3, 5, 8, 6) * 2 - 1

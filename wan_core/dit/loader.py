@@ -285,14 +285,20 @@ def _target_dtype(dtype: torch.dtype | None, ckpt: _Checkpoint, main: dict[str, 
     return torch.bfloat16
 
 
-def _swap_fp8_linears(model: WanDiT, names: list[str]) -> None:
+def _keeps_fp8(name: str, stored: torch.dtype, fp8_compute: bool, fp8_weights: bool | None) -> bool:
+    if fp8_compute or fp8_weights:
+        return True
+    return fp8_weights is None and stored == FP8
+
+
+def _swap_fp8_linears(model: WanDiT, names: list[str], *, scaled_mm: bool) -> None:
     for name in names:
         module_path = name[: -len(".weight")]
         parent_path, _, attr = module_path.rpartition(".")
         parent = model.get_submodule(parent_path)
         old = getattr(parent, attr)
         with torch.device("meta"):
-            new = FP8Linear(old.in_features, old.out_features, bias=old.bias is not None)
+            new = FP8Linear(old.in_features, old.out_features, bias=old.bias is not None, scaled_mm=scaled_mm)
         setattr(parent, attr, new)
 
 
@@ -303,6 +309,7 @@ def load_dit(
     dtype: torch.dtype | None = None,
     config: WanDiTConfig | None = None,
     fp8_compute: bool = False,
+    fp8_weights: bool | None = False,
 ) -> WanDiT:
     """Load a Wan2.2 DiT from an official folder, a ComfyUI single file, or a diffusers folder/file.
 
@@ -310,6 +317,9 @@ def load_dit(
     weights are kept in float32. `config`: overrides config.json / the shapes (checked against the weights).
     `fp8_compute`: keep the block matmul weights in float8 e4m3 with a per-tensor scale (fp8 files as stored,
     others quantized on load) and run them with `torch._scaled_mm` where the GPU has fp8 tensor cores.
+    `fp8_weights`: keep the block matmul weights in float8 (half the memory) but multiply in `dtype` (each weight
+    dequantized when its layer runs, as ComfyUI does with fp8_scaled files): True quantizes a non-fp8 file on load,
+    None keeps fp8 only where the file stores it ("as stored"), False dequantizes fp8 files on load.
     """
     device = torch.device(device)
     if fp8_compute and FP8 is None:
@@ -352,9 +362,10 @@ def load_dit(
         )
 
     target = _target_dtype(dtype, ckpt, main)
-    fp8_names = [k for k in expected if fp8_compute and fp8_capable(k)]
+    fp8_names = [k for k in expected if fp8_capable(k) and _keeps_fp8(k, ckpt.entries[main[k]].dtype, fp8_compute,
+                                                                         fp8_weights)]
     if fp8_names:
-        _swap_fp8_linears(model, fp8_names)
+        _swap_fp8_linears(model, fp8_names, scaled_mm=fp8_compute)
     model.requires_grad_(False)
 
     reader = ckpt.reader(device)

@@ -62,23 +62,26 @@ def _scaled_mm_supported(device: torch.device) -> bool:
 class FP8Linear(nn.Module):
     """A Linear whose weight stays float8 e4m3 with a per-tensor float32 scale (`weight_scale`).
 
-    On CUDA devices with fp8 tensor cores (compute capability 8.9+) the matmul is `torch._scaled_mm` on the input
-    quantized per tensor; elsewhere the weight is dequantized for each call (fp8 storage, full-precision math).
+    With `scaled_mm`, on CUDA devices with fp8 tensor cores (compute capability 8.9+) the matmul is
+    `torch._scaled_mm` on the input quantized per tensor; otherwise (or elsewhere) the weight is dequantized for each
+    call: fp8 storage, full-precision math.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, scaled_mm: bool = True) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.scaled_mm = scaled_mm
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
         self.register_buffer("weight_scale", torch.ones((), dtype=torch.float32), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3"
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3, scaled_mm={self.scaled_mm}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
-            _scaled_mm_supported(x.device)
+            self.scaled_mm
+            and _scaled_mm_supported(x.device)
             and x.dtype in (torch.bfloat16, torch.float16)
             and self.in_features % 16 == 0
             and self.out_features % 16 == 0

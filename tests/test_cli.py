@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,29 +13,6 @@ from wan_core.checkpoint_dir import LAYOUTS, T5_FILE, TOKENIZER_DIR, resolve_che
 from wan_core.errors import MissingFileError
 from wan_core.generate import DEMO_FRAME_NUM, main, parse_guide_scale
 from wan_core.video_io import load_tensor
-
-
-def _missing_modules(*names: str) -> list[str]:
-    missing = []
-    for name in names:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            missing.append(name)
-    return missing
-
-
-_VALIDATION_MODULES = _missing_modules("wan_core.pipeline.tasks", "wan_core.pipeline.validation")
-needs_validation = pytest.mark.skipif(
-    bool(_VALIDATION_MODULES), reason=f"not written yet: {', '.join(_VALIDATION_MODULES)}"
-)
-_PIPELINE_MODULES = _VALIDATION_MODULES + _missing_modules(
-    "wan_core.pipeline.pipeline", "wan_core.dit.loader", "wan_core.vae.loader", "wan_core.text.encoder",
-    "wan_core.text.tokenizer", "wan_core.io.writers", "wan_core.configs",
-)
-needs_pipeline = pytest.mark.skipif(bool(_PIPELINE_MODULES), reason=f"not written yet: {', '.join(_PIPELINE_MODULES)}")
 
 
 def fake_expert(folder: Path, shards: int = 2) -> None:
@@ -144,7 +120,6 @@ def test_argparse_errors_exit_2_without_traceback(capsys, argv, expected):
     assert expected in err and "Traceback" not in err
 
 
-@needs_validation
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
@@ -171,7 +146,6 @@ def test_validation_errors_exit_2_with_a_clean_message(capsys, tmp_path, monkeyp
     assert not (tmp_path / "demo").exists()  # rejected before anything was built or loaded
 
 
-@needs_validation
 def test_ckpt_dir_missing_parts_exit_2_naming_the_files(capsys, tmp_path):
     root = fake_checkpoint(tmp_path / "ckpt", "t2v-A14B")
     (root / T5_FILE).unlink()
@@ -205,7 +179,6 @@ def read_mp4_meta(path: Path) -> tuple[int, tuple[int, int], float]:
     return sum(1 for _ in reader), tuple(meta["size"]), meta["fps"]
 
 
-@needs_pipeline
 def test_demo_writes_a_playable_mp4_the_frames_and_the_tensor(capsys, monkeypatch, demo_home, tmp_path):
     # The demo's own frame count and steps (both experts run); a smaller size than its default keeps the test fast.
     stdout, video = run_demo(capsys, monkeypatch, demo_home, tmp_path, "--base_seed", "7", "--size", "64*48",
@@ -220,7 +193,6 @@ def test_demo_writes_a_playable_mp4_the_frames_and_the_tensor(capsys, monkeypatc
 
 
 
-@needs_pipeline
 def test_demo_same_seed_same_video_other_seed_other_video(capsys, monkeypatch, demo_home, tmp_path):
     small = ("--size", "64*48", "--frame_num", "5", "--sample_steps", "3")
     _, first = run_demo(capsys, monkeypatch, demo_home, tmp_path / "a", "--base_seed", "7", *small)
@@ -231,7 +203,6 @@ def test_demo_same_seed_same_video_other_seed_other_video(capsys, monkeypatch, d
     assert (first - other).abs().max() > 1e-2
 
 
-@needs_pipeline
 def test_demo_ti2v_uses_its_fps_and_the_single_model_layout(capsys, monkeypatch, demo_home, tmp_path):
     _, video = run_demo(capsys, monkeypatch, demo_home, tmp_path, "--task", "ti2v-5B", "--base_seed", "1",
                         "--size", "64*64", "--frame_num", "5", "--sample_steps", "2")
@@ -252,7 +223,6 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)
 
 
-@needs_pipeline
 def test_demo_checkpoint_is_deterministic_reused_and_repaired(monkeypatch, demo_home, tmp_path):
     from wan_core.demo import MARKER_FILE, ensure_demo_checkpoint
 

@@ -91,6 +91,9 @@ def test_model_folders_from_env_and_official_folders_listed_as_folders(models_di
 
 
 def _fake_comfyui(monkeypatch, calls: list):
+    """ComfyUI's host services as a CPU-only ComfyUI has them, whatever GPUs this machine has."""
+    monkeypatch.setattr(devices, "gpu_count", lambda: 0)
+
     class Interrupted(Exception):
         pass
 
@@ -238,8 +241,9 @@ def test_every_weight_dtype_choice_loads_and_runs(models_dir, weight_dtype, stor
     assert (model.blocks[0].ffn[0].weight.dtype == torch.float8_e4m3fn) == fp8_expected
     x = torch.randn(1, 48, 1, 4, 4)
     context = [torch.randn(7, 64)]
+    on = {"device": next(model.parameters()).device, "dtype": model.dtype}  # the handle's device: a GPU if present
     with torch.no_grad():
-        got = model(x.to(model.dtype), torch.tensor([500.0]), [c.to(model.dtype) for c in context]).float()
+        got = model(x.to(**on), torch.tensor([500.0], device=on["device"]), [c.to(**on) for c in context]).float().cpu()
         want = reference(x, torch.tensor([500.0]), context)
     assert ((got - want).norm() / want.norm()).item() < 0.1  # fp8 / bf16 rounding only
 

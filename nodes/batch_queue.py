@@ -125,11 +125,14 @@ class Wan22BatchQueueManager:
                 "gpu_mode": ([AS_WIRED, REPLICA_PER_GPU], {
                     "default": AS_WIRED,
                     "tooltip": "as wired: the devices of the handles (T5 on another GPU than the DiT: the next job "
-                    "is encoded while one denoises). replica per GPU: every GPU holds all models and runs whole "
+                    "is encoded and the last one decoded while one denoises). replica per GPU: every GPU holds all models and runs whole "
                     "jobs side by side.",
                 }),
-                "max_concurrent_jobs": ("INT", {"default": 0, "min": 0, "max": 64,
-                                                "tooltip": "0: one job per device slot (the most allowed)."}),
+                "max_concurrent_jobs": ("INT", {
+                    "default": 0, "min": 0, "max": 64,
+                    "tooltip": "0: every job slot (the most allowed): 3 with T5 on one GPU and DiT + VAE on another "
+                    "(encoding, denoising and decoding of three jobs overlap), 1 per replica.",
+                }),
                 "queue_timeout": ("FLOAT", {"default": 300.0, "min": 1.0, "max": 86400.0, "step": 10.0,
                                             "tooltip": "Seconds per job; a job past it is cancelled between steps "
                                             "and recorded as timed out."}),

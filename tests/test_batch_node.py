@@ -160,8 +160,8 @@ def test_bad_csv_rows_are_refused_before_any_model_loads(folders):
     assert len(handles.MODEL_CACHE) == 0 and not (folders / "output").exists()
 
 
-def test_more_concurrent_jobs_than_device_slots_is_refused_before_loading(folders):
-    with pytest.raises(InputError, match=r"max_concurrent_jobs=2 but the workers have 1 device slot"):
+def test_more_concurrent_jobs_than_job_slots_is_refused_before_loading(folders):
+    with pytest.raises(InputError, match=r"max_concurrent_jobs=2 but the workers have 1 job slot"):
         Wan22BatchQueueManager().run_batch(**_node_inputs(prompts="one\ntwo", max_concurrent_jobs=2))
     assert len(handles.MODEL_CACHE) == 0 and not list(folders.rglob("*.jsonl"))
 
@@ -185,12 +185,13 @@ def two_gpus(monkeypatch):
         monkeypatch.setattr(module, "gpu_count", lambda: 2)
 
 
-def test_split_handles_give_a_pipelined_worker_with_two_slots(two_gpus, tmp_path):
+def test_split_handles_give_a_pipelined_worker_with_three_slots(two_gpus, tmp_path):
     bound = _fake_handles()
     dit, t5, vae = bound["model"].bind("gpu:1"), bound["t5"].bind("gpu:0"), bound["vae"].bind("gpu:1")
     (worker,) = plan_workers(dit, t5, vae, batch_queue.AS_WIRED, _StagesStandIn)
     assert worker.stages is not None and (worker.text_device, worker.main_device) == ("cuda:0", "cuda:1")
-    assert BatchScheduler([worker], ledger=JobLedger(tmp_path / "l.jsonl")).capacity == 2
+    # encoding on gpu:0; denoising and decoding in their own lanes on gpu:1
+    assert BatchScheduler([worker], ledger=JobLedger(tmp_path / "l.jsonl")).capacity == 3
     (replica,) = plan_workers(dit, t5.bind("gpu:1"), vae, batch_queue.AS_WIRED, _StagesStandIn)
     assert replica.runner is not None and replica.name == "cuda:1"
 

@@ -58,36 +58,39 @@ def test_replicas_never_exceed_max_concurrent_jobs(tmp_path, batch):
         assert job_states == ["queued", "started", "done"]
 
 
-def test_max_concurrent_jobs_defaults_to_device_slots_and_more_is_refused(tmp_path, batch):
+def test_max_concurrent_jobs_defaults_to_lane_slots_and_more_is_refused(tmp_path, batch):
     _, name, ledger = batch
     runner = FakeRunner(tmp_path, name)
     workers = [Worker.replica("fake:0", runner), Worker.replica("fake:1", runner)]
     assert BatchScheduler(workers, ledger=ledger).max_concurrent_jobs == 2
-    with pytest.raises(InputError, match=r"max_concurrent_jobs=3 but the workers have 2 device slot"):
+    with pytest.raises(InputError, match=r"max_concurrent_jobs=3 but the workers have 2 job slot"):
         BatchScheduler(workers, max_concurrent_jobs=3, ledger=ledger)
     stages = FakeStages(tmp_path, name, encode_device="fake:0", denoise_device="fake:1", decode_device="fake:1",
                         recorder=Recorder())
-    assert BatchScheduler([Worker.pipelined(stages)], ledger=ledger).max_concurrent_jobs == 2
+    # encode lane on fake:0; denoise and decode lanes on fake:1
+    assert BatchScheduler([Worker.pipelined(stages)], ledger=ledger).max_concurrent_jobs == 3
     split_runner = Worker.split("fake:0", "fake:1", runner)  # one job at a time: the runner spans both devices
     assert BatchScheduler([split_runner], ledger=ledger).max_concurrent_jobs == 1
 
 
-def test_split_pipeline_overlaps_text_encoding_of_next_job_with_denoising(tmp_path, batch):
+def test_split_pipeline_overlaps_encoding_and_decoding_with_denoising(tmp_path, batch):
+    """T5 on one GPU, DiT and VAE on the other: job n+1 encodes and job n-1 decodes while job n denoises."""
     jobs, name, ledger = batch
     recorder = Recorder()
     meet = [((n + 1, "encode"), (n, "denoise")) for n in range(1, len(jobs))]
+    meet += [((n - 1, "decode"), (n, "denoise")) for n in range(2, len(jobs) + 1)]
     stages = FakeStages(tmp_path, name, encode_device="fake:0", denoise_device="fake:1", decode_device="fake:1",
                         recorder=recorder, meet=meet)
     summary = BatchScheduler([Worker.pipelined(stages)], ledger=ledger).run(jobs)
     assert_outputs_complete(tmp_path, name, jobs, summary)
-    encode, denoise = recorder.of("encode"), recorder.of("denoise")
+    encode, denoise, decode = recorder.of("encode"), recorder.of("denoise"), recorder.of("decode")
     for n in range(1, len(jobs)):
-        assert encode[n + 1].overlaps(denoise[n])
-    assert recorder.max_active == 2
-    for device in ("fake:0", "fake:1"):  # each device runs one stage at a time, all on one thread
-        on_device = sorted((i for i in recorder.intervals if i.device == device), key=lambda i: i.start)
-        assert all(a.end <= b.start for a, b in zip(on_device, on_device[1:], strict=False))
-        assert len({i.thread for i in on_device}) == 1
+        assert encode[n + 1].overlaps(denoise[n]) and decode[n].overlaps(denoise[n + 1])
+    assert recorder.max_active == 3
+    for lane in (("encode",), ("denoise",), ("decode",)):  # each lane runs one stage at a time, on one thread
+        in_lane = sorted((i for i in recorder.intervals if i.stage in lane), key=lambda i: i.start)
+        assert all(a.end <= b.start for a, b in zip(in_lane, in_lane[1:], strict=False))
+        assert len({i.thread for i in in_lane}) == 1
 
 
 def test_split_pipeline_with_vae_beside_text_encoder_overlaps_decoding_with_denoising(tmp_path, batch):
@@ -192,7 +195,7 @@ def test_progress_events_name_node_job_and_device(tmp_path, batch):
     assert sorted(e.jobs_finished for e in finished) == [1, 2, 3, 4] and {e.jobs_total for e in finished} == {4}
 
 
-def test_each_device_thread_runs_its_stages_on_its_own_stream(tmp_path, batch):
+def test_each_lane_thread_runs_its_stages_on_its_own_stream(tmp_path, batch):
     jobs, name, ledger = batch
     created = {}
 
@@ -205,14 +208,17 @@ def test_each_device_thread_runs_its_stages_on_its_own_stream(tmp_path, batch):
 
     @contextlib.contextmanager
     def stream_factory(device):
-        created[device] = (FakeStream(), threading.get_ident())
-        yield created[device][0]
+        stream = FakeStream()
+        created[threading.get_ident()] = (device, stream)
+        yield stream
 
     recorder = Recorder()
     stages = FakeStages(tmp_path, name, encode_device="fake:0", denoise_device="fake:1", decode_device="fake:1",
                         recorder=recorder, seconds=(0.001, 0.001, 0.001))
     BatchScheduler([Worker.pipelined(stages)], ledger=ledger, stream_factory=stream_factory).run(jobs[:3])
-    assert set(created) == {"fake:0", "fake:1"}
+    assert sorted(device for device, _ in created.values()) == ["fake:0", "fake:1", "fake:1"]
+    threads = {stage: {i.thread for i in recorder.of(stage).values()} for stage in ("encode", "denoise", "decode")}
+    assert all(len(ids) == 1 for ids in threads.values()) and len(set.union(*threads.values())) == 3
     for interval in recorder.intervals:
-        assert interval.thread == created[interval.device][1]
-    assert created["fake:0"][0].synchronized == 3 and created["fake:1"][0].synchronized == 6
+        assert created[interval.thread][0] == interval.device
+    assert sorted(stream.synchronized for _, stream in created.values()) == [3, 3, 3]

@@ -1,13 +1,14 @@
 """Runs a batch of jobs on several devices at once, recording every state change in the job ledger.
 
-Each device gets one thread (with its own CUDA stream on a CUDA device), which runs one stage of one job at a time.
 A job flows through its worker's stages: a single `run` stage for a `JobRunner`, or encode -> denoise -> decode for
-`JobStages`. Stages on different devices run concurrently, so with a split worker (text encoder on one GPU, DiT on
-another) the text encoding of the next job overlaps the denoising of the current one, and the decoding of the
-previous one too when the VAE is not on the DiT's GPU. With one replica worker per GPU, whole jobs run side by side.
+`JobStages`. Each device has two lanes, each one thread with its own CUDA stream on a CUDA device that runs one stage
+of one job at a time: the compute lane (denoise, or a whole `run`) and the I/O lane (text encoding and decoding).
+Lanes run concurrently, so with a split worker (text encoder on one GPU; DiT and VAE on another) the text encoding of
+the next job and the decoding of the previous one overlap the denoising of the current one. With one replica worker
+per GPU, whole jobs run side by side.
 
-A job slot is one device of one worker; `max_concurrent_jobs` (jobs in flight at once) defaults to the number of
-slots and may not exceed it. A job past `queue_timeout` seconds is cancelled at its next cancel check (between
+A job slot is one lane of one worker; `max_concurrent_jobs` (jobs in flight at once) defaults to the number of slots
+and may not exceed it. A job past `queue_timeout` seconds is cancelled at its next cancel check (between
 denoising steps) or stage boundary and recorded `timed_out`; a job that raises (bad prompt, CUDA out of memory) is
 recorded `failed` and the batch goes on; ComfyUI's interrupt stops new jobs and cancels the running ones."""
 
@@ -153,11 +154,19 @@ class BatchSummary:
         return "\n".join(lines)
 
 
+COMPUTE_STAGES = ("run", "denoise")
+
+
 @dataclass(frozen=True)
 class _Stage:
     name: str
     device: str
     call: Callable[[BatchJob, Any, DeviceContext, CancelCheck, StepProgress], Any]
+
+    @property
+    def lane(self) -> tuple[str, str]:
+        """(device, "compute" | "io"): the thread that runs this stage."""
+        return self.device, "compute" if self.name in COMPUTE_STAGES else "io"
 
 
 @dataclass
@@ -169,7 +178,7 @@ class _WorkerPlan:
 
     @property
     def slots(self) -> int:
-        return len({stage.device for stage in self.stages})
+        return len({stage.lane for stage in self.stages})
 
 
 @dataclass
@@ -232,18 +241,18 @@ def defragment_device(device: str) -> None:
             torch.cuda.ipc_collect()
 
 
-class _DeviceThread:
-    """One thread per device: takes the most urgent stage (earliest job first) and runs it."""
+class _LaneThread:
+    """One thread per lane of a device: takes the most urgent stage (earliest job first) and runs it."""
 
     _STOP = (float("inf"),)
 
-    def __init__(self, device: str, stream_factory: StreamFactory, on_crash: Callable[[BaseException], None]):
-        self.device = device
+    def __init__(self, lane: tuple[str, str], stream_factory: StreamFactory, on_crash: Callable[[BaseException], None]):
+        self.device, kind = lane
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._sequence = itertools.count()
         self._stream_factory = stream_factory
         self._on_crash = on_crash
-        self._thread = threading.Thread(target=self._loop, name=f"wan22-batch-{device}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"wan22-batch-{self.device}-{kind}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -293,13 +302,15 @@ class BatchScheduler:
             raise ValueError("BatchScheduler needs a JobLedger (JobLedger.for_batch(output_dir, batch_id))")
         self._plans = [_plan(worker) for worker in workers]
         devices = {stage.device for plan in self._plans for stage in plan.stages}
-        self.capacity = min(sum(plan.slots for plan in self._plans), len(devices))
+        self._lanes = sorted({stage.lane for plan in self._plans for stage in plan.stages})
+        self.capacity = min(sum(plan.slots for plan in self._plans), len(self._lanes))
         if max_concurrent_jobs is None or max_concurrent_jobs == 0:
             max_concurrent_jobs = self.capacity
         if not 1 <= max_concurrent_jobs <= self.capacity:
             raise InputError(
-                f"max_concurrent_jobs={max_concurrent_jobs} but the workers have {self.capacity} device slot(s) "
-                f"({', '.join(sorted(devices))}); more jobs at once than devices only fight over memory. "
+                f"max_concurrent_jobs={max_concurrent_jobs} but the workers have {self.capacity} job slot(s) "
+                f"(one per busy lane: denoising, or text encoding / decoding, on {', '.join(sorted(devices))}); "
+                "more jobs at once would only wait and fight over memory. "
                 f"Set it between 1 and {self.capacity}, or 0 for all of them."
             )
         if queue_timeout is not None and queue_timeout <= 0:
@@ -318,7 +329,6 @@ class BatchScheduler:
         self._defragment = defragment
         self._stream_factory = stream_factory
         self._poll_seconds = poll_seconds
-        self._devices = sorted(devices)
         self._condition = threading.Condition()
         self._progress_lock = threading.Lock()
 
@@ -337,7 +347,7 @@ class BatchScheduler:
         self._interrupted = False
         self._crash: BaseException | None = None
         self.ledger.record_many((job.index, JobState.QUEUED, {"prompt": job.prompt}) for job in pending)
-        self._threads = {device: _DeviceThread(device, self._stream_factory, self._crashed) for device in self._devices}
+        self._threads = {lane: _LaneThread(lane, self._stream_factory, self._crashed) for lane in self._lanes}
         for thread in self._threads.values():
             thread.start()
         try:
@@ -383,7 +393,7 @@ class BatchScheduler:
         stage = stages[stage_index]
         handed_to = stages[stage_index + 1].device if stage_index + 1 < len(stages) else stages[0].device
         priority = (0 if handed_to != stage.device else 1, run.order, stage_index)
-        self._threads[stage.device].submit(priority, lambda stream: self._run_stage(run, stage_index, stream))
+        self._threads[stage.lane].submit(priority, lambda stream: self._run_stage(run, stage_index, stream))
 
     def _crashed(self, error: BaseException) -> None:
         with self._condition:

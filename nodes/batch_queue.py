@@ -125,8 +125,8 @@ class Wan22BatchQueueManager:
                 "gpu_mode": ([AS_WIRED, REPLICA_PER_GPU], {
                     "default": AS_WIRED,
                     "tooltip": "as wired: the devices of the handles (T5 on another GPU than the DiT: the next job "
-                    "is encoded and the last one decoded while one denoises). replica per GPU: every GPU holds all models and runs whole "
-                    "jobs side by side.",
+                    "is encoded and the last one decoded while one denoises). replica per GPU: every GPU holds all "
+                    "models and runs whole jobs side by side.",
                 }),
                 "max_concurrent_jobs": ("INT", {
                     "default": 0, "min": 0, "max": 64,

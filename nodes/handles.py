@@ -77,6 +77,15 @@ def move_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Modul
     return module
 
 
+def release_to_cpu(*modules: torch.nn.Module | None) -> None:
+    """Move `modules` to the CPU and hand the freed GPU memory back to the driver."""
+    for module in modules:
+        if module is not None:
+            move_module(module, torch.device("cpu"))
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelHandle:
     """Base of the handles: a device string (`auto`, `cpu`, `gpu:N`) resolved only when the model is used."""
@@ -92,10 +101,16 @@ class ModelHandle:
         return resolve_device(self.device, warn=False)
 
     def _load_cached(
-        self, path: str, options: tuple, load: Callable[[], torch.nn.Module], cache: ModelCache | None = None
+        self,
+        path: str,
+        options: tuple,
+        load: Callable[[], torch.nn.Module],
+        cache: ModelCache | None = None,
+        device: torch.device | None = None,
     ) -> torch.nn.Module:
+        """The cached module of `path`, moved to `device` (default: the bound device)."""
         module = (cache or MODEL_CACHE).get((self.kind, path, *options), load)
-        return move_module(module, self.target_device())
+        return move_module(module, device or self.target_device())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,12 +131,14 @@ class DiTHandle(ModelHandle):
         def read() -> torch.nn.Module:
             return load_dit(path, device="cpu", **DIT_WEIGHT_FORMATS[self.weight_dtype])
 
-        model = self._load_cached(path, (self.weight_dtype,), read, cache)
+        # Offloaded experts wait in CPU RAM; the sampler moves the one sampling onto the device and back.
+        device = torch.device("cpu") if self.offload else None
+        model = self._load_cached(path, (self.weight_dtype,), read, cache, device)
         _set_attention_backend(model, self.attention)
         return model
 
     def load(self, cache: ModelCache | None = None) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-        """(high-noise or only model, low-noise model or None), on the bound device."""
+        """(high-noise or only model, low-noise model or None): on the bound device, or in CPU RAM with `offload`."""
         high = self._load_expert(self.high_noise_path, cache)
         low = self._load_expert(self.low_noise_path, cache) if self.low_noise_path else None
         return high, low

@@ -10,7 +10,7 @@ from wan_core.pipeline.denoise import SINGLE, StepInfo
 
 from . import host
 from .devices import announce_device, device_label
-from .handles import DiTHandle, VAEHandle, require_handle
+from .handles import DiTHandle, VAEHandle, release_to_cpu, require_handle
 from .text_encode import WanConditioning
 
 CATEGORY = "Wan2.2"
@@ -158,5 +158,8 @@ class Wan22DiTSampler:
             )
         except GenerationCancelled:
             host.raise_if_interrupted()  # ComfyUI's own exception: shown as "interrupted", not as an error
+            raise
+        except torch.cuda.OutOfMemoryError:
+            release_to_cpu(high, low)  # ComfyUI unloads only its own models: free ours for the retry
             raise
         return ({"samples": latents.unsqueeze(0).to("cpu", torch.float32)},)

@@ -20,6 +20,7 @@ import torch
 
 from .checkpoint_dir import LAYOUTS
 from .errors import CheckpointError, InputError
+from .memory import GPUOutOfMemoryError
 from .pipeline.conditioning import official_image_input
 from .pipeline.tasks import TASKS, get_task, parse_size
 from .pipeline.validation import SOLVERS, validate_request
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .pipeline.denoise import StepInfo
 
 PROG = "wan22-generate"
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -350,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, CheckpointError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except GPUOutOfMemoryError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError, WanError
+from ..io.state_dict import FP8_DTYPES
+from ..memory import GPUOutOfMemoryError, out_of_memory
 from ..sampling import make_solver
 from . import conditioning
 from .tasks import TaskConfig, get_task
@@ -145,6 +147,30 @@ def free_device_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def denoise_memory_fixes(
+    task: TaskConfig, latent_shape: tuple[int, ...], offload_model: bool, models: list[Callable | None]
+) -> list[str]:
+    """The settings that would make denoising need less GPU memory, given the ones in use."""
+    fixes = []
+    if not offload_model and low_noise_model_given(models):
+        fixes.append("offload_model (the expert that is not sampling waits in CPU RAM; Model Loader: offload)")
+    parameters = [p for m in models if isinstance(m, torch.nn.Module) for p in m.parameters()]
+    if not any(p.dtype in FP8_DTYPES for p in parameters):
+        fixes.append("fp8 weights, half the DiT memory (Model Loader weight_dtype fp8_e4m3fn)")
+    _, frames, height, width = latent_shape
+    stride_f, stride_h, stride_w = task.vae_stride
+    fixes.append(
+        f"a smaller size or fewer frames (now {width * stride_w}x{height * stride_h}, "
+        f"{(frames - 1) * stride_f + 1} frames)"
+    )
+    fixes.append("nothing else on this GPU: the text encoder on the CPU (t5_cpu; in ComfyUI Set Device cpu)")
+    return fixes
+
+
+def low_noise_model_given(models: list[Callable | None]) -> bool:
+    return len({id(m) for m in models if m is not None}) > 1
+
+
 def sample_latents(
     *,
     task: str | TaskConfig,
@@ -243,6 +269,11 @@ def sample_latents(
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
                     progress(StepInfo(i + 1, total, expert, int(t.item()), x0, time.perf_counter() - start))
+    except torch.cuda.OutOfMemoryError as err:
+        if isinstance(err, GPUOutOfMemoryError):
+            raise
+        fixes = denoise_memory_fixes(task, latent_shape, offload_model, [high_noise_model, low_noise_model])
+        raise out_of_memory("denoising", device, fixes) from err
     finally:
         if offload_model:
             for model in {id(m): m for m in experts.values() if m is not None}.values():

@@ -35,6 +35,7 @@ from ..errors import (
 from ..io.files import find_weight_files
 from ..io.quant import dequantize, is_quantized
 from ..io.state_dict import FP8_DTYPES, cast_floating, read_safetensors, read_safetensors_metadata, read_torch_file
+from ..memory import out_of_memory
 from .keymap import EMBED_TOKENS, SHARED, SPIECE_MODEL, to_transformers
 from .tokenizer import (
     TINY_UMT5_CONFIG,
@@ -190,10 +191,15 @@ class TextEncoder:
         ids, mask = ids.to(device), mask.to(device)
         seq_lens = mask.gt(0).sum(dim=1).tolist()
         out: list[torch.Tensor] = []
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = slice(start, start + self.batch_size)
-            hidden = self.model(input_ids=ids[chunk], attention_mask=mask[chunk]).last_hidden_state
-            out += [u[:n] for u, n in zip(hidden.to(self.dtype), seq_lens[chunk], strict=True)]
+        try:
+            for start in range(0, len(prompts), self.batch_size):
+                chunk = slice(start, start + self.batch_size)
+                hidden = self.model(input_ids=ids[chunk], attention_mask=mask[chunk]).last_hidden_state
+                out += [u[:n] for u, n in zip(hidden.to(self.dtype), seq_lens[chunk], strict=True)]
+        except torch.cuda.OutOfMemoryError as err:
+            fixes = ["run the text encoder on the CPU (t5_cpu; in ComfyUI Set Device cpu on the T5 Loader's output)",
+                     "free this GPU of other models first (offload_model for the DiT experts)"]
+            raise out_of_memory("encoding prompts with the text encoder", device, fixes) from err
         return out
 
     def encode(self, prompts: Sequence[str] | str) -> list[torch.Tensor]:

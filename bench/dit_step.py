@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wan_core.configs import WanDiTConfig  # noqa: E402
 from wan_core.dit import kernels  # noqa: E402
+from wan_core.dit.attention import check_backend  # noqa: E402
 from wan_core.dit.keymap import official_to_diffusers_key  # noqa: E402
 from wan_core.dit.model import FP8, FP8Linear, WanDiT, fp8_capable, keeps_fp32  # noqa: E402
 
@@ -44,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--latent", default="21,60,104", help="latent frames,height,width (patch 1x2x2)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--backend", default="sdpa", help="our attention backend")
+    p.add_argument("--also-backend", default="", help="also time ours with this attention backend (e.g. flash_attn)")
     p.add_argument("--skip-diffusers", action="store_true")
     p.add_argument("--fp8", action="store_true", help="also time ours with fp8 weights + fp8 matmuls")
     p.add_argument("--profile", default="", help="write the top kernels of one forward of each model here")
@@ -223,6 +225,17 @@ def main() -> None:
             "seconds": psec, "all_seconds": times, "tflops": flops / psec / 1e12, "peak_gib": peak_gib(device),
             "output_rel_l2_vs_fused": ((out_plain.float() - out_ours).norm() / out_ours.norm()).item()}
         del out_plain
+    if args.also_backend:  # A/B: the same model and inputs with another attention backend
+        ours.attention_backend = check_backend(args.also_backend)
+        peak_reset(device)
+        times, out_other = timed(run_ours, device, args.runs)
+        ours.attention_backend = args.backend
+        osec = statistics.median(times)
+        result[f"ours_{args.also_backend}"] = {
+            "seconds": osec, "all_seconds": times, "tflops": flops / osec / 1e12, "peak_gib": peak_gib(device),
+            f"speedup_vs_{args.backend}": sec / osec,
+            "output_rel_l2_vs_default": ((out_other.float() - out_ours).norm() / out_ours.norm()).item()}
+        del out_other
     profiles = []
     if args.profile:
         profiles.append("== wan_core WanDiT ==\n" + profile_table(run_ours, device))

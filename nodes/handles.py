@@ -69,11 +69,11 @@ class ModelCache:
 MODEL_CACHE = ModelCache({"dit": 2, "t5": 1, "vae": 1})
 
 
-def move_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move `module` to `device` unless its weights are already there."""
-    first = next(module.parameters(), None)
-    if first is not None and first.device != device:
-        module.to(device)
+def move_module(module: Any, device: torch.device) -> Any:
+    """`module`, moved to `device` unless it is there already."""
+    from wan_core.pipeline.denoise import move_to
+
+    move_to(module, device)
     return module
 
 
@@ -169,10 +169,7 @@ class T5Handle(ModelHandle):
             )
 
         encoder = (cache or MODEL_CACHE).get((self.kind, self.path, self.weight_dtype, self.tokenizer_path), read)
-        device = self.target_device()
-        if torch.device(encoder.device) != device:
-            encoder.to(device)
-        return encoder
+        return move_module(encoder, self.target_device())
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -198,3 +198,19 @@ def test_set_patches_is_a_no_op_when_nothing_changes():
     assert torch.allclose(module.bias, before + 1.0)
     set_patches(module, (), "single")
     assert torch.equal(module.bias, before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_float32_regions_under_cuda_autocast():
+    model = tiny_dit().cuda()
+    x, t, context = inputs()
+    x, t, context = x.cuda(), t.cuda(), [c.cuda() for c in context]
+    recorder = LinearDtypes(model)
+    with torch.no_grad():
+        reference = model(x, t, context)
+        with Runtime(device=torch.device("cuda")).autocast(), recorder:
+            out = model(x, t, context)
+    for name in FP32_LINEARS:
+        assert recorder.dtypes[name] == {torch.float32}, name
+    assert recorder.dtypes["blocks.0.ffn.0"] == {torch.bfloat16}
+    assert ((out - reference).norm() / reference.norm()).item() < 0.05

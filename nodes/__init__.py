@@ -1,6 +1,7 @@
 """ComfyUI nodes of comfyui-wan22 (classic API). Node ids carry the `Wan22` prefix and never change."""
 
 from .batch_queue import Wan22BatchQueueManager
+from .frame_interpolate import Wan22FrameInterpolate
 from .gpu_check import Wan22GPUCheck
 from .loaders import Wan22ModelLoader, Wan22T5Loader, Wan22VAELoader
 from .sampler import Wan22DiTSampler
@@ -23,6 +24,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "Wan22SaveVideo": Wan22SaveVideo,
     "Wan22BatchQueueManager": Wan22BatchQueueManager,
     "Wan22GPUCheck": Wan22GPUCheck,
+    "Wan22FrameInterpolate": Wan22FrameInterpolate,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -38,4 +40,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "Wan22SaveVideo": "Wan2.2 Save Video",
     "Wan22BatchQueueManager": "Wan2.2 Batch Queue Manager",
     "Wan22GPUCheck": "Wan2.2 GPU Check",
+    "Wan22FrameInterpolate": "Wan2.2 Frame Interpolate (RIFE)",
 }

@@ -20,6 +20,7 @@ import torch
 
 from .checkpoint_dir import LAYOUTS
 from .errors import CheckpointError, InputError
+from .interpolate.cli import add_interpolation_flags, interpolate_video
 from .memory import GPUOutOfMemoryError
 from .pipeline.conditioning import official_image_input
 from .pipeline.tasks import TASKS, get_task, parse_size
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checks the whole pipeline in seconds on a CPU; the video is noise.",
     )
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda:1 or cpu. Default: cuda if present.")
+    add_interpolation_flags(parser)
     return parser
 
 
@@ -153,7 +155,7 @@ class Request:
     device: torch.device
     offload_model: bool
     save_file: Path
-    fps: int
+    fps: float
 
 
 def _default_save_file(task: str, width: int, height: int, prompt: str, demo: bool) -> Path:
@@ -333,6 +335,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
 
+    video, request.fps = interpolate_video(args, video, request.fps, request.device, _say)
     save_video(request.save_file, video, request.fps, frames_dir=args.save_frames)
     _say(f"Saved {request.save_file} ({video.shape[1]} frames, {video.shape[3]}x{video.shape[2]}, {request.fps} fps).")
     if args.save_frames:

@@ -23,6 +23,7 @@ from .errors import CheckpointError, InputError
 from .interpolate.cli import add_interpolation_flags, interpolate_video
 from .memory import GPUOutOfMemoryError
 from .pipeline.conditioning import official_image_input
+from .pipeline.long_video_cli import add_chunk_flags, check_chunk_args, chunked_generate
 from .pipeline.tasks import TASKS, get_task, parse_size
 from .pipeline.validation import SOLVERS, validate_request
 
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda:1 or cpu. Default: cuda if present.")
     add_interpolation_flags(parser)
+    add_chunk_flags(parser)
     return parser
 
 
@@ -296,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
     from .video_io import save_tensor, save_video
 
     request = resolve_request(args)
+    check_chunk_args(args)
     if args.demo:
         from .demo import DEMO_WARNING, ensure_demo_checkpoint
 
@@ -315,9 +318,11 @@ def run(args: argparse.Namespace) -> int:
     _say(f"Loaded in {time.perf_counter() - started:.1f}s. Generating {request.frame_num} frames at "
          f"{request.width}x{request.height}, {request.sample_steps} {request.sample_solver} steps, "
          f"seed {request.seed}.")
-    bar = ProgressBar(request.sample_steps)
+    chunked = args.chunks > 1
+    generate = chunked_generate(args, pipeline, ProgressBar, _say) if chunked else pipeline.generate
+    bar = None if chunked else ProgressBar(request.sample_steps)
     try:
-        video = pipeline.generate(
+        video = generate(
             request.prompt,
             negative_prompt=None,
             width=request.width,
@@ -333,7 +338,8 @@ def run(args: argparse.Namespace) -> int:
             cancel=None,
         )
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
     video, request.fps = interpolate_video(args, video, request.fps, request.device, _say)
     save_video(request.save_file, video, request.fps, frames_dir=args.save_frames)

@@ -5,7 +5,8 @@
   joined video has ``F + (N - 1) * (F - 1)`` frames and no frame twice.
 - Colour drift: at each join the per-channel mean and std of the previous chunk's last frame and the new chunk's
   first frame are compared; with matching on, the new chunk is mapped channel-wise (x - m1) / s1 * s0 + m0 so its
-  first frame has the statistics of the previous last frame, and the correction carries on to the chunks after it.
+  first frame has the statistics of the previous last frame (a flat channel only gets its mean moved; the gain stays
+  within 0.5..2), and the correction carries on to the chunks after it.
 - Resume: every finished chunk is written to the work folder (safetensors) and recorded in a job ledger (the batch
   queue's :class:`~wan_core.batch.ledger.JobLedger`, job = chunk number). Running the same request again skips the
   chunks whose last state is `done` and whose file is still there, so a killed run goes on at the next chunk.
@@ -31,6 +32,8 @@ from ..video_io import load_tensor, save_tensor
 LOG = logging.getLogger(__name__)
 PROMPT_SEPARATOR = "|"
 REQUEST_FILE = "request.json"
+FLAT_STD = 1e-3
+GAIN_RANGE = (0.5, 2.0)
 
 # (prompt, start frame [3, H, W] in [-1, 1] or None, seed) -> the chunk's video [3, F, H, W] in [-1, 1]
 ChunkGenerator = Callable[[str, "torch.Tensor | None", int], torch.Tensor]
@@ -84,7 +87,9 @@ def match_colour(chunk: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     target, source = frame_stats(reference), frame_stats(chunk[:, 0])
     mean_t, std_t = (torch.tensor(v, dtype=torch.float64).view(3, 1, 1, 1) for v in (target.mean, target.std))
     mean_s, std_s = (torch.tensor(v, dtype=torch.float64).view(3, 1, 1, 1) for v in (source.mean, source.std))
-    gain = std_t / std_s.clamp_min(1e-6)
+    # A flat channel (std ~0) only gets its mean moved; the gain is bounded so one odd frame cannot wreck a chunk.
+    flat = (std_s < FLAT_STD) | (std_t < FLAT_STD)
+    gain = torch.where(flat, torch.ones_like(std_s), (std_t / std_s.clamp_min(FLAT_STD)).clamp(*GAIN_RANGE))
     return ((chunk.double() - mean_s) * gain + mean_t).clamp(-1.0, 1.0).to(chunk.dtype)
 
 

@@ -8,7 +8,7 @@ import torch
 
 from wan_core.errors import InputError
 from wan_core.pipeline.denoise import StepInfo
-from wan_core.pipeline.long_video import PROMPT_SEPARATOR
+from wan_core.pipeline.long_video import CHUNK_TASKS, PROMPT_SEPARATOR
 
 from . import host
 from .devices import announce_device, device_label
@@ -18,7 +18,6 @@ from .save_video import resolve_prefix
 from .vae_nodes import video_to_images
 
 CATEGORY = "Wan2.2"
-CHUNK_TASKS = ("i2v-A14B", "ti2v-5B")
 
 
 class Wan22LongVideo:

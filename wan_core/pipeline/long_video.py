@@ -31,6 +31,7 @@ from ..video_io import load_tensor, save_tensor
 
 LOG = logging.getLogger(__name__)
 PROMPT_SEPARATOR = "|"
+CHUNK_TASKS = ("i2v-A14B", "ti2v-5B")  # the tasks that start from an image
 REQUEST_FILE = "request.json"
 FLAT_STD = 1e-3
 GAIN_RANGE = (0.5, 2.0)

@@ -13,12 +13,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import InputError
-from .long_video import PROMPT_SEPARATOR, REQUEST_FILE, generate_long_video
+from .long_video import CHUNK_TASKS, PROMPT_SEPARATOR, REQUEST_FILE, generate_long_video
 
 if TYPE_CHECKING:
     from .pipeline import WanPipeline
-
-CHUNK_TASKS = ("i2v-A14B", "ti2v-5B")
 
 
 def add_chunk_flags(parser: argparse.ArgumentParser) -> None:

@@ -30,7 +30,7 @@ def ffmpeg_interpolate(frames: torch.Tensor, multiplier: int) -> torch.Tensor:
     count, height, width = frames.shape[:3]
     if multiplier == 1:
         return frames.float().clone()
-    pixels = frames.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    pixels = frames.detach().to("cpu", torch.float32).clamp(0, 1).mul(255).round().to(torch.uint8)
     # minterpolate emits a frame only once it has read the frames after it: feed the last one again as lookahead
     pixels = torch.cat([pixels, pixels[-1:].expand(_LOOKAHEAD, -1, -1, -1)]).contiguous().numpy()
     command = [

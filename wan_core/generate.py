@@ -20,8 +20,10 @@ import torch
 from .checkpoint_dir import LAYOUTS
 from .dit.attention import NAMES as ATTENTION_BACKENDS
 from .errors import CheckpointError, InputError
+from .interpolate.cli import add_interpolation_flags, interpolate_video
 from .memory import GPUOutOfMemoryError
 from .pipeline.conditioning import official_image_input
+from .pipeline.long_video_cli import add_chunk_flags, check_chunk_args, chunked_generate
 from .pipeline.request import SamplingRequest
 from .pipeline.tasks import TASKS, get_task, parse_size
 from .runtime import Runtime, pick_device
@@ -139,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ATTENTION_BACKENDS,
         help="Attention kernel. auto: the fastest installed (SageAttention 2, FlashAttention, else PyTorch SDPA).",
     )
+    add_interpolation_flags(parser)
+    add_chunk_flags(parser)
     return parser
 
 
@@ -273,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
     from .video_io import save_tensor, save_video
 
     request = resolve_request(args)
+    check_chunk_args(args)
     if args.demo:
         from .demo import DEMO_WARNING, ensure_demo_checkpoint
 
@@ -288,15 +293,18 @@ def run(args: argparse.Namespace) -> int:
     _say(f"Loaded in {time.perf_counter() - started:.1f}s. Generating {sampling.frame_num} frames at "
          f"{sampling.width}x{sampling.height}, {sampling.steps} {sampling.solver} steps, seed {sampling.seed}, "
          f"attention {request.runtime.attention.name}.")
-    bar = ProgressBar(sampling.steps)
+    chunked = args.chunks > 1
+    generate = chunked_generate(args, pipeline, ProgressBar, _say) if chunked else pipeline.generate
+    bar = None if chunked else ProgressBar(sampling.steps)
     try:
-        video = pipeline.generate(request.prompt, sampling, image=request.image, progress=bar)
+        video = generate(request.prompt, sampling, image=request.image, progress=bar)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
-    fps = sampling.task.fps
+    video, fps = interpolate_video(args, video, sampling.task.fps, request.runtime.device, _say)
     save_video(request.save_file, video, fps, frames_dir=args.save_frames)
-    _say(f"Saved {request.save_file} ({video.shape[1]} frames, {video.shape[3]}x{video.shape[2]}, {fps} fps).")
+    _say(f"Saved {request.save_file} ({video.shape[1]} frames, {video.shape[3]}x{video.shape[2]}, {fps:g} fps).")
     if args.save_frames:
         _say(f"Saved the frames as PNGs in {args.save_frames}.")
     if args.save_tensor:

@@ -34,7 +34,7 @@ _models = weakref.WeakValueDictionary()
 def _scan():
     start = time.perf_counter()
     for obj in gc.get_objects():
-        if isinstance(obj, torch.nn.Module) and type(obj).__name__ in ROLES:
+        if type(obj).__name__ in ROLES and isinstance(obj, torch.nn.Module):
             _models[id(obj)] = obj
     _scan_seconds.append(round(time.perf_counter() - start, 4))
 

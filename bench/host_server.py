@@ -5,7 +5,6 @@ an nvidia-smi sampler. Standard library only (the server runs in its own Python)
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import threading
@@ -185,10 +184,10 @@ def environment(comfyui: Path, python: str) -> dict:
               "'cuda': torch.version.cuda, 'gpus': [torch.cuda.get_device_name(i) for i in "
               "range(torch.cuda.device_count())], 'sageattention': u.find_spec('sageattention') is not None, "
               "'flash_attn': u.find_spec('flash_attn') is not None}))")
-    info = json.loads(subprocess.run([python, "-c", script], capture_output=True, text=True, check=True,
-                                     env={**os.environ, "PYTHONPATH": ""}).stdout)
-    commit = subprocess.run(["git", "-C", str(comfyui), "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=False).stdout.strip()
+    info = json.loads(subprocess.run([python, "-c", script], capture_output=True, text=True, check=True).stdout)
+    commit_file = comfyui / ".comfyui_commit"  # written by host_e2e_wheels.sh
+    commit = commit_file.read_text().strip() if commit_file.is_file() else subprocess.run(
+        ["git", "-C", str(comfyui), "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
     version_file = comfyui / "comfyui_version.py"
     version = version_file.read_text().split('"')[1] if version_file.is_file() else None
     return {**info, "comfyui_commit": commit or None, "comfyui_version": version}

@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +32,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from host_models import ensure_model_files  # noqa: E402
 from host_results import (  # noqa: E402
     comparisons,
     dual_gpu_check,
@@ -107,7 +107,7 @@ def measure(name: str, graph: dict, settings: BenchSettings, args: argparse.Name
         "gpus": summarize_smi(smi.samples, t0, t1), "gpu_timeline": timeline(smi.samples, t0, t1),
         "allocated_peak_mib": probe_memory(probe["memory"], t0, t1),
         "models": probe_placements(probe["placements"], t0, t1),
-        "probe_scan_s": max(probe["scan_seconds"], default=None), "compute_apps": apps,
+        "probe_sample_max_s": max(probe["sample_seconds"], default=None), "compute_apps": apps,
     }
     if name.startswith("batch"):
         jobs = len(repeats[-1]["videos"])
@@ -132,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpu", action="store_true", help="run ComfyUI with --cpu")
     parser.add_argument("--server-args", default="", help="more ComfyUI arguments, e.g. '--use-sage-attention'")
     parser.add_argument("--repeats", type=int, default=2, help="queued graphs per run (first: cold)")
-    parser.add_argument("--batch-repeats", type=int, default=1, help="queued batches per batch run")
+    parser.add_argument("--batch-repeats", type=int, default=2, help="queued batches per batch run (first: cold)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per queued graph")
     parser.add_argument("--start-timeout", type=float, default=600.0)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -159,7 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
                              cfg=args.cfg, shift=args.shift, seed=args.seed)
     batch_settings = dataclasses.replace(settings, frames=args.batch_frames or settings.frames,
                                          steps=args.batch_steps or settings.steps)
-    ensure_model_files(args.models, args.scale, log=lambda line: print(line, file=sys.stderr))
+    # In a child process: the files are made on the GPU, whose memory and context must not stay with this one.
+    subprocess.run([sys.executable, str(Path(__file__).with_name("host_models.py")), str(args.models), args.scale],
+                   check=True, stdout=sys.stderr)
     template = installed_template()
     native = template_api_graph(template) if template is not None else None
     graphs = {**bench_graphs(settings, native),

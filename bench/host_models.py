@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +118,7 @@ def write_streamed(path: Path, specs: list[TensorSpec], *, seed: int, device: to
             tensor = spec.make(generator, device)
             if tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
                 raise RuntimeError(f"{spec.name}: made {tuple(tensor.shape)} {tensor.dtype}, declared {spec}")
-            out.write(tensor.detach().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+            out.write(tensor.detach().reshape(-1).view(torch.uint8).cpu().numpy())
     partial.replace(path)
     return path
 
@@ -250,3 +251,8 @@ def ensure_model_files(root: str | Path, scale: str = "real", *, device: str | t
         log(f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB)")
     marker.write_text(json.dumps(wanted, indent=1) + "\n")
     return root
+
+
+if __name__ == "__main__":  # python bench/host_models.py ROOT [real|tiny]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    ensure_model_files(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "real")

@@ -3,19 +3,17 @@
 
 - every 0.25 s, `torch.cuda.memory_allocated` per CUDA device;
 - every second, where each model sits: the parameter and buffer bytes per device of every module whose class is
-  a Wan DiT, VAE or UMT5 (ours: `WanDiT`, `WanVAE`, `UMT5EncoderModel`; ComfyUI's: `WanModel`, `WanVAE`, `T5`),
-  found by a garbage-collector scan every `WAN22_PROBE_SCAN_S` seconds (default 5) and followed by weak reference
-  in between. The time the scans take is reported (they hold the GIL).
+  a Wan DiT, VAE or UMT5 (ours: `WanDiT`, `WanVAE`, `UMT5EncoderModel`; ComfyUI's: `WanModel`, `WanVAE`, `T5`).
+  Models are registered (by weak reference) when they are built, through a wrapper of `torch.nn.Module.__init__`:
+  no scan of the heap while a run is timed. The time each placement sample takes is reported.
 
 GET `/wan22_probe` returns `{"memory": [[t, {device: bytes}]], "placements": [[t, [{"id", "class", "role",
-"bytes": {device: n}}]]], "scan_seconds": [...], "devices": {index: name}}` with `time.time()` stamps.
+"bytes": {device: n}}]]], "sample_seconds": [...], "devices": {index: name}}` with `time.time()` stamps.
 """
 
 PROBE_PACKAGE = "wan22_host_probe"
 
 PROBE_SOURCE = r'''
-import gc
-import os
 import threading
 import time
 import weakref
@@ -26,17 +24,18 @@ from server import PromptServer
 
 ROLES = {"WanDiT": "dit", "WanModel": "dit", "WanVAE": "vae", "UMT5EncoderModel": "t5", "T5": "t5"}
 MEMORY_EVERY_S, PLACEMENT_EVERY_S = 0.25, 1.0
-SCAN_EVERY_S = float(os.environ.get("WAN22_PROBE_SCAN_S", "5"))
-_memory, _placements, _scan_seconds = [], [], []
+_memory, _placements, _sample_seconds = [], [], []
 _models = weakref.WeakValueDictionary()
+_module_init = torch.nn.Module.__init__
 
 
-def _scan():
-    start = time.perf_counter()
-    for obj in gc.get_objects():
-        if type(obj).__name__ in ROLES and isinstance(obj, torch.nn.Module):
-            _models[id(obj)] = obj
-    _scan_seconds.append(round(time.perf_counter() - start, 4))
+def _registering_init(self, *args, **kwargs):
+    _module_init(self, *args, **kwargs)
+    if type(self).__name__ in ROLES:
+        _models[id(self)] = self
+
+
+torch.nn.Module.__init__ = _registering_init
 
 
 def _bytes_by_device(module):
@@ -57,17 +56,15 @@ def _placement():
 
 
 def _loop():
-    next_placement = next_scan = 0.0
+    next_placement = 0.0
     while True:
         now = time.time()
         if torch.cuda.is_available():
             _memory.append([now, {f"cuda:{i}": torch.cuda.memory_allocated(i)
                                   for i in range(torch.cuda.device_count())}])
-        if now >= next_scan:
-            _scan()
-            next_scan = now + SCAN_EVERY_S
         if now >= next_placement:
             _placements.append([now, _placement()])
+            _sample_seconds.append(round(time.time() - now, 4))
             next_placement = now + PLACEMENT_EVERY_S
         time.sleep(MEMORY_EVERY_S)
 
@@ -77,7 +74,7 @@ async def _report(request):
     devices = {i: torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())} \
         if torch.cuda.is_available() else {}
     return web.json_response({"memory": list(_memory), "placements": list(_placements),
-                              "scan_seconds": list(_scan_seconds), "devices": devices})
+                              "sample_seconds": list(_sample_seconds), "devices": devices})
 
 
 threading.Thread(target=_loop, name="wan22-host-probe", daemon=True).start()

@@ -141,7 +141,7 @@ class SmiSampler:
         if shutil.which("nvidia-smi"):
             self.process = subprocess.Popen(
                 ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-                 f"-lms={self.interval_ms}"], stdout=subprocess.PIPE, text=True)
+                 f"--loop-ms={self.interval_ms}"], stdout=subprocess.PIPE, text=True)
             threading.Thread(target=self._read, daemon=True).start()
         return self
 

@@ -185,14 +185,16 @@ def main(argv: list[str] | None = None) -> dict:
         repeats = args.batch_repeats if name.startswith("batch") else args.repeats
         run_args = argparse.Namespace(**{**vars(args), "repeats": repeats})
         chosen = batch_settings if name.startswith("batch") else settings
-        result["runs"][name] = measure(name, graphs[name], chosen, run_args, base)
-        print(f"run {name}: ok={result['runs'][name]['ok']} wall={result['runs'][name]['wall_s']} s",
+        try:
+            result["runs"][name] = measure(name, graphs[name], chosen, run_args, base)
+        except (RuntimeError, TimeoutError, OSError) as error:  # a refused graph, a dead or stuck server
+            result["runs"][name] = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+        print(f"run {name}: ok={result['runs'][name]['ok']} wall={result['runs'][name].get('wall_s')} s",
               file=sys.stderr)
-    result["comparisons"] = comparisons(result["runs"])
-    text = json.dumps(result, indent=1, ensure_ascii=False)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+        result["comparisons"] = comparisons(result["runs"])
+        if args.out:  # after every run: a call cut short keeps what was measured
+            args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    print(json.dumps(result, indent=1, ensure_ascii=False))
     return result
 
 

@@ -301,3 +301,16 @@ def test_comparisons() -> None:
     assert hr.comparisons(runs) == {"ours_speedup_vs_native": 1.5, "batch_2gpu_replica_vs_1gpu": 1.95,
                                     "target_single_gpu_1.25x": True, "target_batch_1.9x": True}
     assert hr.jobs_per_hour(8, 1800.0) == 16.0
+
+
+def test_command_line() -> None:
+    import host_e2e
+
+    args = host_e2e.parse_args(["--comfyui", "/c", "--runs", "native,ours", "--cpu", "--server-args", "--fast a",
+                                "--scale", "tiny", "--steps", "6"])
+    assert args.runs == ["native", "ours"] and args.server_args == ["--fast", "a", "--cpu"]
+    assert args.models == Path("/tmp/wan22_host_models_tiny") and args.steps == 6
+    with pytest.raises(SystemExit):
+        host_e2e.parse_args(["--comfyui", "/c", "--runs", "native,theirs"])
+    graph = host_e2e.with_seed(hw.native_t2v_graph(), hw.BenchSettings(seed=5), 2)
+    assert graph["96"]["inputs"]["noise_seed"] == 7

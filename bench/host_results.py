@@ -99,7 +99,7 @@ def probe_placements(placements: list, t0: float, t1: float) -> list[dict]:
             model = models.setdefault(row["id"], {"role": row["role"], "class": row["class"], "devices": [],
                                                   "peak_mib": {}})
             for device, size in row["bytes"].items():
-                if size <= 0:
+                if size <= 0 or device == "meta":  # built on meta, then loaded: no memory
                     continue
                 if device not in model["devices"]:
                     model["devices"].append(device)

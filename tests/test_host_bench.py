@@ -272,7 +272,7 @@ def _placements(dit_devices: list[str]) -> list:
     gib = 2**30
     return [[float(t), [
         {"id": 1, "class": "T5", "role": "t5", "bytes": {"cuda:0": gib}},
-        {"id": 2, "class": "WanDiT", "role": "dit", "bytes": {"cpu": 0, device: gib}},
+        {"id": 2, "class": "WanDiT", "role": "dit", "bytes": {"cpu": 0, "meta": gib, device: gib}},
         {"id": 3, "class": "WanVAE", "role": "vae", "bytes": {"cuda:1": gib // 4}},
     ]] for t, device in enumerate(dit_devices)]
 

@@ -3,7 +3,7 @@
 ComfyUI has imported `folder_paths`, `comfy.utils`, `comfy.model_management` and `server` before it loads custom
 nodes, so the host is looked up in `sys.modules` when a service is used; nothing is imported from the host at import
 time. Outside ComfyUI (tests, scripts) every service falls back to plain behaviour:
-- model folders: `$WAN22_MODELS_DIR/<kind>/` (default `./models/<kind>/`), kinds `diffusion_models`,
+- model folders: `$WAN22_MODELS_DIR/<kind>/` (default `./models/<kind>/`), kinds `diffusion_models`, `unet`,
   `text_encoders`, `vae`;
 - output / input folders: `$WAN22_OUTPUT_DIR` / `$WAN22_INPUT_DIR` (default `./output`, `./input`);
 - progress and server messages do nothing; an interrupt is never raised.
@@ -22,6 +22,8 @@ from wan_core.errors import MissingFileError
 LOG = logging.getLogger("comfyui-wan22")
 
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
+# Model files that ComfyUI's own folder lists leave out (its loaders cannot read them), listed by walking the folders.
+EXTRA_MODEL_EXTENSIONS = (".gguf",)
 MODELS_DIR_ENV = "WAN22_MODELS_DIR"
 OUTPUT_DIR_ENV = "WAN22_OUTPUT_DIR"
 INPUT_DIR_ENV = "WAN22_INPUT_DIR"
@@ -47,18 +49,22 @@ def model_folders(kind: str) -> list[str]:
     return [os.path.join(root, kind)]
 
 
-def list_models(kind: str) -> list[str]:
-    """Model files of `kind`, as paths relative to their model folder (`/` separated), sorted."""
-    folder_paths = _host("folder_paths")
-    if folder_paths is not None:
-        return list(folder_paths.get_filename_list(kind))
+def _walk_models(kind: str, extensions: tuple[str, ...]) -> set[str]:
     names: set[str] = set()
     for folder in model_folders(kind):
         for parent, _dirs, files in os.walk(folder, followlinks=True):
             for file in files:
-                if file.lower().endswith(MODEL_EXTENSIONS):
+                if file.lower().endswith(extensions):
                     names.add(os.path.relpath(os.path.join(parent, file), folder).replace(os.sep, "/"))
-    return sorted(names)
+    return names
+
+
+def list_models(kind: str) -> list[str]:
+    """Model files of `kind` (GGUF files included), as paths relative to their model folder (`/` separated), sorted."""
+    folder_paths = _host("folder_paths")
+    if folder_paths is not None:
+        return sorted(set(folder_paths.get_filename_list(kind)) | _walk_models(kind, EXTRA_MODEL_EXTENSIONS))
+    return sorted(_walk_models(kind, MODEL_EXTENSIONS + EXTRA_MODEL_EXTENSIONS))
 
 
 def model_path(kind: str, name: str) -> str:

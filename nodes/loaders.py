@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 
 from wan_core.dit.attention import BACKENDS
-from wan_core.errors import InputError
+from wan_core.errors import InputError, MissingFileError
 
 from . import host
 from .handles import COMPUTE_DTYPES, DIT_WEIGHT_FORMATS, DiTHandle, T5Handle, VAEHandle
@@ -19,16 +19,33 @@ ATTENTION_BACKENDS = ("auto", *BACKENDS)
 _OFFICIAL_SHARD_STEM = "diffusion_pytorch_model"
 
 
+# Diffusion models live in `diffusion_models` and, for GGUF conversions by habit, in the legacy `unet` folder.
+DIFFUSION_MODEL_KINDS = ("diffusion_models", "unet")
+
+
 def diffusion_model_choices() -> list[str]:
-    """Single-file models of `diffusion_models`, plus each official (sharded) expert folder as `folder/`."""
+    """Single-file models (safetensors, GGUF, ...) of `diffusion_models` and `unet`, plus each official (sharded)
+    expert folder as `folder/`."""
     choices = set()
-    for name in host.list_models("diffusion_models"):
-        folder, file = posixpath.split(name)
-        if file.startswith(_OFFICIAL_SHARD_STEM) and folder:
-            choices.add(folder + "/")
-        else:
-            choices.add(name)
+    for kind in DIFFUSION_MODEL_KINDS:
+        for name in host.list_models(kind):
+            folder, file = posixpath.split(name)
+            if file.startswith(_OFFICIAL_SHARD_STEM) and folder:
+                choices.add(folder + "/")
+            else:
+                choices.add(name)
     return sorted(choices)
+
+
+def diffusion_model_path(name: str) -> str:
+    """The full path of a diffusion model choice, looked up in `diffusion_models`, then `unet`."""
+    errors = []
+    for kind in DIFFUSION_MODEL_KINDS:
+        try:
+            return host.model_path(kind, name)
+        except MissingFileError as error:
+            errors.append(error)
+    raise errors[0]
 
 
 class Wan22ModelLoader:
@@ -74,8 +91,8 @@ class Wan22ModelLoader:
             raise InputError("ti2v-5B is one model: set 'low_noise_model' to none.")
         return (DiTHandle(
             task=task,
-            high_noise_path=host.model_path("diffusion_models", model),
-            low_noise_path=host.model_path("diffusion_models", low_noise_model) if two_experts else None,
+            high_noise_path=diffusion_model_path(model),
+            low_noise_path=diffusion_model_path(low_noise_model) if two_experts else None,
             weight_dtype=weight_dtype,
             attention=attention,
             offload=offload,

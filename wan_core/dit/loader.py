@@ -6,7 +6,8 @@
 2. a ComfyUI single file, keys bare or prefixed `model.diffusion_model.`, fp16/bf16/fp32, or fp8: `*_fp8_scaled`
    (`<layer>.scale_weight` + `scaled_fp8`) and the newer `weight_scale` / `comfy_quant` format;
 3. a diffusers `WanTransformer3DModel` folder (`transformer/`, `transformer_2/`) or single file;
-plus an official `.pth` state dict (read with `weights_only=True`).
+plus an official `.pth` state dict (read with `weights_only=True`), and a GGUF file (city96's conversions: the block
+matmul weights stay quantized, `GGUFLinear`, and are dequantized on the device as each layer runs).
 
 The weights are read tensor by tensor with safetensors (memory-mapped), straight to the target device and dtype, and
 assigned into a model built on the meta device: no second copy, no full fp32 copy.
@@ -15,6 +16,7 @@ assigned into a model built on the meta device: no second copy, no full fp32 cop
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +34,10 @@ from ..errors import (
     describe_keys,
 )
 from ..io.files import find_weight_files
+from ..io.gguf_file import GGUFFile
 from ..io.quant import dequantize
 from ..io.state_dict import FP8_DTYPES, read_safetensors_metadata, read_torch_file
+from .gguf_linear import GGUFLinear
 from .keymap import diffusers_to_official_key, is_diffusers_layout
 from .model import FP8, FP8Linear, WanDiT, fp8_capable, keeps_fp32
 
@@ -70,6 +74,7 @@ class _Checkpoint:
         self.entries: dict[str, _Entry] = {}
         self.metadata: dict[str, str] = {}
         self._torch_tensors: dict[str, torch.Tensor] | None = None
+        self.gguf: GGUFFile | None = None
         self._resolve()
 
     # --- finding the files -------------------------------------------------------------------------------------
@@ -103,14 +108,19 @@ class _Checkpoint:
                 self.files = singles
         elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
             self.files = [path]
-        elif path.suffix == ".safetensors":
+        elif path.suffix in (".safetensors", ".gguf"):
             self.files = [path]
         else:
-            raise CheckpointError(f"{path} is neither a folder, a .safetensors file nor a .pth file.")
+            raise CheckpointError(f"{path} is neither a folder, a .safetensors, .gguf nor a .pth file.")
         for file in self.files:
             self._read_header(file)
 
     def _read_header(self, file: Path) -> None:
+        if file.suffix == ".gguf":
+            self.gguf = GGUFFile(file)
+            for key, tensor in self.gguf.tensors.items():
+                self.entries[key] = _Entry(file, tensor.stored_dtype, tensor.shape)
+            return
         if file.suffix != ".safetensors":
             tensors = read_torch_file(file)
             self._torch_tensors = {**(self._torch_tensors or {}), **tensors}
@@ -152,6 +162,8 @@ class _Reader:
 
     def get(self, key: str) -> torch.Tensor:
         entry = self.ckpt.entries[key]
+        if self.ckpt.gguf is not None:
+            return self.ckpt.gguf.dequantized(key, self.device)
         if self.ckpt._torch_tensors is not None and key in self.ckpt._torch_tensors:
             return self.ckpt._torch_tensors[key].to(self.device)
         from safetensors import safe_open
@@ -291,15 +303,15 @@ def _keeps_fp8(name: str, stored: torch.dtype, fp8_compute: bool, fp8_weights: b
     return fp8_weights is None and stored == FP8
 
 
-def _swap_fp8_linears(model: WanDiT, names: list[str], *, scaled_mm: bool) -> None:
+def _replace_linears(model: WanDiT, names: list[str], make: Callable[[str, torch.nn.Linear], torch.nn.Module]) -> None:
+    """Replace the Linear of each weight name by `make(name, old)`, built on the meta device."""
     for name in names:
         module_path = name[: -len(".weight")]
         parent_path, _, attr = module_path.rpartition(".")
         parent = model.get_submodule(parent_path)
         old = getattr(parent, attr)
         with torch.device("meta"):
-            new = FP8Linear(old.in_features, old.out_features, bias=old.bias is not None, scaled_mm=scaled_mm)
-        setattr(parent, attr, new)
+            setattr(parent, attr, make(name, old))
 
 
 def load_dit(
@@ -362,10 +374,14 @@ def load_dit(
         )
 
     target = _target_dtype(dtype, ckpt, main)
-    fp8_names = [k for k in expected if fp8_capable(k) and _keeps_fp8(k, ckpt.entries[main[k]].dtype, fp8_compute,
-                                                                         fp8_weights)]
-    if fp8_names:
-        _swap_fp8_linears(model, fp8_names, scaled_mm=fp8_compute)
+    gguf = ckpt.gguf
+    gguf_names = {k for k in expected if gguf is not None and fp8_capable(k) and gguf.tensors[main[k]].quantized}
+    fp8_names = [k for k in expected if fp8_capable(k) and k not in gguf_names
+                 and _keeps_fp8(k, ckpt.entries[main[k]].dtype, fp8_compute, fp8_weights)]
+    _replace_linears(model, fp8_names, lambda name, old: FP8Linear(
+        old.in_features, old.out_features, bias=old.bias is not None, scaled_mm=fp8_compute))
+    _replace_linears(model, sorted(gguf_names), lambda name, old: GGUFLinear(
+        old.in_features, old.out_features, gguf.tensors[main[name]].qtype, bias=old.bias is not None))
     model.requires_grad_(False)
 
     reader = ckpt.reader(device)
@@ -378,6 +394,9 @@ def load_dit(
             layer = name[: -len(".weight")] if name.endswith(".weight") else None
             side = aux.get(layer, {}) if layer is not None else {}
             want = torch.float32 if keeps_fp32(name) else target
+            if name in gguf_names:
+                state[name] = gguf.tensors[raw].raw.to(device)
+                continue
             tensor = reader.get(raw)
             quantized = tensor.dtype in FP8_DTYPES or tensor.dtype == torch.int8 or bool(side)
             scale_key = side.get(".weight_scale") or side.get(".scale_weight")

@@ -105,6 +105,13 @@ def test_gguf_file_loads_and_runs(tmp_path):
         got = model(*inputs)
     assert torch.equal(got, expected)
 
+    from wan_core.dit.block_swap import enable_block_swap
+
+    swap = enable_block_swap(model, 0)  # raw ggml blocks stream like any weight
+    assert swap.masters()["blocks.1.ffn.0.weight"].dtype == torch.uint8
+    with torch.no_grad():
+        assert torch.equal(model(*inputs), expected)
+
 
 def test_model_loader_lists_gguf_files_of_diffusion_models_and_unet(tmp_path, monkeypatch):
     from nodes import host

@@ -70,9 +70,13 @@ MODEL_CACHE = ModelCache({"dit": 2, "t5": 1, "vae": 1})
 
 
 def move_module(module: Any, device: torch.device) -> Any:
-    """`module`, moved to `device` unless it is there already."""
+    """`module`, moved to `device` unless it is there already; on a GPU through the host's memory manager."""
     from wan_core.pipeline.denoise import move_to
 
+    from .memory_manager import load_on_device
+
+    if isinstance(module, torch.nn.Module) and device.type != "cpu":
+        return load_on_device(module, device)
     move_to(module, device)
     return module
 
@@ -124,16 +128,20 @@ class DiTHandle(ModelHandle):
     weight_dtype: str = "default"
     attention: str = "auto"
     offload: bool = False
+    blocks_on_gpu: str = "all"  # block swap: see wan_core.dit.block_swap.apply_blocks_on_gpu
 
     def _load_expert(self, path: str, cache: ModelCache | None) -> torch.nn.Module:
+        from wan_core.dit.block_swap import apply_blocks_on_gpu
         from wan_core.dit.loader import load_dit
 
         def read() -> torch.nn.Module:
-            return load_dit(path, device="cpu", **DIT_WEIGHT_FORMATS[self.weight_dtype])
+            model = load_dit(path, device="cpu", **DIT_WEIGHT_FORMATS[self.weight_dtype])
+            apply_blocks_on_gpu(model, self.blocks_on_gpu, self.target_device())
+            return model
 
         # Offloaded experts wait in CPU RAM; the sampler moves the one sampling onto the device and back.
         device = torch.device("cpu") if self.offload else None
-        model = self._load_cached(path, (self.weight_dtype,), read, cache, device)
+        model = self._load_cached(path, (self.weight_dtype, self.blocks_on_gpu), read, cache, device)
         _set_attention_backend(model, self.attention)
         return model
 

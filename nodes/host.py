@@ -158,3 +158,66 @@ def send_event(event: str, data: dict[str, Any]) -> None:
         instance.send_sync(event, data, instance.client_id)
     except Exception as error:  # a message lost to a closed socket must not fail the generation
         LOG.debug("could not send %s: %s", event, error)
+
+
+# ----------------------------------------------------------------------------------------------- memory manager
+class _FallbackMemoryManager:
+    """What `comfy.model_management` does with loaded models, reduced to a list, for use outside ComfyUI."""
+
+    def __init__(self) -> None:
+        self.loaded: list[Any] = []  # ModelPatcher-like objects, most recently loaded first
+
+    def load_models_gpu(self, models: list[Any], memory_required: int = 0) -> None:
+        for model in models:
+            if model in self.loaded:
+                self.loaded.remove(model)
+            model.partially_load(model.load_device, 1e32)
+            self.loaded.insert(0, model)
+
+    def free_memory(self, memory_required: int, device: Any) -> list[Any]:
+        """Unload the least recently loaded models on `device` until `memory_required` bytes were freed."""
+        freed, unloaded = 0, []
+        for model in reversed(list(self.loaded)):
+            if freed >= memory_required:
+                break
+            if str(model.load_device) == str(device):
+                freed += model.loaded_size()
+                model.detach()
+                self.loaded.remove(model)
+                unloaded.append(model)
+        return unloaded
+
+    def unload_all_models(self) -> None:
+        for model in list(self.loaded):
+            model.detach()
+        self.loaded.clear()
+
+
+FALLBACK_MEMORY = _FallbackMemoryManager()
+
+
+def load_models_gpu(models: list[Any], memory_required: int = 0) -> None:
+    """Register ModelPatcher-like `models` with ComfyUI's memory manager and load them (it unloads others to make
+    room, honouring --lowvram / --reserve-vram); outside ComfyUI, with the fallback list."""
+    management = _host("comfy.model_management")
+    if management is not None:
+        management.load_models_gpu(models, memory_required=memory_required)
+    else:
+        FALLBACK_MEMORY.load_models_gpu(models, memory_required)
+
+
+def free_memory(memory_required: int, device: Any) -> list[Any]:
+    """Unload models (ours and, in ComfyUI, other packs') from `device` until `memory_required` bytes are free."""
+    management = _host("comfy.model_management")
+    if management is not None:
+        return management.free_memory(memory_required, device)
+    return FALLBACK_MEMORY.free_memory(memory_required, device)
+
+
+def unload_all_models() -> None:
+    """What ComfyUI's "Unload models" does."""
+    management = _host("comfy.model_management")
+    if management is not None:
+        management.unload_all_models()
+    else:
+        FALLBACK_MEMORY.unload_all_models()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import posixpath
 
 from wan_core.dit.attention import BACKENDS
+from wan_core.dit.block_swap import BLOCKS_ON_GPU_CHOICES
 from wan_core.errors import InputError, MissingFileError
 
 from . import host
@@ -70,7 +71,14 @@ class Wan22ModelLoader:
                     "default": False,
                     "tooltip": "Keep the expert that is not sampling in CPU RAM (needed on 24 GB cards for A14B).",
                 }),
-            }
+            },
+            "optional": {
+                "blocks_on_gpu": (list(BLOCKS_ON_GPU_CHOICES), {
+                    "default": "all",
+                    "tooltip": "Block swap for small cards: all = no swap; auto = as many transformer blocks as fit, "
+                    "the rest streamed from CPU RAM while the previous block computes; or a block count.",
+                }),
+            },
         }
 
     RETURN_TYPES = ("WAN22_MODEL",)
@@ -80,7 +88,8 @@ class Wan22ModelLoader:
     DESCRIPTION = "Picks the Wan2.2 diffusion model(s). Weights are read when the sampler first runs."
 
     def load(
-        self, task: str, model: str, low_noise_model: str, weight_dtype: str, attention: str, offload: bool
+        self, task: str, model: str, low_noise_model: str, weight_dtype: str, attention: str, offload: bool,
+        blocks_on_gpu: str = "all",
     ) -> tuple:
         if task not in TASKS:
             raise InputError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
@@ -96,6 +105,7 @@ class Wan22ModelLoader:
             weight_dtype=weight_dtype,
             attention=attention,
             offload=offload,
+            blocks_on_gpu=blocks_on_gpu,
         ),)
 
 

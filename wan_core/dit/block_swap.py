@@ -239,3 +239,19 @@ def auto_resident_blocks(model: WanDiT, device: torch.device, reserve_gib: float
     on_device = sum(t.numel() * t.element_size() for t in _tensors(model) if t.device.type == "cuda")
     other = module_bytes(model) - num * block_bytes
     return choose_resident_blocks(num, block_bytes, other, free + on_device, int(reserve_gib * GIB))
+
+
+# The Model Loader's `blocks_on_gpu` choices: all (no swap), auto (what fits the free memory), or a count.
+BLOCKS_ON_GPU_CHOICES = ("all", "auto", *(str(n) for n in range(0, 41, 2)))
+
+
+def apply_blocks_on_gpu(model: WanDiT, setting: str, device: torch.device | str) -> BlockSwap | None:
+    """Block swap as the `blocks_on_gpu` setting says (counts above the model's block count mean all)."""
+    if setting == "all":
+        return None
+    if setting != "auto" and not setting.isdigit():
+        raise InputError(f"blocks_on_gpu must be 'all', 'auto' or a block count, not {setting!r}.")
+    resident = None if setting == "auto" else int(setting)
+    if resident is not None and resident >= len(model.blocks):
+        return None
+    return enable_block_swap(model, resident, device=device)

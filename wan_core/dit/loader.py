@@ -16,6 +16,7 @@ assigned into a model built on the meta device: no second copy, no full fp32 cop
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +36,11 @@ from ..errors import (
 )
 from ..io.files import find_weight_files
 from ..io.gguf_file import GGUFFile
+from ..io.mapped_safetensors import SAFETENSORS_DTYPES as _SAFETENSORS_DTYPES
+from ..io.mapped_safetensors import MappedSafetensors
 from ..io.quant import dequantize
 from ..io.state_dict import FP8_DTYPES, read_safetensors_metadata, read_torch_file
+from ..ram import check_ram
 from .gguf_linear import GGUFLinear
 from .keymap import diffusers_to_official_key, is_diffusers_layout
 from .model import FP8, FP8Linear, WanDiT, fp8_capable, keeps_fp32
@@ -45,14 +49,6 @@ _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
 _QUANT_SUFFIXES = (".scale_weight", ".weight_scale", ".scale_input", ".input_scale", ".comfy_quant",
                    ".weight_scale_2", ".pre_quant_scale")
 _MARKERS = ("scaled_fp8",)
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
-    if hasattr(torch, _attr):
-        _SAFETENSORS_DTYPES[_name] = getattr(torch, _attr)
 _MODEL_ROOT_CHILDREN = ("high_noise_model", "low_noise_model", "transformer", "transformer_2")
 
 
@@ -159,6 +155,7 @@ class _Reader:
         self.ckpt = ckpt
         self.device = device
         self._handles: dict[Path, object] = {}
+        self.mapped: list[MappedSafetensors] = []  # CPU loads: tensors are views of these maps, not copies
 
     def get(self, key: str) -> torch.Tensor:
         entry = self.ckpt.entries[key]
@@ -171,6 +168,11 @@ class _Reader:
         load_device = str(self.device) if self.device.type in ("cpu", "cuda") else "cpu"
         try:
             handle = self._handles.get(entry.file)
+            if handle is None and self.device.type == "cpu":
+                handle = self._handles[entry.file] = MappedSafetensors(entry.file)
+                self.mapped.append(handle)
+            if isinstance(handle, MappedSafetensors):
+                return handle.get(key)
             if handle is None:
                 handle = safe_open(str(entry.file), framework="pt", device=load_device)
                 self._handles[entry.file] = handle
@@ -384,6 +386,9 @@ def load_dit(
         old.in_features, old.out_features, gguf.tensors[main[name]].qtype, bias=old.bias is not None))
     model.requires_grad_(False)
 
+    if device.type == "cpu":
+        check_ram(_copied_bytes(ckpt, main, expected, target, set(fp8_names), gguf_names), where,
+                  "Close other programs, pick fp8 or GGUF weights (or offload) in the loader, or add RAM / swap.")
     reader = ckpt.reader(device)
     state: dict[str, torch.Tensor] = {}
     scales: dict[str, torch.Tensor] = {}
@@ -426,7 +431,21 @@ def load_dit(
         raise CheckpointError(f"Internal error: {describe_keys(leftover)} were not loaded from {where}.")
     model.eval()
     model.source = where
+    model.mapped_files = [m.map for m in reader.mapped]  # for wan_core.ram.release_pages
     return model
+
+
+def _copied_bytes(ckpt: _Checkpoint, main: dict[str, str], expected: dict[str, tuple[int, ...]],
+                  target: torch.dtype, fp8_names: set[str], gguf_names: set[str]) -> int:
+    """The RAM a CPU load takes beyond the memory-mapped file: tensors converted to another dtype, .pth files."""
+    total = 0
+    for name, shape in expected.items():
+        entry = ckpt.entries[main[name]]
+        kept = FP8 if name in fp8_names else torch.float32 if keeps_fp32(name) else target
+        mapped = entry.file.suffix == ".safetensors" and entry.dtype == kept or name in gguf_names
+        if not mapped:
+            total += math.prod(shape) * kept.itemsize
+    return total
 
 
 def _dequantize_layer(

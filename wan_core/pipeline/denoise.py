@@ -24,6 +24,7 @@ import torch
 from ..errors import InputError, WanError
 from ..io.state_dict import FP8_DTYPES
 from ..memory import GPUOutOfMemoryError, out_of_memory
+from ..ram import release_pages
 from ..sampling import make_solver
 from . import conditioning
 from .tasks import TaskConfig, get_task
@@ -249,6 +250,8 @@ def sample_latents(
                         move_to(experts[active], "cpu")
                         free_device_memory(device)
                     move_to(model, device)
+                    if device.type != "cpu":  # its weights are on the GPU now: the file pages it was read from can go
+                        release_pages(getattr(model, "mapped_files", ()))
                     active = expert
 
                 timestep = torch.stack([t]).to(device)

@@ -64,11 +64,25 @@ def check_ram(needed: int, what: str, hint: str, path: str = "/proc/meminfo") ->
 
 
 def peak_resident_bytes() -> int:
-    """The process's peak resident set size so far (file-backed pages of memory-mapped files included)."""
+    """The process's peak resident set size since it started or since `reset_peak_resident()` (file-backed pages of
+    memory-mapped files included): /proc's VmHWM, else getrusage."""
+    status = meminfo("/proc/self/status")
+    if "VmHWM" in status:
+        return status["VmHWM"]
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+def reset_peak_resident() -> bool:
+    """Start a new peak for `peak_resident_bytes` (Linux: /proc/self/clear_refs); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
 
 
 def resident_bytes() -> int | None:

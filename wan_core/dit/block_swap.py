@@ -229,12 +229,21 @@ def disable_block_swap(model: WanDiT) -> None:
     model.block_swap = None
 
 
+def device_free_bytes(device: torch.device) -> int:
+    """Free memory of a CUDA device for this process: what the driver has free, within the process's memory
+    fraction (`torch.cuda.set_per_process_memory_fraction`, as the emulated small cards of the bench use)."""
+    free, total = torch.cuda.mem_get_info(device)
+    fraction = torch.cuda.get_per_process_memory_fraction(device)
+    cached_free = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(min(free + cached_free, fraction * total - torch.cuda.memory_allocated(device)))
+
+
 def auto_resident_blocks(model: WanDiT, device: torch.device, reserve_gib: float) -> int:
     """The resident block count for `device` (all blocks off CUDA)."""
     num = len(model.blocks)
     if device.type != "cuda":
         return num
-    free, _total = torch.cuda.mem_get_info(device)
+    free = device_free_bytes(device)
     block_bytes = max(module_bytes(b) for b in model.blocks)
     on_device = sum(t.numel() * t.element_size() for t in _tensors(model) if t.device.type == "cuda")
     other = module_bytes(model) - num * block_bytes

@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dit_step import sync  # noqa: E402  (bench/ is this script's folder)
 from wan_core import ram  # noqa: E402
 from wan_core.configs import DIT_CONFIGS, WanDiTConfig  # noqa: E402
 from wan_core.dit.block_swap import (  # noqa: E402
@@ -78,11 +79,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="tiny model and latent (wiring check)")
     p.add_argument("--json", default="", help="also write the JSON here")
     return p.parse_args()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def config_for(case: Case, tiny: bool) -> WanDiTConfig:

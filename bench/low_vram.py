@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dit_step import sync  # noqa: E402  (bench/ is this script's folder)
+
 from wan_core import ram  # noqa: E402
 from wan_core.configs import DIT_CONFIGS, WanDiTConfig  # noqa: E402
 from wan_core.dit.block_swap import (  # noqa: E402

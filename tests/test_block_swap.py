@@ -102,3 +102,26 @@ def test_fp8_weights_swap_with_their_scales(tmp_path):
     swap = enable_block_swap(model, 2)
     assert swap.masters()["blocks.3.ffn.0.weight"].dtype == torch.float8_e4m3fn
     assert torch.equal(_run(model), expected)
+
+
+def test_model_patches_land_on_the_master_copies_and_come_off():
+    from dataclasses import dataclass
+
+    from wan_core.patching import set_patches
+
+    @dataclass(frozen=True)
+    class AddToFFN:  # a stand-in for a LoRA patch: changes one swapped block's weight through PatchedWeights
+        scale: float
+
+        def apply(self, module, expert, weights) -> None:
+            weights.set("blocks.3.ffn.0.weight", weights.get("blocks.3.ffn.0.weight") * self.scale)
+
+    model, reference = _model(), _model()
+    original = _run(model)
+    enable_block_swap(model, 1)
+    set_patches(model, (AddToFFN(1.5),), "single")
+    with torch.no_grad():
+        reference.blocks[3].ffn[0].weight.mul_(1.5)
+    assert torch.equal(_run(model), _run(reference))
+    set_patches(model, (), "single")
+    assert torch.equal(_run(model), original)

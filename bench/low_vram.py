@@ -10,7 +10,7 @@ and after the capped run (order alternated), and s/step of the case is compared 
 Per case it prints: peak GPU memory (allocated and reserved), peak resident RAM of the process during the case
 (VmHWM, reset per case), s/step capped and uncapped and the slowdown, the resident block count. One JSON object.
 
-    python bench/low_vram.py                       # all cases, 2 steps each (about 6 minutes on an H100)
+    python bench/low_vram.py                       # all cases, 2 steps each (about 5 minutes on an H100)
     python bench/low_vram.py --cases a14b-16gib-720p --steps 3
     python bench/low_vram.py --device cpu --tiny   # wiring check on a CPU with a tiny model
 """
@@ -168,56 +168,65 @@ def peaks(device: torch.device) -> dict:
     return out
 
 
-def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict:
-    cfg = config_for(case, args.tiny)
-    frames, height, width = (1, 4, 4) if args.tiny else case.latent
-    set_cap(device, None)
-    reset_peaks(device)
-    model = build_model(cfg, case.weights, device)
-    gen = torch.Generator(device).manual_seed(0)
-    latent = torch.randn(1, cfg.in_dim, frames, height, width, device=device, generator=gen)
-    context = torch.randn(cfg.text_len, cfg.text_dim, device=device, generator=gen, dtype=torch.bfloat16)
-    small = latent[:, :, :1, :8, :8].contiguous()
-    time_steps(model, small, context, 1)  # compile the kernels outside the timed runs
-
-    uncapped = [time_steps(model, latent, context, args.steps)]
-    result = {"case": case.name, "cap_gib": case.cap_gib, "weights": case.weights, "model": case.model,
-              "resolution": case.resolution, "latent": [frames, height, width],
-              "tokens": frames * height * width // 4, "uncapped": peaks(device)}
-
+def capped_run(case: Case, model: WanDiT, latent: torch.Tensor, context: torch.Tensor, args: argparse.Namespace
+               ) -> dict:
+    """One case on the already built model: block swap as the cap allows, timed under the cap, swap undone."""
+    device = latent.device
     blocks = list(model.blocks)
     block = max(module_bytes(b) for b in blocks)
     other = module_bytes(model) - len(blocks) * block
     reserve = int(activation_gib(case.model, case.weights, case.resolution) * GIB)
-    cap = (case.cap_gib or 0) * GIB
-    resident = (choose_resident_blocks(len(blocks), block, other, int(cap - 0.5 * GIB), reserve)
-                if case.swap and device.type == "cuda" else len(blocks))
-    if args.tiny:
-        resident = 1 if case.swap else len(blocks)
-    result.update(resident_blocks=resident, num_blocks=len(blocks), block_gib=round(block / GIB, 3),
-                  weights_gib=round(module_bytes(model) / GIB, 2))
+    resident = len(blocks)
+    if case.swap:
+        resident = 1 if args.tiny else choose_resident_blocks(len(blocks), block, other,
+                                                               int((case.cap_gib - 0.5) * GIB), reserve)
+    result = {"case": case.name, "cap_gib": case.cap_gib, "resident_blocks": resident, "num_blocks": len(blocks)}
     if resident < len(blocks):
         enable_block_swap(model, resident)  # the swapped blocks' weights go to pinned CPU memory
     reset_peaks(device)
     set_cap(device, case.cap_gib)
     try:
-        capped = time_steps(model, latent, context, args.steps)
-        result["capped"] = {"s_per_step": round(capped, 3), **peaks(device)}
+        result["s_per_step"] = round(time_steps(model, latent, context, args.steps), 3)
     except torch.cuda.OutOfMemoryError as error:
-        result["capped"] = {"error": f"out of memory: {str(error).splitlines()[0]}", **peaks(device)}
-        capped = None
+        result["error"] = f"out of memory: {str(error).splitlines()[0]}"
+    result.update(peaks(device))
     set_cap(device, None)
     if resident < len(blocks):
         disable_block_swap(model)
         model.to(device)
+    return result
+
+
+def run_group(cases: list[Case], args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Cases of one model, weight format and latent: the model is built once, the uncapped reference timed before
+    and after the capped runs."""
+    first = cases[0]
+    cfg = config_for(first, args.tiny)
+    frames, height, width = (1, 4, 4) if args.tiny else first.latent
+    set_cap(device, None)
+    reset_peaks(device)
+    model = build_model(cfg, first.weights, device)
+    gen = torch.Generator(device).manual_seed(0)
+    latent = torch.randn(1, cfg.in_dim, frames, height, width, device=device, generator=gen)
+    context = torch.randn(cfg.text_len, cfg.text_dim, device=device, generator=gen, dtype=torch.bfloat16)
+    time_steps(model, latent[:, :, :1, :8, :8].contiguous(), context, 1)  # compile kernels outside the timed runs
+
+    uncapped = [time_steps(model, latent, context, args.steps)]
+    reference_peaks = peaks(device)
+    capped = [capped_run(case, model, latent, context, args) for case in cases]
     uncapped.append(time_steps(model, latent, context, args.steps))
-    reference = statistics.mean(uncapped)
-    result["uncapped"]["s_per_step"] = [round(t, 3) for t in uncapped]
-    if capped is not None:
-        result["slowdown"] = round(capped / reference, 3)
+    shared = {"model": first.model, "weights": first.weights, "resolution": first.resolution,
+              "latent": [frames, height, width], "tokens": frames * height * width // 4,
+              "weights_gib": round(module_bytes(model) / GIB, 2),
+              "uncapped": {"s_per_step": [round(t, 3) for t in uncapped], **reference_peaks}}
+    results = []
+    for result in capped:
+        if "s_per_step" in result:
+            result["slowdown"] = round(result["s_per_step"] / statistics.mean(uncapped), 3)
+        results.append({**result, **shared})
     del model, latent, context
     reset_peaks(device)
-    return result
+    return results
 
 
 def main() -> None:
@@ -232,12 +241,16 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "date": datetime.date.today().isoformat(), "torch": torch.__version__, "steps": args.steps,
         "note": "one expert, DiT steps only (T5 and VAE not included); s/step = 2 forwards (CFG); the uncapped "
-                "reference runs before and after the capped run",
+                "reference of each model runs before and after its capped runs; peak RAM and GPU per run",
         "cases": [],
     }
+    groups: dict[tuple, list[Case]] = {}
     for case in cases:
-        report["cases"].append(run_case(case, args, device))
-        print(json.dumps(report["cases"][-1]), file=sys.stderr, flush=True)
+        groups.setdefault((case.model, case.weights, case.latent), []).append(case)
+    for group in groups.values():
+        for result in run_group(group, args, device):
+            report["cases"].append(result)
+            print(json.dumps(result), file=sys.stderr, flush=True)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

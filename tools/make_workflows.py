@@ -62,7 +62,7 @@ def widget_values(node: Node) -> list:
     values = []
     for name, spec in declared_inputs(node.class_type):
         if is_widget(spec):
-            values.append(node.inputs[name])
+            values.append(node.inputs[name] if name in node.inputs else spec[1]["default"])  # optional: default
             if len(spec) > 1 and spec[1].get("control_after_generate"):
                 values.append(SEED_CONTROL)
     return values

@@ -26,6 +26,7 @@ from ..io.state_dict import FP8_DTYPES
 from ..memory import GPUOutOfMemoryError, out_of_memory
 from ..sampling import make_solver
 from . import conditioning
+from .strength import start_from_latents
 from .tasks import TaskConfig, get_task
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,8 @@ def sample_latents(
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     dtype: torch.dtype | None = torch.bfloat16,
+    init_latents: torch.Tensor | None = None,
+    denoise: float = 1.0,
 ) -> torch.Tensor:
     """Run the sampler; return the final latents ``[z, F', H', W']`` (float32, on ``device``).
 
@@ -221,6 +224,9 @@ def sample_latents(
 
     solver = make_solver(sample_solver, sample_steps, sample_shift)
     latents = initial_noise(latent_shape, resolve_seed(seed), device)
+    start = 0
+    if init_latents is not None:
+        latents, start = start_from_latents(solver, latents, init_latents, denoise)
 
     context, context_null = as_context(cond, device, "cond"), as_context(uncond, device, "uncond")
     y_batch = None if y is None else y.to(device)[None]
@@ -238,7 +244,7 @@ def sample_latents(
     active = None
     try:
         with torch.no_grad(), autocast:
-            for i, t in enumerate(solver.timesteps):
+            for i, t in enumerate(solver.timesteps[start:], start):
                 if cancel is not None and cancel():
                     raise GenerationCancelled(i, total)
                 start = time.perf_counter()

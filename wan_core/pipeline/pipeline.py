@@ -90,9 +90,12 @@ class WanPipeline:
         image: torch.Tensor | None = None,
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
+        init_latents: torch.Tensor | None = None,
+        denoise: float = 1.0,
     ) -> torch.Tensor:
         """Denoised latents ``[z, F', H', W']`` (float32, on the pipeline device). ``image``: the start frame
-        ``[3, H, W]`` in [-1, 1] (i2v-A14B: required, any size; ti2v-5B: optional)."""
+        ``[3, H, W]`` in [-1, 1] (i2v-A14B: required, any size; ti2v-5B: optional). ``init_latents`` (normalized,
+        ``[z, F', H', W']``) with ``denoise`` < 1: video-to-video."""
         task = self.task
         sample_steps = task.sample_steps if sample_steps is None else sample_steps
         validate_request(
@@ -125,6 +128,8 @@ class WanPipeline:
             progress=progress,
             cancel=cancel,
             dtype=self.param_dtype,
+            init_latents=init_latents,
+            denoise=denoise,
         )
 
     def decode(self, latents: torch.Tensor, tile_size: int | tuple[int, int] | None = None) -> torch.Tensor:

@@ -11,6 +11,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from wan_core.batch.csv_input import load_batch_jobs, resolve_input_file
 from wan_core.batch.jobs import BatchJob, JobDefaults, batch_id
@@ -27,6 +28,7 @@ from . import host
 from .devices import CPU, device_label, gpu_count
 from .handles import MODEL_CACHE, DiTHandle, ModelCache, ModelHandle, T5Handle, VAEHandle, require_handle
 from .sampler import Wan22DiTSampler, send_progress
+from .save_video import embed_metadata, workflow_metadata
 
 CATEGORY = "Wan2.2"
 QUEUE_EVENT = "wan22.queue"  # {"node", "queued", "running", "done", "failed"} (docs/canvas.md)
@@ -157,7 +159,7 @@ class Wan22BatchQueueManager:
                                                   "tooltip": "Load the VAE onto its device before the first job, so "
                                                   "no decode waits for it. Off: it loads at the first decode."}),
             },
-            "hidden": {"unique_id": "UNIQUE_ID"},
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
     RETURN_TYPES = ("STRING", "STRING")
@@ -206,6 +208,8 @@ class Wan22BatchQueueManager:
         defrag_every: int,
         wait_for_vae_load: bool,
         unique_id: str | None = None,
+        prompt: Any = None,
+        extra_pnginfo: Any = None,
     ) -> dict:
         dit = require_handle(model, DiTHandle, "model")
         t5 = require_handle(t5, T5Handle, "t5")
@@ -245,8 +249,10 @@ class Wan22BatchQueueManager:
                 build_prompts=lambda job: style_prompt(styles, job.prompt, job.negative_prompt, job.style),
                 on_start=progress.job_started,
                 on_step=progress.denoise_step,
+                finish_video=(lambda path: embed_metadata(path, tags)) if tags else None,
             )
 
+        tags = workflow_metadata(prompt, extra_pnginfo)  # as Save Video: the workflow in every MP4
         workers = plan_workers(dit, t5, vae, gpu_mode, make_stages)
         with ledger:
             scheduler = BatchScheduler(

@@ -1,4 +1,4 @@
-"""The CLI (python -m wan_core.generate): checkpoint-folder resolution, validation errors (exit code 2), and the --demo end to end."""
+"""The CLI (python -m wan_core.generate): checkpoint-folder resolution, validation errors (exit code 2), the demo."""
 
 from __future__ import annotations
 

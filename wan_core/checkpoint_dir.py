@@ -135,7 +135,8 @@ def resolve_checkpoint(task: str, ckpt_dir: str | Path) -> CheckpointFiles:
         raise MissingFileError(
             f"The checkpoint folder {root} does not exist. Download the {task} checkpoint into it with:\n"
             f"  hf download {layout.hf_repo} --local-dir {root}\n"
-            "or point --ckpt_dir at the folder you downloaded it to (or try python -m wan_core.generate --demo, no download)."
+            "or point --ckpt_dir at the folder you downloaded it to (or try python -m wan_core.generate --demo, no "
+            "download)."
         )
     missing: list[_MissingPart] = []
     for sub in layout.expert_dirs:

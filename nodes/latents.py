@@ -30,3 +30,13 @@ def latent_input(latent: dict, name: str = "latent") -> torch.Tensor:
             "[B, C, T, H, W] (from a Wan VAE Encode, EmptyHunyuanLatentVideo or Wan22ImageToVideoLatent)."
         )
     return normalize(samples)
+
+
+def reject_noise_mask(latent: dict) -> None:
+    """The sampler has no masked (inpainting-style) sampling: a LATENT whose noise_mask keeps a part refuses clearly."""
+    mask = latent.get("noise_mask") if isinstance(latent, dict) else None
+    if isinstance(mask, torch.Tensor) and bool((mask < 1).any()):
+        raise InputError(
+            "This latent has a noise_mask (e.g. Wan22ImageToVideoLatent with a start image); the Wan2.2 sampler does "
+            "not sample masked latents. Connect the picture to the sampler's start_image instead (with the VAE)."
+        )

@@ -13,7 +13,7 @@ from . import host
 from .conditioning import WanConditioning, conditioning_from_comfy
 from .devices import announce_device, device_label
 from .handles import DiTHandle, VAEHandle, release_to_cpu, require_handle
-from .latents import latent_input, latent_output
+from .latents import latent_input, latent_output, reject_noise_mask
 
 CATEGORY = "Wan2.2"
 MAX_SIZE = 4096
@@ -169,6 +169,7 @@ class Wan22DiTSampler:
         task = get_task(dit.task)
         init_latents = None
         if latent is not None:
+            reject_noise_mask(latent)
             batch = latent_input(latent)
             if batch.shape[0] != 1:
                 raise InputError(f"'latent' holds {batch.shape[0]} videos; the sampler makes one (split the batch).")

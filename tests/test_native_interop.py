@@ -126,6 +126,10 @@ def test_latent_input_sets_the_size_and_starts_the_sampler_from_it(parts):
     wrong = {**SAMPLER, "conditioning": conditioning}
     with pytest.raises(InputError, match="48 channels"):
         Wan22DiTSampler().sample(dit, **wrong, latent={"samples": torch.zeros(1, 48, 2, 2, 2)})
+    with pytest.raises(InputError, match="noise_mask"):
+        masked = {"samples": torch.zeros(1, 16, 2, 4, 4), "noise_mask": torch.ones(1, 1, 2, 4, 4)}
+        masked["noise_mask"][:, :, 0] = 0  # Wan22ImageToVideoLatent keeps the start frame
+        Wan22DiTSampler().sample(dit, **wrong, latent=masked)
     with pytest.raises(InputError, match="2 videos"):
         Wan22DiTSampler().sample(dit, **wrong, latent={"samples": torch.zeros(2, 16, 2, 4, 4)})
 

@@ -158,6 +158,12 @@ def latent_rgb_factors(latent_channels: int) -> tuple[list[list[float]], list[fl
     return None
 
 
+def metadata_disabled() -> bool:
+    """True when ComfyUI runs with `--disable-metadata` (no workflow in saved files)."""
+    cli_args = _host("comfy.cli_args")
+    return bool(getattr(getattr(cli_args, "args", None), "disable_metadata", False))
+
+
 # ---------------------------------------------------------------------------------------------- server messages
 def send_event(event: str, data: dict[str, Any]) -> None:
     """Send a websocket message to the client that queued the prompt (no-op outside ComfyUI)."""

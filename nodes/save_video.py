@@ -16,6 +16,7 @@ from wan_core.errors import InputError
 from wan_core.video_io import save_video
 
 from . import host
+from .filename_tokens import expand_filename_tokens
 from .vae_nodes import images_to_video
 
 CATEGORY = "Wan2.2"
@@ -53,8 +54,10 @@ def next_counter(folder: Path, stem: str) -> int:
 
 def workflow_metadata(prompt: Any, extra_pnginfo: Any) -> dict[str, str]:
     """MP4 tags as ComfyUI's SaveVideo writes them (`prompt`, `workflow`, ...) plus a `comment` holding both, the form
-    VideoHelperSuite reads. Values are JSON text."""
+    VideoHelperSuite reads. Values are JSON text. None when ComfyUI runs with `--disable-metadata`."""
     tags: dict[str, str] = {}
+    if host.metadata_disabled():
+        return tags
     if prompt is not None:
         tags["prompt"] = json.dumps(prompt)
     for key, value in (extra_pnginfo or {}).items():
@@ -93,7 +96,8 @@ class Wan22SaveVideo:
                 "images": ("IMAGE",),
                 "filename_prefix": ("STRING", {
                     "default": "wan22/video",
-                    "tooltip": "Relative to ComfyUI's output folder; a '/' makes subfolders. '..' is refused.",
+                    "tooltip": "Relative to ComfyUI's output folder; a '/' makes subfolders. '..' is refused. "
+                    "ComfyUI's tokens work: %date:yyyy-MM-dd%, %year%, %month%, %day%, %hour%, %width%, %height%.",
                 }),
                 "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 1.0}),
                 "save_frames": ("BOOLEAN", {"default": False, "tooltip": "Also write every frame as a PNG."}),
@@ -118,7 +122,8 @@ class Wan22SaveVideo:
         unique_id: str | None = None,
     ) -> dict:
         output_dir = host.output_directory()
-        folder, stem = resolve_prefix(output_dir, filename_prefix)
+        prefix = expand_filename_tokens(filename_prefix, int(images.shape[2]), int(images.shape[1]))
+        folder, stem = resolve_prefix(output_dir, prefix)
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{stem}_{next_counter(folder, stem):05d}"
         path = folder / f"{name}.mp4"

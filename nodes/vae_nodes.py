@@ -1,4 +1,5 @@
-"""Wan22VAEDecode / Wan22VAEEncode: Wan latents <-> ComfyUI IMAGE batches (`[F, H, W, 3]`, 0..1)."""
+"""Wan22VAEDecode / Wan22VAEEncode: Wan latents <-> ComfyUI IMAGE batches (`[F, H, W, 3]`, 0..1). The LATENT is
+ComfyUI's (raw VAE latents), so native VAE Decode / Encode and these mix freely."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from wan_core.errors import InputError
 
 from .devices import announce_device
 from .handles import VAEHandle, require_handle
+from .latents import latent_input, latent_output
 
 CATEGORY = "Wan2.2"
 
@@ -47,17 +49,20 @@ class Wan22VAEDecode:
         self, vae: VAEHandle, latent: dict, tiled: bool, tile_size: int, tile_overlap: int, unique_id: str | None = None
     ) -> tuple:
         handle = require_handle(vae, VAEHandle, "vae")
-        samples = latent["samples"]
-        if samples.ndim == 4:
-            samples = samples.unsqueeze(0)
+        samples = latent_input(latent)
         if tiled and tile_overlap >= tile_size:
             raise InputError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size}).")
         device = handle.target_device()
         announce_device(unique_id, device)
         model = handle.load()
+        if samples.shape[1] != model.z_dim:
+            raise InputError(
+                f"This latent has {samples.shape[1]} channels but the VAE makes {model.z_dim}: TI2V-5B latents "
+                "(48) need the Wan2.2 VAE, A14B latents (16) the Wan2.1 VAE."
+            )
         with torch.no_grad():
             tiling = {"tile_size": tile_size, "tile_overlap": tile_overlap} if tiled else {}
-            video = model.decode(samples.to(device, next(model.parameters()).dtype), **tiling)
+            video = model.decode(samples.to(device), **tiling)
         return (torch.cat([video_to_images(clip) for clip in video]),)
 
 
@@ -84,4 +89,4 @@ class Wan22VAEEncode:
         with torch.no_grad():
             video = images_to_video(images).unsqueeze(0).to(device, next(model.parameters()).dtype)
             latents = model.encode(video)
-        return ({"samples": latents.to("cpu", torch.float32)},)
+        return (latent_output(latents),)

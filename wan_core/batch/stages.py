@@ -80,6 +80,7 @@ class PipelineStages:
     build_prompts: PromptBuilder
     on_start: StartListener | None = None
     on_step: StepListener | None = None
+    finish_video: Callable[[Path], None] | None = None  # e.g. embeds metadata, before the file gets its final name
 
     def encode(self, job: BatchJob) -> tuple[torch.Tensor, torch.Tensor]:
         if self.on_start is not None:
@@ -108,6 +109,8 @@ class PipelineStages:
         final = output_path(self.output_dir, self.batch, job.index)
         partial = final.with_name(final.stem + ".partial.mp4")  # ffmpeg picks the container from the suffix
         save_video(partial, video.cpu(), self.settings.task.fps)
+        if self.finish_video is not None:
+            self.finish_video(partial)
         os.replace(partial, final)  # a killed job never leaves a truncated file under the final name
         return final
 

@@ -3,6 +3,7 @@
 from .batch_queue import Wan22BatchQueueManager
 from .gpu_check import Wan22GPUCheck
 from .loaders import Wan22ModelLoader, Wan22T5Loader, Wan22VAELoader
+from .lora_loader import Wan22LoraLoader
 from .sampler import Wan22DiTSampler
 from .save_video import Wan22SaveVideo
 from .set_device import Wan22SetDevice
@@ -23,6 +24,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "Wan22SaveVideo": Wan22SaveVideo,
     "Wan22BatchQueueManager": Wan22BatchQueueManager,
     "Wan22GPUCheck": Wan22GPUCheck,
+    "Wan22LoraLoader": Wan22LoraLoader,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -38,4 +40,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "Wan22SaveVideo": "Wan2.2 Save Video",
     "Wan22BatchQueueManager": "Wan2.2 Batch Queue Manager",
     "Wan22GPUCheck": "Wan2.2 GPU Check",
+    "Wan22LoraLoader": "Wan2.2 LoRA Loader",
 }

@@ -86,6 +86,11 @@ class Wan22DiTSampler:
             "optional": {
                 "vae": ("WAN22_VAE", {"tooltip": "Needed with start_image (it encodes the picture)."}),
                 "start_image": ("IMAGE", {"tooltip": "i2v / ti2v: the first frame."}),
+                "boundary_step": ("INT", {
+                    "default": -1, "min": -1, "max": 200,
+                    "tooltip": "A14B: the first step of the low-noise expert (Lightning: 2 of 4); -1: the task's "
+                    "noise-level boundary.",
+                }),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -111,6 +116,7 @@ class Wan22DiTSampler:
         seed: int,
         vae: VAEHandle | None = None,
         start_image: torch.Tensor | None = None,
+        boundary_step: int = -1,
         unique_id: str | None = None,
     ) -> tuple:
         from wan_core.pipeline.denoise import GenerationCancelled
@@ -123,6 +129,7 @@ class Wan22DiTSampler:
         request = SamplingRequest.create(
             dit.task, width=width, height=height, frame_num=frames, seed=seed, solver=solver, steps=steps,
             shift=shift, guide_scale=(cfg_low_noise, cfg_high_noise), has_image=start_image is not None,
+            boundary_step=None if boundary_step < 0 else boundary_step,
         )  # fmt: skip
         image = None
         if start_image is not None:

@@ -18,7 +18,8 @@ from nodes import NODE_CLASS_MAPPINGS, handles, host
 ROOT = Path(__file__).resolve().parent.parent
 API_FILES = sorted((ROOT / "api").glob("*.json"))
 UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
-SHIPPED = {"wan22_t2v_a14b", "wan22_t2v_a14b_dual_gpu", "wan22_ti2v_5b_24gb", "wan22_i2v_a14b", "wan22_batch_dual_gpu"}
+SHIPPED = {"wan22_t2v_a14b", "wan22_t2v_a14b_dual_gpu", "wan22_ti2v_5b_24gb", "wan22_i2v_a14b", "wan22_batch_dual_gpu",
+           "wan22_t2v_a14b_lightning", "wan22_i2v_a14b_lightning"}
 # Workflows with inputs beyond models (a CSV in the input folder) run in their own test file.
 RUN_ELSEWHERE = {"wan22_batch_dual_gpu": "tests/test_batch_node.py"}
 FRONTEND_ONLY = {"Note"}
@@ -151,6 +152,12 @@ def _write_tiny_models(models: Path) -> None:
     del umt5["encoder.embed_tokens.weight"]  # tied to shared.weight; ComfyUI's files store it once
     umt5["spiece_model"] = torch.frombuffer(bytearray(spiece), dtype=torch.uint8)
     save(umt5, models / "text_encoders" / "umt5_xxl_fp8_e4m3fn_scaled.safetensors")
+    from test_lora_node import write_tiny_lora
+
+    for task, version in (("t2v", "v1.1"), ("i2v", "v1")):
+        for expert in ("high", "low"):
+            name = f"wan2.2_{task}_lightx2v_4steps_lora_{version}_{expert}_noise.safetensors"
+            write_tiny_lora(models / "loras" / name)
 
 
 @pytest.fixture(scope="module")

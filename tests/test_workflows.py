@@ -221,3 +221,19 @@ def test_sampler_shows_step_progress_and_stops_at_the_interrupt(tiny_models, tmp
     progress = [call[2] for call in calls if call[0] == "send" and call[1] == "wan22.progress"]
     assert progress == [{"node": "6", "device": "CPU", "step": 1, "total": 4, "expert": "high_noise"}]
     assert not list((tmp_path / "output").rglob("*.mp4"))
+
+
+@pytest.mark.parametrize("name", ["wan22_t2v_a14b_lightning", "wan22_i2v_a14b_lightning"])
+def test_lightning_workflows_run_4_steps_cfg_1_split_2_2_with_a_lora_per_expert(name):
+    api = json.loads((ROOT / "api" / f"{name}.json").read_text(encoding="utf-8"))
+    (sampler,) = [n["inputs"] for n in api.values() if n["class_type"] == "Wan22DiTSampler"]
+    assert (sampler["steps"], sampler["boundary_step"], sampler["cfg_high_noise"], sampler["cfg_low_noise"],
+            sampler["solver"], sampler["shift"]) == (4, 2, 1.0, 1.0, "euler", 5.0)
+    loras = [n["inputs"] for n in api.values() if n["class_type"] == "Wan22LoraLoader"]
+    assert [(x["strength_high"], x["strength_low"]) for x in loras] == [(1.0, 0.0), (0.0, 1.0)]
+    assert "high_noise" in loras[0]["lora_name"] and "low_noise" in loras[1]["lora_name"]
+    ui = json.loads((ROOT / "workflows" / f"{name}.json").read_text(encoding="utf-8"))
+    for node in (n for n in ui["nodes"] if n["type"] == "Wan22LoraLoader"):
+        (model,) = node["properties"]["models"]
+        assert model["name"] == node["widgets_values"][0] and model["directory"] == "loras"
+        assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith("/" + model["name"])

@@ -5,6 +5,7 @@ from .frame_interpolate import Wan22FrameInterpolate
 from .gpu_check import Wan22GPUCheck
 from .loaders import Wan22ModelLoader, Wan22T5Loader, Wan22VAELoader
 from .long_video import Wan22LongVideo
+from .lora_loader import Wan22LoraLoader
 from .sampler import Wan22DiTSampler
 from .save_video import Wan22SaveVideo
 from .set_device import Wan22SetDevice
@@ -27,6 +28,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "Wan22GPUCheck": Wan22GPUCheck,
     "Wan22FrameInterpolate": Wan22FrameInterpolate,
     "Wan22LongVideo": Wan22LongVideo,
+    "Wan22LoraLoader": Wan22LoraLoader,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -44,4 +46,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "Wan22GPUCheck": "Wan2.2 GPU Check",
     "Wan22FrameInterpolate": "Wan2.2 Frame Interpolate (RIFE)",
     "Wan22LongVideo": "Wan2.2 Long Video (chunks)",
+    "Wan22LoraLoader": "Wan2.2 LoRA Loader",
 }

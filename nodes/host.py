@@ -4,7 +4,7 @@ ComfyUI has imported `folder_paths`, `comfy.utils`, `comfy.model_management` and
 nodes, so the host is looked up in `sys.modules` when a service is used; nothing is imported from the host at import
 time. Outside ComfyUI (tests, scripts) every service falls back to plain behaviour:
 - model folders: `$WAN22_MODELS_DIR/<kind>/` (default `./models/<kind>/`), kinds `diffusion_models`, `unet`,
-  `text_encoders`, `vae`;
+  `text_encoders`, `vae`, `loras`;
 - output / input folders: `$WAN22_OUTPUT_DIR` / `$WAN22_INPUT_DIR` (default `./output`, `./input`);
 - progress and server messages do nothing; an interrupt is never raised.
 """

@@ -128,6 +128,11 @@ class Wan22DiTSampler:
                     "default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
                     "tooltip": "With 'latent': 1 = a new video of its size; less keeps more of the input video.",
                 }),
+                "boundary_step": ("INT", {
+                    "default": -1, "min": -1, "max": 200,
+                    "tooltip": "A14B: the first step of the low-noise expert (Lightning: 2 of 4); -1: the task's "
+                    "noise-level boundary.",
+                }),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -157,6 +162,7 @@ class Wan22DiTSampler:
         negative: list | None = None,
         latent: dict | None = None,
         denoise: float = 1.0,
+        boundary_step: int = -1,
         unique_id: str | None = None,
     ) -> tuple:
         from wan_core.pipeline.denoise import GenerationCancelled
@@ -176,7 +182,7 @@ class Wan22DiTSampler:
         request = SamplingRequest.create(
             dit.task, width=width, height=height, frame_num=frames, seed=seed, solver=solver, steps=steps,
             shift=shift, guide_scale=(cfg_low_noise, cfg_high_noise), denoise=denoise,
-            has_image=start_image is not None,
+            boundary_step=None if boundary_step < 0 else boundary_step, has_image=start_image is not None,
         )  # fmt: skip
         image = None
         if start_image is not None:

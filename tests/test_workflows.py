@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 API_FILES = sorted((ROOT / "api").glob("*.json"))
 UI_FILES = sorted((ROOT / "example_workflows").glob("*.json"))
 SHIPPED = {"wan22_t2v_a14b", "wan22_t2v_a14b_dual_gpu", "wan22_ti2v_5b_24gb", "wan22_i2v_a14b", "wan22_batch_dual_gpu",
-           "wan22_t2v_a14b_interpolated_8s", "wan22_ti2v_5b_long_video"}
+           "wan22_t2v_a14b_interpolated_8s", "wan22_ti2v_5b_long_video", "wan22_t2v_a14b_lightning",
+           "wan22_i2v_a14b_lightning"}
 # Workflows with inputs beyond models (a CSV in the input folder) run in their own test file.
 RUN_ELSEWHERE = {"wan22_batch_dual_gpu": "tests/test_batch_node.py"}
 FRONTEND_ONLY = {"Note"}
@@ -124,7 +125,8 @@ def test_templates_name_their_published_models_and_have_a_thumbnail(path):
             assert model["url"].startswith("https://huggingface.co/Comfy-Org/Wan_2.")
             assert model["url"].endswith("/split_files/" + model["directory"] + "/" + model["name"])
             named.add(model["name"])
-    assert len(named) == (3 if "5b" in path.stem else 4)  # two experts (A14B) or one (5B), T5, VAE
+    loras = 2 if "lightning" in path.stem else 0  # the Lightning pair: one LoRA per expert
+    assert len(named) == (3 if "5b" in path.stem else 4) + loras  # two experts (A14B) or one (5B), T5, VAE
     with Image.open(path.with_suffix(".jpg")) as thumbnail:
         assert thumbnail.format == "JPEG" and thumbnail.size == (400, 300)
         assert len(set(thumbnail.convert("L").getdata())) > 5  # a drawing, not a blank
@@ -175,6 +177,12 @@ def _write_tiny_models(models: Path) -> None:
     del umt5["encoder.embed_tokens.weight"]  # tied to shared.weight; ComfyUI's files store it once
     umt5["spiece_model"] = torch.frombuffer(bytearray(spiece), dtype=torch.uint8)
     save(umt5, models / "text_encoders" / "umt5_xxl_fp8_e4m3fn_scaled.safetensors")
+    from test_lora_node import write_tiny_lora
+
+    for task, version in (("t2v", "v1.1"), ("i2v", "v1")):
+        for expert in ("high", "low"):
+            name = f"wan2.2_{task}_lightx2v_4steps_lora_{version}_{expert}_noise.safetensors"
+            write_tiny_lora(models / "loras" / name)
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +250,19 @@ def test_sampler_shows_step_progress_and_stops_at_the_interrupt(tiny_models, tmp
     progress = [call[2] for call in calls if call[0] == "send" and call[1] == "wan22.progress"]
     assert progress == [{"node": "6", "device": "CPU", "step": 1, "total": 4, "expert": "high_noise"}]
     assert not list((tmp_path / "output").rglob("*.mp4"))
+
+
+@pytest.mark.parametrize("name", ["wan22_t2v_a14b_lightning", "wan22_i2v_a14b_lightning"])
+def test_lightning_workflows_run_4_steps_cfg_1_split_2_2_with_a_lora_per_expert(name):
+    api = json.loads((ROOT / "api" / f"{name}.json").read_text(encoding="utf-8"))
+    (sampler,) = [n["inputs"] for n in api.values() if n["class_type"] == "Wan22DiTSampler"]
+    assert (sampler["steps"], sampler["boundary_step"], sampler["cfg_high_noise"], sampler["cfg_low_noise"],
+            sampler["solver"], sampler["shift"]) == (4, 2, 1.0, 1.0, "euler", 5.0)
+    loras = [n["inputs"] for n in api.values() if n["class_type"] == "Wan22LoraLoader"]
+    assert [(x["strength_high"], x["strength_low"]) for x in loras] == [(1.0, 0.0), (0.0, 1.0)]
+    assert "high_noise" in loras[0]["lora_name"] and "low_noise" in loras[1]["lora_name"]
+    ui = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text(encoding="utf-8"))
+    for node in (n for n in ui["nodes"] if n["type"] == "Wan22LoraLoader"):
+        (model,) = node["properties"]["models"]
+        assert model["name"] == node["widgets_values"][0] and model["directory"] == "loras"
+        assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith("/" + model["name"])

@@ -186,6 +186,10 @@ PUBLISHED_MODELS = {
         "text_encoders"),
     **{name: (f"{HF}/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/vae/{name}", "vae")
        for name in ("wan_2.1_vae.safetensors", "wan2.2_vae.safetensors")},
+    **{name: (f"{HF}/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/loras/{name}", "loras")
+       for task, version in (("t2v", "v1.1"), ("i2v", "v1"))
+       for name in (f"wan2.2_{task}_lightx2v_4steps_lora_{version}_{expert}_noise.safetensors"
+                    for expert in ("high", "low"))},
 }
 
 
@@ -299,18 +303,36 @@ def build_batch_graph() -> Graph:
     return graph
 
 
+def lora_nodes(loras: list[tuple[str, float, float]], model: list) -> tuple[list[Node], list]:
+    """Chained Wan22LoraLoader nodes (ids 11+) for (file, strength_high, strength_low), and the model output to wire;
+    each names its published file for the frontend's download offer."""
+    nodes = []
+    for offset, (name, high, low) in enumerate(loras):
+        node_id = 11 + offset
+        nodes.append(Node(node_id, "Wan22LoraLoader", {"model": model, "lora_name": name, "strength_high": high,
+                                                       "strength_low": low}, MODELS))
+        model = [str(node_id), 0]
+    return nodes, model
+
+
 def build_graph(
     name: str, title: str, *, task: str, model: str, low: str, vae: str, weight_dtype: str = "default",
     offload: bool = False, sampler: dict, save_prefix: str, fps: float, tiled: bool = False,
     devices: dict[str, str] | None = None, start_image: str | None = None, prompt: str = PROMPT_TEXT,
+    loras: list[tuple[str, float, float]] | None = None,
 ) -> Graph:
-    """A Wan2.2 graph; `devices` (`{"t5": "gpu:0", "dit": "gpu:1", "vae": "gpu:1"}`) adds Wan22SetDevice nodes."""
+    """A Wan2.2 graph; `devices` (`{"t5": "gpu:0", "dit": "gpu:1", "vae": "gpu:1"}`) adds Wan22SetDevice nodes,
+    `loras` (file, strength_high, strength_low) chained LoRA loaders."""
     nodes, handles = model_nodes(task=task, model=model, low=low, vae=vae, weight_dtype=weight_dtype, offload=offload,
                                  devices=devices)
+    if loras:
+        chain, handles["dit"] = lora_nodes(loras, handles["dit"])
+        nodes += chain
     nodes.insert(3, Node(4, "Wan22PromptStyler", {"prompt": prompt, "style": "Cinematic Lighting",
                                                   "negative_prompt": DEFAULT_NEGATIVE_PROMPT}, PROMPT))
     nodes.append(Node(5, "Wan22T5Encode", {"t5": handles["t5"], "positive": ["4", 0], "negative": ["4", 1]}, PROMPT))
     sampler_inputs = {"model": handles["dit"], "conditioning": ["5", 0], **sampler, "denoise": 1.0}
+    sampler_inputs.setdefault("boundary_step", -1)  # the task's noise-level boundary
     if start_image is not None:
         nodes.append(Node(10, "LoadImage", {"image": start_image}, SAMPLE))
         sampler_inputs.update(vae=handles["vae"], start_image=["10", 0])
@@ -370,12 +392,19 @@ def build_long_video_graph() -> Graph:
 
 
 def sampler_settings(*, width: int, height: int, frames: int, steps: int, shift: float, cfg: tuple[float, float],
-                     seed: int = 42) -> dict:
-    return {"width": width, "height": height, "frames": frames, "steps": steps, "solver": "unipc", "shift": shift,
+                     seed: int = 42, solver: str = "unipc") -> dict:
+    return {"width": width, "height": height, "frames": frames, "steps": steps, "solver": solver, "shift": shift,
             "cfg_high_noise": cfg[0], "cfg_low_noise": cfg[1], "seed": seed}
 
 
 T2V = sampler_settings(width=832, height=480, frames=81, steps=40, shift=12.0, cfg=(4.0, 3.0))
+# Wan2.2-Lightning (lightx2v) as ComfyUI's templates run it: 4 euler steps at shift 5, 2 per expert, no CFG.
+LIGHTNING = {"steps": 4, "solver": "euler", "shift": 5.0, "cfg": (1.0, 1.0)}
+LIGHTNING_TEXT = (
+    "Wan2.2-Lightning: the lightx2v 4-step LoRAs, one per expert (high-noise file on the high-noise expert only, "
+    "low-noise file on the low-noise expert only), 4 euler steps at shift 5, CFG 1 (one forward per step), the "
+    "experts switch after step 2. The LoRA loaders name their files; the frontend offers the download."
+)
 T2V_FILES = {"task": "t2v-A14B", "model": "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
              "low": "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", "vae": "wan_2.1_vae.safetensors"}
 
@@ -406,7 +435,33 @@ def all_graphs() -> list[Graph]:
                       "height). The VAE goes to the sampler too: it encodes the picture.")
     single = build_graph("wan22_t2v_a14b", "Wan2.2 T2V A14B", **T2V_FILES, sampler=T2V, save_prefix="wan22/t2v_a14b",
                          fps=16)
-    return [single, dual, five_b, i2v, build_batch_graph(), build_interpolated_graph(), build_long_video_graph()]
+    return [single, dual, five_b, i2v, build_batch_graph(), build_interpolated_graph(), build_long_video_graph(),
+            *lightning_graphs()]
+
+
+def lightning_loras(task: str, version: str) -> list[tuple[str, float, float]]:
+    stem = f"wan2.2_{task}_lightx2v_4steps_lora_{version}"
+    return [(f"{stem}_high_noise.safetensors", 1.0, 0.0), (f"{stem}_low_noise.safetensors", 0.0, 1.0)]
+
+
+def lightning_graphs() -> list[Graph]:
+    t2v = build_graph(
+        "wan22_t2v_a14b_lightning", "Wan2.2 T2V A14B, Lightning 4 steps", **T2V_FILES,
+        sampler={**sampler_settings(width=832, height=480, frames=81, **LIGHTNING), "boundary_step": 2},
+        save_prefix="wan22/t2v_a14b_lightning",
+        fps=16, loras=lightning_loras("t2v", "v1.1"),
+    )
+    i2v = build_graph(
+        "wan22_i2v_a14b_lightning", "Wan2.2 I2V A14B, Lightning 4 steps", task="i2v-A14B",
+        model="wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
+        low="wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors", vae="wan_2.1_vae.safetensors",
+        sampler={**sampler_settings(width=832, height=480, frames=81, **LIGHTNING), "boundary_step": 2},
+        save_prefix="wan22/i2v_a14b_lightning",
+        fps=16, start_image="example.png", prompt=I2V_PROMPT_TEXT, loras=lightning_loras("i2v", "v1"),
+    )
+    for graph in (t2v, i2v):
+        graph.notes.append(LIGHTNING_TEXT)
+    return [t2v, i2v]
 
 
 def render(graph: Graph) -> dict[str, str]:

@@ -9,6 +9,7 @@ Layouts, as in the Hugging Face repos `Wan-AI/Wan2.2-{T2V-A14B,I2V-A14B,TI2V-5B}
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from .errors import CheckpointError, MissingFileError
 from .io.files import find_weight_files
 
 if TYPE_CHECKING:
+    from .patching import ModelPatch
     from .pipeline.pipeline import WanPipeline
     from .runtime import Runtime
 
@@ -165,15 +167,19 @@ def load_pipeline(
     runtime: Runtime,
     *,
     convert_model_dtype: bool = False,
+    patches: Sequence[Sequence[ModelPatch]] = (),
 ) -> WanPipeline:
     """Load a task's text encoder, VAE and expert(s) from an official checkpoint folder into a `WanPipeline`.
 
     Each expert is read once, straight into its final device and dtype: in CPU RAM when `runtime.offload` (the
     pipeline moves the expert in use to the device), else on the device. `convert_model_dtype` stores the DiT
     weights in the runtime's compute dtype; otherwise they keep the file's dtype. As in the official code, the VAE
-    runs in float32 and the text encoder keeps its file dtype, on `runtime.text_encoder_device`.
+    runs in float32 and the text encoder keeps its file dtype, on `runtime.text_encoder_device`. `patches`: the
+    weight patches (LoRA) of each expert, high-noise first, merged right after it loads.
     """
     from .dit.loader import load_dit
+    from .patching import set_patches
+    from .pipeline.denoise import HIGH_NOISE, LOW_NOISE, SINGLE
     from .pipeline.pipeline import WanPipeline
     from .text.encoder import load_text_encoder
     from .vae.loader import load_vae
@@ -183,6 +189,9 @@ def load_pipeline(
     expert_device = torch.device("cpu") if runtime.offload else device
     expert_dtype = runtime.compute_dtype if convert_model_dtype else None
     experts = [load_dit(folder, device=expert_device, dtype=expert_dtype) for folder in files.expert_dirs]
+    names = (HIGH_NOISE, LOW_NOISE) if len(experts) > 1 else (SINGLE,)
+    for expert, name, expert_patches in zip(experts, names, patches, strict=False):
+        set_patches(expert, expert_patches, name)
     text_encoder = load_text_encoder(files.text_encoder, tokenizer=files.tokenizer, device=runtime.text_encoder_device)
     vae = load_vae(files.vae, device=device, dtype=torch.float32)
     return WanPipeline(

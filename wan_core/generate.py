@@ -21,6 +21,7 @@ from .checkpoint_dir import LAYOUTS
 from .dit.attention import NAMES as ATTENTION_BACKENDS
 from .errors import CheckpointError, InputError
 from .interpolate.cli import add_interpolation_flags, interpolate_video
+from .lora.selection import parse_lora_spec, patches_per_expert
 from .memory import GPUOutOfMemoryError
 from .pipeline.conditioning import official_image_input
 from .pipeline.long_video_cli import add_chunk_flags, check_chunk_args, chunked_generate
@@ -123,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Classifier-free guidance scale: one number, or low,high for the two experts. Default: the task's.",
     )
+    parser.add_argument(
+        "--boundary_step", type=int, default=None,
+        help="The first step of the low-noise expert (Lightning: 2 of 4). Default: the task's timestep boundary.",
+    )  # fmt: skip
+    for flag, which in (("--lora", "both experts (or the one model of ti2v-5B)"),
+                        ("--lora_high", "the high-noise expert"), ("--lora_low", "the low-noise expert")):
+        parser.add_argument(
+            flag, action="append", default=[], type=parse_lora_spec, metavar="PATH[:STRENGTH]",
+            help=f"A LoRA file for {which}, strength 1.0 unless given; repeat the flag for several.",
+        )  # fmt: skip
     parser.add_argument("--save_file", default=None, help="The MP4 to write. Default: a name from task, size, prompt.")
     parser.add_argument(
         "--save_tensor", default=None, metavar="PATH", help="Also save the video as safetensors [3,F,H,W] in [-1,1]."
@@ -156,6 +167,7 @@ class Request:
     sampling: SamplingRequest
     runtime: Runtime
     save_file: Path
+    patches: tuple[tuple, ...] = ()  # LoRA patches per model, high-noise expert first
 
     @property
     def task(self) -> str:
@@ -223,7 +235,9 @@ def resolve_request(args: argparse.Namespace) -> Request:
     sampling = SamplingRequest.create(
         task, width=width, height=height, frame_num=frame_num, seed=args.base_seed, solver=args.sample_solver,
         steps=steps, shift=args.sample_shift, guide_scale=args.sample_guide_scale, has_image=image is not None,
+        boundary_step=args.boundary_step,
     )  # fmt: skip
+    patches = patches_per_expert(task, args.lora, args.lora_high, args.lora_low)
 
     device = pick_device(args.device)
     runtime = Runtime.create(
@@ -247,6 +261,7 @@ def resolve_request(args: argparse.Namespace) -> Request:
         sampling=sampling,
         runtime=runtime,
         save_file=save_file,
+        patches=patches,
     )
 
 
@@ -287,7 +302,8 @@ def run(args: argparse.Namespace) -> int:
     _say(f"Loading {request.task} from {request.ckpt_dir} onto {request.runtime.device} ...")
     started = time.perf_counter()
     pipeline = load_pipeline(
-        request.task, request.ckpt_dir, request.runtime, convert_model_dtype=args.convert_model_dtype
+        request.task, request.ckpt_dir, request.runtime, convert_model_dtype=args.convert_model_dtype,
+        patches=request.patches,
     )
     sampling = request.sampling
     _say(f"Loaded in {time.perf_counter() - started:.1f}s. Generating {sampling.frame_num} frames at "

@@ -41,6 +41,6 @@ RESERVE = Measured(1.0, "bench/low_vram.py, H200, 2026-11-25: reserved minus all
 # s/step with block swap over s/step all resident (bench/low_vram.py "slowdown"), by (model, resolution).
 # (Measured.gib holds the ratio here.)
 BLOCK_SWAP_SLOWDOWN: dict[tuple[str, str], Measured] = {
-    ("A14B", "480p"): Measured(1.0, "bench/low_vram.py, H200, 2026-11-25: 20 of 40 blocks swapped, 4.67 vs 4.69 s/step"),
-    ("5B", "720p"): Measured(1.0, "bench/low_vram.py, H200, 2026-11-25: 25 of 30 blocks swapped, 1.57 vs 1.58 s/step"),
+    ("A14B", "480p"): Measured(1.0, "bench/low_vram.py, H200, 2026-11-25: 20 of 40 blocks swapped, 4.67 vs 4.69 s"),
+    ("5B", "720p"): Measured(1.0, "bench/low_vram.py, H200, 2026-11-25: 25 of 30 blocks swapped, 1.57 vs 1.58 s"),
 }

@@ -28,13 +28,21 @@ class PatchedWeights:
         self._originals: dict[str, torch.Tensor] = {}
         self.applied: tuple = ()
 
+    def _tensor(self, name: str) -> torch.Tensor:
+        """Parameter or buffer `name` (buffers: e.g. an fp8 layer's `weight_scale`)."""
+        try:
+            return self._module.get_parameter(name)
+        except AttributeError:
+            return self._module.get_buffer(name)
+
     def get(self, name: str) -> torch.Tensor:
-        """The current value of parameter `name`."""
-        return self._module.get_parameter(name)
+        """The current value of parameter (or buffer) `name`."""
+        return self._tensor(name)
 
     def set(self, name: str, value: torch.Tensor) -> None:
-        """Give parameter `name` the value `value` (cast to its dtype, on its device), keeping the original once."""
-        param = self._module.get_parameter(name)
+        """Give parameter (or buffer) `name` the value `value` (cast to its dtype, on its device), keeping the
+        original once."""
+        param = self._tensor(name)
         if name not in self._originals:
             self._originals[name] = param.detach().to("cpu", copy=True)
         with torch.no_grad():
@@ -44,7 +52,7 @@ class PatchedWeights:
         """Every changed parameter back to its original bits."""
         with torch.no_grad():
             for name, original in self._originals.items():
-                self._module.get_parameter(name).copy_(original)
+                self._tensor(name).copy_(original)
         self._originals.clear()
         self.applied = ()
 

@@ -95,3 +95,31 @@ def diffusers_to_official(state_dict: dict) -> dict:
 
 def official_to_diffusers(state_dict: dict) -> dict:
     return {official_to_diffusers_key(k): v for k, v in state_dict.items()}
+
+
+# Parameters addressed directly (not through a module): full-tensor deltas of LoRA files may name them.
+_BLOCK_PARAMS = ("modulation",)
+_TOP_PARAMS = ("head.modulation",)
+
+
+def is_official_module(name: str) -> bool:
+    """Whether `name` is a weight-holding module (or a bare parameter such as `blocks.N.modulation`) of `WanDiT`."""
+    match = _BLOCK_KEY.match(name)
+    if match is not None:
+        return match.group(2) in _BLOCK or match.group(2) in _BLOCK_PARAMS
+    return name in _TOP or name in _TOP_PARAMS
+
+
+def flat_to_official_module(flat: str) -> str | None:
+    """The official module of a name with dots written as underscores (kohya: `blocks_0_self_attn_q`), or None."""
+    match = re.match(r"^blocks_(\d+)_(.+)$", flat)
+    if match is not None:
+        index, rest = match.groups()
+        for name in (*_BLOCK, *_BLOCK_PARAMS):
+            if name.replace(".", "_") == rest:
+                return f"blocks.{index}.{name}"
+        return None
+    for name in (*_TOP, *_TOP_PARAMS):
+        if name.replace(".", "_") == flat:
+            return name
+    return None

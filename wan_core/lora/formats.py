@@ -1,0 +1,135 @@
+"""LoRA state dicts in the layouts users have, read into one form: per official module, its low-rank pair and deltas.
+
+The layout is detected from the keys:
+- ComfyUI / lightx2v: `diffusion_model.<module>.lora_A.weight` / `.lora_B.weight` (or `lora_down` / `lora_up`,
+  `lora.down` / `lora.up`), optional `<module>.alpha`, full-tensor deltas `<module>.diff` (weights, e.g. norms) and
+  `<module>.diff_b` (biases); the `diffusion_model.` prefix is optional;
+- kohya / musubi-tuner: `lora_unet_<module with dots as underscores>.lora_down.weight` / `.lora_up.weight` / `.alpha`;
+- diffusers / PEFT: `transformer.blocks.N.attn1.to_q.lora_A.weight` (diffusers module names, `wan_core.dit.keymap`).
+Module names are official (`blocks.N.self_attn.q`, `head.head`, ...) in the result, whatever the layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..dit.keymap import diffusers_to_official_key, flat_to_official_module, is_diffusers_layout, is_official_module
+from ..errors import InputError, describe_keys
+
+KOHYA_PREFIX = "lora_unet_"
+_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.")
+# key suffix -> which part of a layer it is
+_PARTS = {
+    ".lora_A.weight": "down", ".lora_B.weight": "up",
+    ".lora_down.weight": "down", ".lora_up.weight": "up",
+    ".lora.down.weight": "down", ".lora.up.weight": "up",
+    ".alpha": "alpha", ".diff": "diff", ".diff_b": "diff_b",
+}  # fmt: skip
+_IMAGE_BRANCH = (".k_img", ".v_img", ".norm_k_img", "img_emb.")
+
+
+@dataclass(frozen=True)
+class LoraLayer:
+    """What a LoRA changes in one official module (or bare parameter) `module`."""
+
+    module: str
+    down: torch.Tensor | None = None  # [rank, in, ...]
+    up: torch.Tensor | None = None  # [out, rank, ...]
+    alpha: float | None = None
+    diff: torch.Tensor | None = None  # full delta of the weight (or of the bare parameter)
+    diff_b: torch.Tensor | None = None  # full delta of the bias
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.down is None else self.down.shape[0]
+
+    def scale(self, strength: float) -> float:
+        """The low-rank product's factor: strength x alpha / rank (alpha absent: strength, as ComfyUI)."""
+        return strength if self.alpha is None else strength * self.alpha / self.rank
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    """A parsed LoRA file: its layout name and its layers by official module name."""
+
+    source: str
+    layout: str  # "comfyui", "kohya" or "diffusers"
+    layers: dict[str, LoraLayer]
+
+
+def _strip_prefix(key: str) -> str:
+    for prefix in _PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def _split_part(key: str) -> tuple[str, str] | None:
+    for suffix, part in _PARTS.items():
+        if key.endswith(suffix):
+            return key[: -len(suffix)], part
+    return None
+
+
+def _official_module(module: str, layout: str) -> str | None:
+    if layout == "kohya":
+        return flat_to_official_module(module[len(KOHYA_PREFIX):])
+    if layout == "diffusers":
+        as_weight = diffusers_to_official_key(module + ".weight")
+        module = as_weight[: -len(".weight")] if as_weight != module + ".weight" else diffusers_to_official_key(module)
+    return module if is_official_module(module) else None
+
+
+def detect_layout(keys: list[str]) -> str:
+    """`kohya`, `diffusers` or `comfyui` (which also covers lightx2v and bare official names)."""
+    if any(k.startswith(KOHYA_PREFIX) for k in keys):
+        return "kohya"
+    modules = [split[0] for k in keys if (split := _split_part(_strip_prefix(k))) is not None]
+    return "diffusers" if is_diffusers_layout(modules) else "comfyui"
+
+
+def parse_lora(state_dict: dict[str, torch.Tensor], source: str) -> LoraWeights:
+    """The layers of a LoRA state dict; raises `InputError` listing every key that names no part of the Wan2.2 DiT."""
+    keys = list(state_dict)
+    if not keys:
+        raise InputError(f"The LoRA file {source} holds no tensors: download it again.")
+    layout = detect_layout(keys)
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    unknown: list[str] = []
+    for key in keys:
+        split = _split_part(key if layout == "kohya" else _strip_prefix(key))
+        module = _official_module(split[0], layout) if split is not None else None
+        if module is None or split is None:
+            unknown.append(key)
+            continue
+        parts.setdefault(module, {})[split[1]] = state_dict[key]
+    if unknown:
+        hint = ""
+        if any(marker in k for k in unknown for marker in _IMAGE_BRANCH):
+            hint = " Keys of the CLIP image branch (k_img, v_img, img_emb) belong to Wan2.1 I2V, which Wan2.2 lacks."
+        raise InputError(
+            f"The LoRA file {source} ({layout} layout) has {len(unknown)} key(s) that name no part of the Wan2.2 "
+            f"DiT: {describe_keys(unknown)}.{hint} Use a LoRA made for Wan2.2 (or Wan2.1 text-to-video)."
+        )
+    layers = {module: _layer(module, found, source) for module, found in parts.items()}
+    return LoraWeights(source=source, layout=layout, layers=layers)
+
+
+def _layer(module: str, found: dict[str, torch.Tensor], source: str) -> LoraLayer:
+    down, up = found.get("down"), found.get("up")
+    if (down is None) != (up is None):
+        have, lack = ("down (A)", "up (B)") if up is None else ("up (B)", "down (A)")
+        raise InputError(f"The LoRA file {source} has the {have} matrix of {module} but not its {lack} matrix: "
+                         "the file is incomplete, download it again.")
+    if down is not None and (down.dim() < 2 or up.dim() < 2 or down.shape[0] != up.shape[1]):
+        raise InputError(f"The LoRA file {source}: {module} has down {list(down.shape)} and up {list(up.shape)}, "
+                         "whose ranks do not match (down [rank, in], up [out, rank]).")
+    alpha = found.get("alpha")
+    if alpha is not None and (down is None or alpha.numel() != 1):
+        raise InputError(f"The LoRA file {source}: {module}.alpha must be one number beside a down/up pair.")
+    return LoraLayer(
+        module=module, down=down, up=up, alpha=None if alpha is None else float(alpha.float().item()),
+        diff=found.get("diff"), diff_b=found.get("diff_b"),
+    )  # fmt: skip

@@ -19,6 +19,7 @@ from wan_core.batch.scheduler import BatchScheduler, BatchSummary, ProgressEvent
 from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings, StagesRunner
 from wan_core.errors import InputError
 from wan_core.pipeline.denoise import StepInfo
+from wan_core.pipeline.finite import check_finite_number
 from wan_core.pipeline.tasks import get_task
 from wan_core.pipeline.validation import validate_request
 from wan_core.styles import NO_STYLE, STYLES_DIR, load_styles, style_prompt
@@ -202,11 +203,13 @@ class Wan22BatchQueueManager:
         if task.needs_image:
             raise InputError(f"The batch manager makes text-to-video; {task.name} needs a start image per video. "
                              "Load a t2v-A14B or ti2v-5B model, or use the DiT sampler with Load Image.")
+        check_finite_number("queue_timeout", queue_timeout)
         styles = load_styles(STYLES_DIR)
 
         def validate_job(job: BatchJob) -> None:
             validate_request(task, width=job.width, height=job.height, frame_num=job.frames, sample_steps=job.steps,
-                             sample_solver=solver, sample_shift=shift, has_image=False)
+                             sample_solver=solver, sample_shift=shift, has_image=False,
+                             guide_scale=(cfg_low_noise, cfg_high_noise))
             style_prompt(styles, job.prompt, job.negative_prompt, job.style)
 
         defaults = JobDefaults(negative_prompt, style, seed, width, height, frames, steps)

@@ -124,7 +124,7 @@ class Wan22DiTSampler:
         task = get_task(dit.task)
         validate_request(
             task, width=width, height=height, frame_num=frames, sample_steps=steps, sample_solver=solver,
-            sample_shift=shift, has_image=start_image is not None,
+            sample_shift=shift, has_image=start_image is not None, guide_scale=(cfg_low_noise, cfg_high_noise),
         )
         image = None
         if start_image is not None:

@@ -236,6 +236,7 @@ def resolve_request(args: argparse.Namespace) -> Request:
         sample_solver=args.sample_solver,
         sample_shift=shift,
         has_image=image is not None,
+        guide_scale=args.sample_guide_scale,
     )
 
     device = _pick_device(args.device)

@@ -26,6 +26,7 @@ from ..io.state_dict import FP8_DTYPES
 from ..memory import GPUOutOfMemoryError, out_of_memory
 from ..sampling import make_solver
 from . import conditioning
+from .finite import check_finite
 from .tasks import TaskConfig, get_task
 
 log = logging.getLogger(__name__)
@@ -245,6 +246,8 @@ def sample_latents(
                 expert, g = select_expert(t.item(), boundary, guide)
                 model = experts[expert]
                 if expert != active:
+                    if active is not None:
+                        check_finite(latents, f"the latents after the {active} expert (step {i} of {total})")
                     if offload_model and active is not None and experts[active] is not model:
                         move_to(experts[active], "cpu")
                         free_device_memory(device)
@@ -279,4 +282,5 @@ def sample_latents(
             for model in {id(m): m for m in experts.values() if m is not None}.values():
                 move_to(model, "cpu")
             free_device_memory(device)
+    check_finite(latents, "the denoised latents")
     return latents

@@ -98,6 +98,7 @@ class WanPipeline:
         validate_request(
             task, width=width, height=height, frame_num=frame_num, sample_steps=sample_steps,
             sample_solver=sample_solver, sample_shift=sample_shift, has_image=image is not None,
+            guide_scale=guide_scale,
         )  # fmt: skip
         if self.high_noise_model is None:
             raise InputError("this pipeline has no diffusion model: pass high_noise_model=...")
@@ -171,6 +172,7 @@ class WanPipeline:
         validate_request(
             task, width=width, height=height, frame_num=frame_num, sample_steps=sample_steps,
             sample_solver=sample_solver, sample_shift=sample_shift, has_image=image is not None,
+            guide_scale=guide_scale,
         )  # fmt: skip
         if image is not None:
             conditioning.check_image(image)

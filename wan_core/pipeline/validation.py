@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 
 from ..errors import InputError
+from .finite import check_finite_number
 from .tasks import TaskConfig, get_task
 
 SOLVERS = ("unipc", "dpm++", "euler")
@@ -62,10 +64,12 @@ def validate_request(
     sample_solver: str,
     sample_shift: float | None = None,
     has_image: bool | None = None,
+    guide_scale: float | tuple[float, float] | None = None,
 ) -> None:
     """Raise :class:`~wan_core.errors.InputError` if the request cannot run; return None if it can.
 
-    ``task`` is a task name or a :class:`TaskConfig`. ``sample_shift`` and ``has_image`` are checked when given.
+    ``task`` is a task name or a :class:`TaskConfig`. ``sample_shift``, ``has_image`` and ``guide_scale`` are checked
+    when given.
     """
     task = get_task(task)
     _check_side("width", width, task.size_multiple, task)
@@ -84,11 +88,14 @@ def validate_request(
     check_solver(sample_solver)
 
     if sample_shift is not None:
-        if not isinstance(sample_shift, numbers.Real) or isinstance(sample_shift, bool) or not sample_shift > 0:
+        real = isinstance(sample_shift, numbers.Real) and not isinstance(sample_shift, bool)
+        if not real or not 0 < sample_shift < math.inf:
             raise InputError(
-                f"sample_shift {sample_shift!r} must be a number above 0: use {task.sample_shift} "
+                f"sample_shift {sample_shift!r} must be a finite number above 0: use {task.sample_shift} "
                 f"(the {task.name} default)"
             )
+
+    check_finite_number("guide_scale", guide_scale)
 
     if has_image is not None:
         if task.needs_image and not has_image:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from .checkpoint_dir import LAYOUTS
-from .errors import CheckpointError, InputError
+from .cli_outputs import check_output_targets, decode_and_write, decode_latents_file
+from .errors import CheckpointError, InputError, WanError
 from .memory import GPUOutOfMemoryError
 from .pipeline.conditioning import official_image_input
 from .pipeline.tasks import TASKS, get_task, parse_size
@@ -124,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--save_tensor", default=None, metavar="PATH", help="Also save the video as safetensors [3,F,H,W] in [-1,1]."
     )
     parser.add_argument("--save_frames", default=None, metavar="DIR", help="Also save every frame as a PNG in DIR.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace existing output files (refused otherwise).")
+    parser.add_argument(
+        "--decode_latents", default=None, metavar="FILE",
+        help="Only decode latents kept by a failed run (the error names the file) and write the outputs.",
+    )  # fmt: skip
     parser.add_argument(
         "--demo",
         action="store_true",
@@ -186,14 +192,6 @@ def _demo_image() -> PILImage:
     return Image.fromarray(pixels.numpy())
 
 
-def _check_writable(path: Path, flag: str) -> None:
-    if path.is_dir():
-        raise InputError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'video.mp4'}.")
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise InputError(f"{flag} {path}: {parent} is a file, not a folder.")
-
-
 def _pick_device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -243,11 +241,7 @@ def resolve_request(args: argparse.Namespace) -> Request:
     prompt = args.prompt if args.prompt is not None else EXAMPLE_PROMPTS[args.task]
     save_file = Path(args.save_file) if args.save_file else _default_save_file(args.task, width, height, prompt,
                                                                                  args.demo)
-    _check_writable(save_file, "--save_file")
-    if args.save_tensor:
-        _check_writable(Path(args.save_tensor), "--save_tensor")
-    if args.save_frames and Path(args.save_frames).is_file():
-        raise InputError(f"--save_frames {args.save_frames} is a file; give a folder for the PNG frames.")
+    check_output_targets(args, save_file)
     return Request(
         task=args.task,
         ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None,
@@ -292,7 +286,6 @@ def _say(message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .checkpoint_dir import load_pipeline
-    from .video_io import save_tensor, save_video
 
     request = resolve_request(args)
     if args.demo:
@@ -300,6 +293,8 @@ def run(args: argparse.Namespace) -> int:
 
         request.ckpt_dir = ensure_demo_checkpoint(request.task)
         _say(DEMO_WARNING.format(folder=request.ckpt_dir))
+    if args.decode_latents:
+        return decode_latents_file(request, args, _say)
 
     _say(f"Loading {request.task} from {request.ckpt_dir} onto {request.device} ...")
     started = time.perf_counter()
@@ -316,9 +311,10 @@ def run(args: argparse.Namespace) -> int:
          f"seed {request.seed}.")
     bar = ProgressBar(request.sample_steps)
     try:
-        video = pipeline.generate(
-            request.prompt,
-            negative_prompt=None,
+        cond, uncond = pipeline.encode_prompts(request.prompt, None)
+        latents = pipeline.sample(
+            cond,
+            uncond,
             width=request.width,
             height=request.height,
             frame_num=request.frame_num,
@@ -333,14 +329,7 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-
-    save_video(request.save_file, video, request.fps, frames_dir=args.save_frames)
-    _say(f"Saved {request.save_file} ({video.shape[1]} frames, {video.shape[3]}x{video.shape[2]}, {request.fps} fps).")
-    if args.save_frames:
-        _say(f"Saved the frames as PNGs in {args.save_frames}.")
-    if args.save_tensor:
-        save_tensor(args.save_tensor, video)
-        _say(f"Saved the video tensor [3, F, H, W] in [-1, 1] to {args.save_tensor}.")
+    decode_and_write(pipeline, latents, request, args, _say)  # keeps the latents if decoding or writing fails
     return 0
 
 
@@ -353,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, CheckpointError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except GPUOutOfMemoryError as err:
+    except (GPUOutOfMemoryError, WanError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ import errno
 import os
 import re
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,10 +43,9 @@ def describe_message(text: str) -> str:
 
 
 def temporary_path(target: Path) -> Path:
-    """A fresh hidden name beside `target` with the same suffix (ffmpeg picks the container from it)."""
-    handle, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".partial" + target.suffix, dir=target.parent)
-    os.close(handle)
-    return Path(name)
+    """A fresh hidden name beside `target` with the same suffix (ffmpeg picks the container from it). The file is
+    not created here, so the writer creates it with the usual permissions."""
+    return target.parent / f".{target.stem}.{uuid.uuid4().hex[:12]}.partial{target.suffix}"
 
 
 @contextlib.contextmanager
@@ -53,9 +53,9 @@ def atomic_target(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on a clean exit it replaces `target`, on an error it is removed (an
     existing `target` stays as it was). OS errors become an `OutputWriteError` naming the path and the cause."""
     target = Path(target)
+    scratch = temporary_path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        scratch = temporary_path(target)
     except OSError as error:
         raise OutputWriteError(f"cannot write {target}: {describe_os_error(error)}") from error
     try:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 
 from wan_core.errors import InputError
+from wan_core.io.files import resolve_inside
+from wan_core.kept_latents import load_latents
 
+from . import host
 from .devices import announce_device
 from .handles import VAEHandle, require_handle
 
@@ -24,16 +27,41 @@ def images_to_video(images: torch.Tensor) -> torch.Tensor:
     return images[..., :3].permute(3, 0, 1, 2).float() * 2.0 - 1.0
 
 
+def latent_samples(latent: object, latents_file: str) -> torch.Tensor:
+    """The latents to decode: the LATENT input's `samples`, or a kept-latents file in the output folder."""
+    if latents_file.strip():
+        if latent is not None:
+            raise InputError("Give the VAE Decode node either a latent or a latents_file, not both.")
+        path = resolve_inside(latents_file.strip(), host.output_directory(), "latents_file", "ComfyUI's output folder")
+        return load_latents(path)[0]
+    if latent is None:
+        raise InputError("The VAE Decode node needs a latent: connect the sampler's output, or name a kept "
+                         ".latents.safetensors file in latents_file.")
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor) or samples.ndim not in (4, 5) or not samples.is_floating_point():
+        keys = sorted(latent) if isinstance(latent, dict) else type(latent).__name__
+        raise InputError(f"The 'latent' input must be a LATENT holding a float 'samples' tensor [B, z, F, H, W] "
+                         f"(from the Wan2.2 sampler); got {keys}.")
+    return samples
+
+
 class Wan22VAEDecode:
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
                 "vae": ("WAN22_VAE",),
-                "latent": ("LATENT",),
                 "tiled": ("BOOLEAN", {"default": False, "tooltip": "Decode in spatial tiles: less memory, slower."}),
                 "tile_size": ("INT", {"default": 256, "min": 64, "max": 2048, "step": 32, "tooltip": "Pixels."}),
                 "tile_overlap": ("INT", {"default": 64, "min": 0, "max": 1024, "step": 16, "tooltip": "Pixels."}),
+            },
+            "optional": {
+                "latent": ("LATENT",),
+                "latents_file": ("STRING", {
+                    "default": "",
+                    "tooltip": "Instead of 'latent': a .latents.safetensors file that a failed decode kept in the "
+                    "output folder (name relative to it).",
+                }),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -44,10 +72,17 @@ class Wan22VAEDecode:
     CATEGORY = CATEGORY
 
     def decode(
-        self, vae: VAEHandle, latent: dict, tiled: bool, tile_size: int, tile_overlap: int, unique_id: str | None = None
+        self,
+        vae: VAEHandle,
+        tiled: bool,
+        tile_size: int,
+        tile_overlap: int,
+        latent: dict | None = None,
+        latents_file: str = "",
+        unique_id: str | None = None,
     ) -> tuple:
         handle = require_handle(vae, VAEHandle, "vae")
-        samples = latent["samples"]
+        samples = latent_samples(latent, latents_file)
         if samples.ndim == 4:
             samples = samples.unsqueeze(0)
         if tiled and tile_overlap >= tile_size:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from wan_core.batch.jobs import BatchJob, JobDefaults
 from wan_core.errors import InputError
+from wan_core.io.files import resolve_inside
 
 REQUIRED_COLUMN = "prompt"
 TEXT_COLUMNS = ("negative_prompt", "style")
@@ -68,13 +69,7 @@ def resolve_input_file(name: str | Path, input_dir: str | Path) -> Path:
     Anything that ends up outside the input folder (`..`, an absolute path elsewhere, a symlink pointing out) is
     refused: a workflow shared by someone else must not read arbitrary files of this machine."""
     root = Path(input_dir).resolve()
-    candidate = Path(name)
-    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    if not resolved.is_relative_to(root):
-        raise InputError(
-            f"The CSV file {str(name)!r} is outside ComfyUI's input folder {root}; batch files are only read from "
-            "there. Copy the file into the input folder and give its name relative to it."
-        )
+    resolved = resolve_inside(name, root, "The CSV file", "ComfyUI's input folder")
     if not resolved.is_file():
         raise InputError(f"The CSV file {str(name)!r} was not found in the input folder {root}; check the name.")
     return resolved

@@ -18,10 +18,10 @@ from types import ModuleType
 from typing import Any
 
 from wan_core.errors import MissingFileError
+from wan_core.io.state_dict import WEIGHT_SUFFIXES
 
 LOG = logging.getLogger("comfyui-wan22")
 
-MODEL_EXTENSIONS = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
 MODELS_DIR_ENV = "WAN22_MODELS_DIR"
 OUTPUT_DIR_ENV = "WAN22_OUTPUT_DIR"
 INPUT_DIR_ENV = "WAN22_INPUT_DIR"
@@ -54,9 +54,15 @@ def list_models(kind: str) -> list[str]:
         return list(folder_paths.get_filename_list(kind))
     names: set[str] = set()
     for folder in model_folders(kind):
-        for parent, _dirs, files in os.walk(folder, followlinks=True):
+        seen: set[str] = set()
+        for parent, dirs, files in os.walk(folder, followlinks=True):
+            real = os.path.realpath(parent)
+            if real in seen:  # a symlink back into a folder already listed (a loop, or a second link)
+                dirs.clear()
+                continue
+            seen.add(real)
             for file in files:
-                if file.lower().endswith(MODEL_EXTENSIONS):
+                if file.lower().endswith(WEIGHT_SUFFIXES):
                     names.add(os.path.relpath(os.path.join(parent, file), folder).replace(os.sep, "/"))
     return sorted(names)
 

@@ -33,7 +33,8 @@ from ..errors import (
 )
 from ..io.files import find_weight_files
 from ..io.quant import dequantize
-from ..io.state_dict import FP8_DTYPES, read_safetensors_metadata, read_torch_file
+from ..io.state_dict import FP8_DTYPES, WEIGHT_SUFFIXES, is_torch_file, read_safetensors_metadata, read_torch_file
+from ..pipeline.finite import check_weight_dtypes, scan_weights
 from .keymap import diffusers_to_official_key, is_diffusers_layout
 from .model import FP8, FP8Linear, WanDiT, fp8_capable, keeps_fp32
 
@@ -101,9 +102,7 @@ class _Checkpoint:
                 if len(singles) != 1:
                     raise
                 self.files = singles
-        elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-            self.files = [path]
-        elif path.suffix == ".safetensors":
+        elif path.suffix.lower() in WEIGHT_SUFFIXES:
             self.files = [path]
         else:
             raise CheckpointError(f"{path} is neither a folder, a .safetensors file nor a .pth file.")
@@ -111,7 +110,7 @@ class _Checkpoint:
             self._read_header(file)
 
     def _read_header(self, file: Path) -> None:
-        if file.suffix != ".safetensors":
+        if is_torch_file(file):
             tensors = read_torch_file(file)
             self._torch_tensors = {**(self._torch_tensors or {}), **tensors}
             for key, value in tensors.items():
@@ -399,6 +398,8 @@ def load_dit(
     finally:
         reader.close()
 
+    check_weight_dtypes(state, {k: v.dtype for k, v in model.state_dict().items()}, where)
+    scan_weights(state, where)
     model.load_state_dict(state, strict=True, assign=True)
     for name, scale in scales.items():
         model.get_submodule(name[: -len(".weight")]).weight_scale = scale.to(device)

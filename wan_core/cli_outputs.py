@@ -35,8 +35,11 @@ def check_output_target(path: Path, flag: str, overwrite: bool) -> None:
     probe_writable(parent, flag)
 
 
-def check_output_targets(args: argparse.Namespace, save_file: Path) -> None:
-    """`check_output_target` for every output flag that is set."""
+def check_cli_files(args: argparse.Namespace, save_file: Path) -> None:
+    """Before any model loads: the --decode_latents file is read, and `check_output_target` runs for every output
+    flag that is set."""
+    if args.decode_latents:
+        load_latents(args.decode_latents)
     check_output_target(save_file, "--save_file", args.overwrite)
     if args.save_tensor:
         check_output_target(Path(args.save_tensor), "--save_tensor", args.overwrite)

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from .checkpoint_dir import LAYOUTS
-from .cli_outputs import check_output_targets, decode_and_write, decode_latents_file
+from .cli_outputs import check_cli_files, decode_and_write, decode_latents_file
 from .errors import CheckpointError, InputError, WanError
 from .memory import GPUOutOfMemoryError
 from .pipeline.conditioning import official_image_input
 from .pipeline.tasks import TASKS, get_task, parse_size
-from .pipeline.validation import SOLVERS, validate_request
+from .pipeline.validation import SOLVERS, check_seed, validate_request
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -241,7 +241,8 @@ def resolve_request(args: argparse.Namespace) -> Request:
     prompt = args.prompt if args.prompt is not None else EXAMPLE_PROMPTS[args.task]
     save_file = Path(args.save_file) if args.save_file else _default_save_file(args.task, width, height, prompt,
                                                                                  args.demo)
-    check_output_targets(args, save_file)
+    check_cli_files(args, save_file)
+    check_seed("--base_seed", args.base_seed)
     return Request(
         task=args.task,
         ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None,

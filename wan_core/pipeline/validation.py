@@ -11,6 +11,13 @@ from .finite import check_finite_number
 from .tasks import TaskConfig, get_task
 
 SOLVERS = ("unipc", "dpm++", "euler")
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes seeds up to this
+
+
+def check_seed(name: str, seed: int) -> None:
+    """InputError when `seed` is above what torch's generators take (negative seeds mean random)."""
+    if seed > MAX_SEED:
+        raise InputError(f"{name} {seed} is too large: seeds go up to {MAX_SEED} (2^64-1); -1 picks a random one")
 
 
 def nearest_multiple(value: int, multiple: int) -> int:

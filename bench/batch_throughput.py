@@ -115,8 +115,8 @@ def build_worker(device: str, task: str, args: argparse.Namespace, output_dir: P
     config = DIT_CONFIGS[dit_name]
     dtype = torch.float32 if args.tiny else torch.bfloat16
     task_config = get_task(task)
-    high = build_ours(config, torch.device(device), dtype, "sdpa")
-    low = build_ours(config, torch.device(device), dtype, "sdpa") if task_config.is_moe else None
+    high = build_ours(config, torch.device(device), dtype)
+    low = build_ours(config, torch.device(device), dtype) if task_config.is_moe else None
     vae = build_vae(vae_name).to(device).eval()
     settings = SamplingSettings(task_config, "unipc", task_config.sample_shift, task_config.guide_scale)
     stages = PipelineStages(

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wan_core.configs import WanDiTConfig  # noqa: E402
 from wan_core.dit import kernels  # noqa: E402
-from wan_core.dit.attention import check_backend  # noqa: E402
+from wan_core.dit.attention import get_backend  # noqa: E402
 from wan_core.dit.keymap import official_to_diffusers_key  # noqa: E402
 from wan_core.dit.model import FP8, FP8Linear, WanDiT, fp8_capable, keeps_fp32  # noqa: E402
 
@@ -113,12 +113,11 @@ def random_weights(model: torch.nn.Module, device: torch.device, dtype: torch.dt
     return out
 
 
-def build_ours(cfg: WanDiTConfig, device: torch.device, dtype: torch.dtype, backend: str) -> WanDiT:
+def build_ours(cfg: WanDiTConfig, device: torch.device, dtype: torch.dtype) -> WanDiT:
     with torch.device("meta"):
         model = WanDiT(cfg)
     model.requires_grad_(False)
     model.load_state_dict(random_weights(model, device, dtype, seed=0), strict=True, assign=True)
-    model.attention_backend = backend
     return model.eval()
 
 
@@ -201,12 +200,13 @@ def main() -> None:
     t = torch.tensor([500.0], device=device)
     context = torch.randn(1, args.text_len, cfg.text_dim, device=device, generator=gen).to(dtype)
 
-    ours = build_ours(cfg, device, dtype, args.backend)
+    ours = build_ours(cfg, device, dtype)
+    attention = {"backend": get_backend(args.backend, device)}
     result["weights_gib"] = sum(p.numel() * p.element_size() for p in ours.parameters()) / 2**30
 
     def run_ours():
         with torch.inference_mode():
-            return ours(x, t, context)
+            return ours(x, t, context, attention=attention["backend"])
 
     peak_reset(device)
     times, out_ours = timed(run_ours, device, args.runs)
@@ -226,10 +226,10 @@ def main() -> None:
             "output_rel_l2_vs_fused": ((out_plain.float() - out_ours).norm() / out_ours.norm()).item()}
         del out_plain
     if args.also_backend:  # A/B: the same model and inputs with another attention backend
-        ours.attention_backend = check_backend(args.also_backend)
+        attention["backend"] = get_backend(args.also_backend, device)
         peak_reset(device)
         times, out_other = timed(run_ours, device, args.runs)
-        ours.attention_backend = args.backend
+        attention["backend"] = get_backend(args.backend, device)
         osec = statistics.median(times)
         result[f"ours_{args.also_backend}"] = {
             "seconds": osec, "all_seconds": times, "tflops": flops / osec / 1e12, "peak_gib": peak_gib(device),

@@ -1,7 +1,7 @@
 """Wan22BatchQueueManager: many prompts in one queue entry, every GPU busy, a ledger so nothing is lost.
 
 A thin node over `wan_core.batch`: it validates the whole batch (CSV or prompt lines, each job through
-`validate_request` and the styles) before any model loads, picks the workers from where the handles live, and reports
+its `SamplingRequest` and the styles) before any model loads, picks the workers from where the handles live, and reports
 the scheduler's events to ComfyUI (progress bar with the node id passed explicitly, `wan22.queue` and
 `wan22.progress` for the canvas)."""
 
@@ -21,7 +21,6 @@ from wan_core.errors import InputError
 from wan_core.pipeline.denoise import StepInfo
 from wan_core.pipeline.finite import check_finite_number
 from wan_core.pipeline.tasks import get_task
-from wan_core.pipeline.validation import validate_request
 from wan_core.styles import NO_STYLE, STYLES_DIR, load_styles, style_prompt
 
 from . import host
@@ -206,16 +205,15 @@ class Wan22BatchQueueManager:
         check_finite_number("queue_timeout", queue_timeout)
         styles = load_styles(STYLES_DIR)
 
+        settings = SamplingSettings(task, solver, shift, (cfg_low_noise, cfg_high_noise), dit.runtime())
+
         def validate_job(job: BatchJob) -> None:
-            validate_request(task, width=job.width, height=job.height, frame_num=job.frames, sample_steps=job.steps,
-                             sample_solver=solver, sample_shift=shift, has_image=False,
-                             guide_scale=(cfg_low_noise, cfg_high_noise))
+            settings.request(job)
             style_prompt(styles, job.prompt, job.negative_prompt, job.style)
 
         defaults = JobDefaults(negative_prompt, style, seed, width, height, frames, steps)
         csv_name = "" if csv_file == NO_CSV else csv_file
         jobs = load_batch_jobs(prompts, csv_name, host.input_directory(), defaults, validate_job)
-        settings = SamplingSettings(task, solver, shift, (cfg_low_noise, cfg_high_noise), dit.offload)
         batch = batch_id(jobs, _batch_settings(dit, t5, vae, settings))
         output_dir = Path(host.output_directory()) / BATCH_FOLDER
         ledger = JobLedger.for_batch(output_dir, batch)

@@ -18,6 +18,9 @@ from typing import Any, ClassVar
 import torch
 
 from wan_core.errors import InputError
+from wan_core.patching import set_patches
+from wan_core.pipeline.denoise import HIGH_NOISE, LOW_NOISE, SINGLE
+from wan_core.runtime import Runtime, move_to
 
 from .devices import check_device_name, resolve_device
 
@@ -31,6 +34,10 @@ DIT_WEIGHT_FORMATS: dict[str, dict] = {
     "fp8_e4m3fn": {"dtype": torch.bfloat16, "fp8_weights": True},
     # fp8 storage and fp8 matmuls (Hopper / Ada / Blackwell): faster, slightly less exact.
     "fp8_e4m3fn_fast": {"dtype": torch.bfloat16, "fp8_compute": True},
+}
+# The autocast dtype of the DiT's matmuls for each weight_dtype: the official bf16, fp16 and fp32 as chosen.
+DIT_COMPUTE_DTYPES: dict[str, torch.dtype | None] = {
+    name: {"fp16": torch.float16, "fp32": None}.get(name, torch.bfloat16) for name in DIT_WEIGHT_FORMATS
 }
 
 
@@ -71,8 +78,6 @@ MODEL_CACHE = ModelCache({"dit": 2, "t5": 1, "vae": 1})
 
 def move_module(module: Any, device: torch.device) -> Any:
     """`module`, moved to `device` unless it is there already."""
-    from wan_core.pipeline.denoise import move_to
-
     move_to(module, device)
     return module
 
@@ -124,8 +129,19 @@ class DiTHandle(ModelHandle):
     weight_dtype: str = "default"
     attention: str = "auto"
     offload: bool = False
+    # Weight patches (LoRA) per expert, applied in order: `wan_core.patching.ModelPatch` objects.
+    patches_high: tuple = ()
+    patches_low: tuple = ()
 
-    def _load_expert(self, path: str, cache: ModelCache | None) -> torch.nn.Module:
+    def runtime(self) -> Runtime:
+        """How the experts run: the bound device, the compute dtype of `weight_dtype`, offload, the attention backend
+        (`auto`: the fastest installed; a missing one raises here, saying what to install)."""
+        return Runtime.create(
+            self.target_device(), compute_dtype=DIT_COMPUTE_DTYPES[self.weight_dtype], offload=self.offload,
+            attention=self.attention,
+        )  # fmt: skip
+
+    def _load_expert(self, path: str, expert: str, patches: tuple, cache: ModelCache | None) -> torch.nn.Module:
         from wan_core.dit.loader import load_dit
 
         def read() -> torch.nn.Module:
@@ -134,21 +150,17 @@ class DiTHandle(ModelHandle):
         # Offloaded experts wait in CPU RAM; the sampler moves the one sampling onto the device and back.
         device = torch.device("cpu") if self.offload else None
         model = self._load_cached(path, (self.weight_dtype,), read, cache, device)
-        _set_attention_backend(model, self.attention)
+        set_patches(model, patches, expert)
         return model
 
     def load(self, cache: ModelCache | None = None) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-        """(high-noise or only model, low-noise model or None): on the bound device, or in CPU RAM with `offload`."""
-        high = self._load_expert(self.high_noise_path, cache)
-        low = self._load_expert(self.low_noise_path, cache) if self.low_noise_path else None
+        """(high-noise or only model, low-noise model or None) with this handle's patches: on the bound device, or in
+        CPU RAM with `offload`. The base weights are read once; other patches on the same file re-patch them."""
+        if not self.low_noise_path:
+            return self._load_expert(self.high_noise_path, SINGLE, self.patches_high, cache), None
+        high = self._load_expert(self.high_noise_path, HIGH_NOISE, self.patches_high, cache)
+        low = self._load_expert(self.low_noise_path, LOW_NOISE, self.patches_low, cache)
         return high, low
-
-
-def _set_attention_backend(model: torch.nn.Module, backend: str) -> None:
-    """`auto` means PyTorch SDPA; the others raise here, with what to install, when they cannot run."""
-    from wan_core.dit.attention import check_backend
-
-    model.attention_backend = check_backend("sdpa" if backend == "auto" else backend)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import posixpath
 
-from wan_core.dit.attention import BACKENDS
+from wan_core.dit.attention import NAMES as ATTENTION_BACKENDS
 from wan_core.errors import InputError
+from wan_core.pipeline.tasks import TASKS
 
 from . import host
 from .handles import COMPUTE_DTYPES, DIT_WEIGHT_FORMATS, DiTHandle, T5Handle, VAEHandle
 
 CATEGORY = "Wan2.2"
-TASKS = ("t2v-A14B", "i2v-A14B", "ti2v-5B")
 NO_MODEL = "none"
-ATTENTION_BACKENDS = ("auto", *BACKENDS)
 # Shards of an official expert folder (`high_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors`) are
 # offered as their folder.
 _OFFICIAL_SHARD_STEM = "diffusion_pytorch_model"
@@ -53,7 +52,7 @@ class Wan22ModelLoader:
                 }),
                 "attention": (list(ATTENTION_BACKENDS), {
                     "default": "auto",
-                    "tooltip": "auto = PyTorch SDPA; flash_attn (FlashAttention 4/3/2) or sage when installed.",
+                    "tooltip": "auto = the fastest installed: SageAttention 2, else FlashAttention, else PyTorch SDPA.",
                 }),
                 "offload": ("BOOLEAN", {
                     "default": False,
@@ -74,7 +73,7 @@ class Wan22ModelLoader:
         check_choice("task", task, TASKS)
         check_choice("weight_dtype", weight_dtype, DIT_WEIGHT_FORMATS)
         check_choice("attention", attention, ATTENTION_BACKENDS)
-        two_experts = task != "ti2v-5B"
+        two_experts = TASKS[task].is_moe
         if two_experts and low_noise_model == NO_MODEL:
             raise InputError(f"{task} has two experts: choose the low-noise model file in 'low_noise_model'.")
         if not two_experts and low_noise_model != NO_MODEL:

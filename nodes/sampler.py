@@ -20,7 +20,7 @@ PROGRESS_EVENT = "wan22.progress"
 
 
 def _solvers() -> list[str]:
-    from wan_core.pipeline.validation import SOLVERS
+    from wan_core.sampling import SOLVERS
 
     return list(SOLVERS)
 
@@ -115,31 +115,29 @@ class Wan22DiTSampler:
     ) -> tuple:
         from wan_core.pipeline.denoise import GenerationCancelled
         from wan_core.pipeline.pipeline import WanPipeline
-        from wan_core.pipeline.tasks import get_task
-        from wan_core.pipeline.validation import validate_request
+        from wan_core.pipeline.request import SamplingRequest
 
         dit = require_handle(model, DiTHandle, "model")
         if not isinstance(conditioning, WanConditioning):
             raise InputError("The 'conditioning' input needs the output of Wan22T5Encode.")
-        task = get_task(dit.task)
-        validate_request(
-            task, width=width, height=height, frame_num=frames, sample_steps=steps, sample_solver=solver,
-            sample_shift=shift, has_image=start_image is not None, guide_scale=(cfg_low_noise, cfg_high_noise),
-        )
+        request = SamplingRequest.create(
+            dit.task, width=width, height=height, frame_num=frames, seed=seed, solver=solver, steps=steps,
+            shift=shift, guide_scale=(cfg_low_noise, cfg_high_noise), has_image=start_image is not None,
+        )  # fmt: skip
         image = None
         if start_image is not None:
             if vae is None:
                 raise InputError("start_image needs the VAE: connect the Wan22VAELoader output to 'vae'.")
             image = image_to_video_frame(start_image)
 
-        device = dit.target_device()
+        runtime = dit.runtime()
+        device = runtime.device
         label = device_label(device)
         announce_device(unique_id, device)
         high, low = dit.load()
         vae_module = require_handle(vae, VAEHandle, "vae").load() if vae is not None else None
         pipeline = WanPipeline(
-            task, text_encoder=None, vae=vae_module, high_noise_model=high, low_noise_model=low,
-            device=device, offload_model=dit.offload,
+            request.task, text_encoder=None, vae=vae_module, high_noise_model=high, low_noise_model=low, runtime=runtime
         )
         bar = host.Progress(steps, unique_id)
 
@@ -151,10 +149,8 @@ class Wan22DiTSampler:
         cond = conditioning.to(device)
         try:
             latents = pipeline.sample(
-                list(cond.positive), list(cond.negative),
-                width=width, height=height, frame_num=frames, seed=seed, sample_solver=solver, sample_steps=steps,
-                sample_shift=shift, guide_scale=(cfg_low_noise, cfg_high_noise), image=image,
-                progress=on_step, cancel=host.interrupted,
+                list(cond.positive), list(cond.negative), request, image=image, progress=on_step,
+                cancel=host.interrupted,
             )
         except GenerationCancelled:
             host.raise_if_interrupted()  # ComfyUI's own exception: shown as "interrupted", not as an error

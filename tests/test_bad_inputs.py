@@ -244,7 +244,7 @@ CASES = [
     Case("cli-save-frames-file", "CLI", "`--save_frames` is a file",
          cli("--save_file", "out/new.mp4", "--save_frames", "out/existing.mp4"), r"is a file; give a folder"),
     Case("cli-seed-too-large", "CLI", "`--base_seed 2^64`", cli("--base_seed", str(2**64)),
-         r"--base_seed 18446744073709551616 is too large: seeds go up to 18446744073709551615"),
+         r"seed 18446744073709551616 is too large: seeds go up to 18446744073709551615"),
     Case("cli-frames", "CLI", "`--frame_num 10`", cli("--frame_num", "10"), r"frame_num 10 is not 4k\+1: use 9"),
     Case("cli-decode-missing", "CLI", "`--decode_latents` names no file", cli("--decode_latents", "nope.safetensors"),
          r"latents file nope.safetensors does not exist"),

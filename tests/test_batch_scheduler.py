@@ -69,7 +69,8 @@ def test_max_concurrent_jobs_defaults_to_lane_slots_and_more_is_refused(tmp_path
                         recorder=Recorder())
     # encode lane on fake:0; denoise and decode lanes on fake:1
     assert BatchScheduler([Worker.pipelined(stages)], ledger=ledger).max_concurrent_jobs == 3
-    split_runner = Worker.split("fake:0", "fake:1", runner)  # one job at a time: the runner spans both devices
+    # one job at a time: the runner spans both devices
+    split_runner = Worker("fake:0+fake:1", "fake:0", "fake:1", runner=runner)
     assert BatchScheduler([split_runner], ledger=ledger).max_concurrent_jobs == 1
 
 
@@ -175,7 +176,8 @@ def test_cache_hooks_run_after_jobs_on_the_workers_devices(tmp_path, batch):
     jobs, name, ledger = batch
     cleared, defragmented = [], []
     runner = FakeRunner(tmp_path, name, steps=1, fail_jobs=(3,))
-    BatchScheduler([Worker.split("fake:0", "fake:1", runner)], ledger=ledger, auto_clear_cache=True, defrag_every=2,
+    split = Worker("fake:0+fake:1", "fake:0", "fake:1", runner=runner)
+    BatchScheduler([split], ledger=ledger, auto_clear_cache=True, defrag_every=2,
                    clear_cache=cleared.append, defragment=defragmented.append).run(jobs[:5])
     assert cleared == ["fake:1"] * 5  # after every job, failed ones included, on the devices its stages use
     assert defragmented == ["fake:1"] * 2

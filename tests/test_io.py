@@ -116,13 +116,6 @@ def test_fp8_round_trip(new_format):
     assert torch.equal(restored["layer.bias"], sd["layer.bias"])
 
 
-def test_fp8_kept_for_fp8_compute():
-    sd = quantize_fp8_scaled({"layer.weight": torch.randn(8, 8)})
-    kept = dequantize(sd, torch.bfloat16, keep_fp8=True)
-    assert kept.state_dict["layer.weight"].dtype == torch.float8_e4m3fn
-    assert kept.scales["layer.weight"].dtype == torch.float32
-
-
 def test_int8_blockwise_metadata_format():
     weight = torch.randint(-127, 127, (4, 6), dtype=torch.int8)
     scale = torch.tensor([[0.5, 2.0, 1.0], [1.0, 3.0, 0.25]])

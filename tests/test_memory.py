@@ -11,6 +11,8 @@ from wan_core.configs import DIT_CONFIGS
 from wan_core.dit.model import WanDiT
 from wan_core.memory import GPUOutOfMemoryError
 from wan_core.pipeline.denoise import sample_latents
+from wan_core.pipeline.request import SamplingRequest
+from wan_core.runtime import Runtime
 from wan_core.text.demo import build_tiny_umt5
 from wan_core.text.encoder import load_text_encoder
 from wan_core.text.keymap import to_official
@@ -24,15 +26,16 @@ class OutOfMemoryModel(torch.nn.Module):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(4, 4, dtype=dtype), requires_grad=False)
 
-    def forward(self, x, t, context, y=None):
+    def forward(self, x, t, context, y=None, attention=None):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
 
 def _sample(high, low, *, offload_model):
     context = torch.zeros(3, 64)
+    request = SamplingRequest.create("t2v-A14B", width=64, height=48, frame_num=5, seed=1, steps=2)
     return sample_latents(
-        task="t2v-A14B", high_noise_model=high, low_noise_model=low, cond=context, uncond=context,
-        width=64, height=48, frame_num=5, seed=1, sample_steps=2, offload_model=offload_model,
+        request, high_noise_model=high, low_noise_model=low, cond=context, uncond=context,
+        runtime=Runtime(offload=offload_model),
     )
 
 

@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from wan_core import runtime as runtime_module
 from wan_core.errors import InputError
 from wan_core.pipeline import denoise
-from wan_core.pipeline.denoise import as_guide_pair, cfg, sample_latents, select_expert
+from wan_core.pipeline.denoise import cfg, sample_latents, select_expert
+from wan_core.pipeline.request import SamplingRequest, as_guide_pair
 from wan_core.pipeline.tasks import get_task
+from wan_core.runtime import Runtime
 from wan_core.sampling import make_schedule
 
 COND_VALUE, UNCOND_VALUE = 1.0, 0.0
@@ -26,7 +29,7 @@ class RecordingExpert(torch.nn.Module):
         self.out_channels = out_channels
         self.calls: list[dict] = []
 
-    def forward(self, x, t, context, y=None):
+    def forward(self, x, t, context, y=None, attention=None):
         is_cond = bool(context[0].flatten()[0] == 1)
         self.calls.append({"x": x.clone(), "t": t.clone(), "cond": is_cond, "y": y})
         value = COND_VALUE if is_cond else UNCOND_VALUE
@@ -47,23 +50,22 @@ def official_switch_index(steps: int, shift: float, boundary: float, grid: str =
     return below[0] if below else steps
 
 
-def run(task_name, steps, shift, solver="unipc", guide_scale=None, **kwargs):
+def run(task_name, steps, shift, solver="unipc", guide_scale=None, offload=False, boundary_step=None, **kwargs):
+    """Sample latents (z, 2, 4, 4) with recording experts."""
     task = get_task(task_name)
-    z = task.z_dim
-    high, low = RecordingExpert("high", z), RecordingExpert("low", z)
+    stride = task.vae_stride[1]
+    request = SamplingRequest.create(
+        task, width=4 * stride, height=4 * stride, frame_num=5, seed=0, solver=solver, steps=steps, shift=shift,
+        guide_scale=guide_scale, boundary_step=boundary_step,
+    )  # fmt: skip
+    high, low = RecordingExpert("high", task.z_dim), RecordingExpert("low", task.z_dim)
     latents = sample_latents(
-        task=task,
+        request,
         high_noise_model=high,
         low_noise_model=None if task.boundary is None else low,
         cond=torch.ones(3, 8),
         uncond=torch.zeros(5, 8),
-        latent_shape=(z, 2, 4, 4),
-        seed=0,
-        sample_solver=solver,
-        sample_steps=steps,
-        sample_shift=shift,
-        guide_scale=guide_scale,
-        device="cpu",
+        runtime=Runtime(offload=offload),
         **kwargs,
     )
     return high, low, latents
@@ -110,9 +112,13 @@ def test_guide_scale_per_expert(guide):
 
 
 def test_select_expert_and_cfg():
-    assert select_expert(875, 875.0, (3.0, 4.0)) == ("high_noise", 4.0)
-    assert select_expert(874, 875.0, (3.0, 4.0)) == ("low_noise", 3.0)
-    assert select_expert(999, None, (5.0, 5.0)) == ("single", 5.0)
+    t2v = SamplingRequest.create("t2v-A14B", seed=0, guide_scale=(3.0, 4.0))
+    assert select_expert(0, 875, t2v) == ("high_noise", 4.0)
+    assert select_expert(0, 874, t2v) == ("low_noise", 3.0)
+    by_step = t2v.replace(steps=4, boundary_step=2)
+    assert [select_expert(i, 0, by_step)[0] for i in range(4)] == ["high_noise"] * 2 + ["low_noise"] * 2
+    ti2v = SamplingRequest.create("ti2v-5B", seed=0, guide_scale=5.0)
+    assert select_expert(0, 999, ti2v) == ("single", 5.0)
     assert as_guide_pair(5.0) == (5.0, 5.0) and as_guide_pair([3, 4]) == (3.0, 4.0)
     with pytest.raises(InputError, match="one number or two"):
         as_guide_pair((1.0, 2.0, 3.0))
@@ -121,10 +127,11 @@ def test_select_expert_and_cfg():
 
 
 def test_two_experts_required_for_moe_tasks():
+    request = SamplingRequest.create("t2v-A14B", width=16, height=16, frame_num=1, seed=0, steps=2)
     with pytest.raises(InputError, match="two experts"):
         sample_latents(
-            task="t2v-A14B", high_noise_model=RecordingExpert("h", 16), low_noise_model=None,
-            cond=torch.ones(1, 8), uncond=torch.zeros(1, 8), latent_shape=(16, 1, 2, 2), seed=0,
+            request, high_noise_model=RecordingExpert("h", 16), low_noise_model=None,
+            cond=torch.ones(1, 8), uncond=torch.zeros(1, 8), runtime=Runtime(),
         )  # fmt: skip
 
 
@@ -137,8 +144,12 @@ def test_initial_noise_is_the_official_draw():
 
 def test_offload_moves_the_idle_expert_to_cpu(monkeypatch):
     moves = []
-    monkeypatch.setattr(denoise, "move_to", lambda model, device: moves.append((model.name, str(device))))
-    high, low, _ = run("t2v-A14B", 10, 12.0, offload_model=True)
+    def record(model, device):
+        moves.append((model.name, str(device)))
+
+    monkeypatch.setattr(denoise, "move_to", record)
+    monkeypatch.setattr(runtime_module, "move_to", record)
+    high, low, _ = run("t2v-A14B", 10, 12.0, offload=True)
     k = len(high.calls) // 2
     assert 0 < k < 10
     # the high-noise expert comes to the device, leaves for the CPU when the low-noise one arrives, and at the end
@@ -147,7 +158,7 @@ def test_offload_moves_the_idle_expert_to_cpu(monkeypatch):
     assert sorted(moves[3:]) == [("high", "cpu"), ("low", "cpu")]
 
     moves.clear()
-    run("t2v-A14B", 10, 12.0, offload_model=False)
+    run("t2v-A14B", 10, 12.0, offload=False)
     assert moves == [("high", "cpu"), ("low", "cpu")]  # each moved to the device once, nothing sent back
 
 
@@ -178,3 +189,27 @@ def test_i2v_y_reaches_both_forwards():
     high, low, _ = run("i2v-A14B", 4, 5.0, y=y)
     for call in high.calls + low.calls:
         assert torch.equal(call["y"], y[None])
+
+
+def test_boundary_step_splits_the_steps_between_the_experts():
+    """Lightning runs: 4 steps, the first 2 on the high-noise expert whatever the timesteps say."""
+    high, low, _ = run("t2v-A14B", 4, 5.0, boundary_step=2, guide_scale=3.0)
+    assert len(high.calls) == 4 and len(low.calls) == 4  # 2 steps each, cond + uncond
+    high, low, _ = run("t2v-A14B", 4, 5.0, boundary_step=0, guide_scale=3.0)
+    assert high.calls == [] and len(low.calls) == 8
+    with pytest.raises(InputError, match="boundary_step 5 must be a whole number from 0 to the step count"):
+        SamplingRequest.create("t2v-A14B", steps=4, boundary_step=5)
+    with pytest.raises(InputError, match="two-expert tasks"):
+        SamplingRequest.create("ti2v-5B", steps=4, boundary_step=2)
+
+
+def test_cfg_one_runs_one_forward_per_step():
+    """Guide scale 1 is the conditional prediction alone: the negative-prompt forward is skipped."""
+    high, low, final = run("t2v-A14B", 6, 5.0, solver="euler", guide_scale=1.0)
+    calls = high.calls + low.calls
+    assert len(calls) == 6 and all(c["cond"] for c in calls)
+    # and it samples what two forwards with g = 1 would: x moves by dt * cond (= 1) per step
+    sigmas = make_schedule("unipc", 6, 5.0).sigmas
+    xs = [c["x"][0] for c in calls] + [final]
+    for i in range(6):
+        assert torch.allclose((xs[i + 1] - xs[i]) / (sigmas[i + 1] - sigmas[i]), torch.ones(()), atol=1e-3)

@@ -10,6 +10,8 @@ from wan_core.configs import DIT_CONFIGS
 from wan_core.dit import WanDiT
 from wan_core.errors import InputError
 from wan_core.pipeline import DEFAULT_NEGATIVE_PROMPT, GenerationCancelled, StepInfo, WanPipeline, conditioning
+from wan_core.pipeline.request import SamplingRequest
+from wan_core.runtime import Runtime
 from wan_core.sampling import make_schedule
 from wan_core.text.demo import build_tiny_umt5
 from wan_core.text.encoder import TextEncoder
@@ -58,18 +60,23 @@ def vae(name: str):
         return build_vae(name)
 
 
-def make_pipeline(task: str, text_encoder, **kwargs) -> WanPipeline:
+def make_pipeline(task: str, text_encoder, offload: bool = False) -> WanPipeline:
     if task == "ti2v-5B":
         high, low, vae_model = Spy(dit("tiny-ti2v", 0)), None, vae("tiny-wan2.2")
     else:
         name = "tiny-t2v" if task == "t2v-A14B" else "tiny-i2v"
         high, low, vae_model = Spy(dit(name, 0)), Spy(dit(name, 1)), vae("tiny-wan2.1")
     return WanPipeline(
-        task, text_encoder=Spy(text_encoder), vae=vae_model, high_noise_model=high, low_noise_model=low, **kwargs
+        task, text_encoder=Spy(text_encoder), vae=vae_model, high_noise_model=high, low_noise_model=low,
+        runtime=Runtime(offload=offload),
     )
 
 
-T2V = {"width": 32, "height": 32, "frame_num": 5, "sample_steps": 4}
+T2V = {"width": 32, "height": 32, "frame_num": 5, "steps": 4}
+
+
+def t2v(**kwargs) -> SamplingRequest:
+    return SamplingRequest.create("t2v-A14B", **{**T2V, **kwargs})
 
 
 def image(h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -78,9 +85,9 @@ def image(h: int, w: int, seed: int = 0) -> torch.Tensor:
 
 def test_t2v_end_to_end_and_seeds(text_encoder):
     pipe = make_pipeline("t2v-A14B", text_encoder)
-    a = pipe.generate("a cat surfing", seed=7, **T2V)
-    b = pipe.generate("a cat surfing", seed=7, **T2V)
-    c = pipe.generate("a cat surfing", seed=8, **T2V)
+    a = pipe.generate("a cat surfing", t2v(seed=7))
+    b = pipe.generate("a cat surfing", t2v(seed=7))
+    c = pipe.generate("a cat surfing", t2v(seed=8))
     assert a.shape == (3, 5, 32, 32) and a.dtype == torch.float32 and a.device.type == "cpu"
     assert a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, b)
@@ -91,15 +98,14 @@ def test_t2v_end_to_end_and_seeds(text_encoder):
 
 def test_stages_compose_to_generate(text_encoder):
     pipe = make_pipeline("t2v-A14B", text_encoder)
-    video = pipe.generate("a red fox", seed=3, sample_solver="dpm++", **T2V)
+    request = t2v(seed=3, solver="dpm++")
+    video = pipe.generate("a red fox", request)
     cond, uncond = pipe.encode_prompts("a red fox")
-    latents = pipe.sample(cond, uncond, seed=3, sample_solver="dpm++", width=32, height=32, frame_num=5,
-                          sample_steps=4)  # fmt: skip
+    latents = pipe.sample(cond, uncond, request)
     assert latents.shape == (16, 2, 4, 4) and latents.dtype == torch.float32
     assert torch.equal(pipe.decode(latents), video)
     # the nodes pass embeddings as lists of one tensor
-    again = pipe.sample([cond], [uncond], seed=3, sample_solver="dpm++", width=32, height=32, frame_num=5,
-                        sample_steps=4)  # fmt: skip
+    again = pipe.sample([cond], [uncond], request)
     assert torch.equal(again, latents)
 
 
@@ -108,8 +114,7 @@ def test_progress_reports_every_step(text_encoder, solver):
     pipe = make_pipeline("t2v-A14B", text_encoder)
     seen: list[StepInfo] = []
     cond, uncond = pipe.encode_prompts("waves")
-    pipe.sample(cond, uncond, seed=0, sample_solver=solver, progress=seen.append, width=32, height=32, frame_num=5,
-                sample_steps=6, sample_shift=3.0)  # fmt: skip
+    pipe.sample(cond, uncond, t2v(seed=0, solver=solver, steps=6, shift=3.0), progress=seen.append)
     grid = "dpm" if solver == "dpm++" else "unipc"
     timesteps = make_schedule(grid, 6, 3.0).timesteps.tolist()
     assert [s.step for s in seen] == [1, 2, 3, 4, 5, 6] and {s.total for s in seen} == {6}
@@ -123,36 +128,40 @@ def test_cancel_stops_between_steps(text_encoder):
     pipe = make_pipeline("t2v-A14B", text_encoder)
     seen = []
     with pytest.raises(GenerationCancelled, match="after 2 of 4 steps") as info:
-        pipe.generate("a dog", seed=0, progress=seen.append, cancel=lambda: len(seen) >= 2, **T2V)
+        pipe.generate("a dog", t2v(seed=0), progress=seen.append, cancel=lambda: len(seen) >= 2)
     assert (info.value.step, info.value.total) == (2, 4)
     assert len(seen) == 2
     assert len(pipe.high_noise_model.calls) + len(pipe.low_noise_model.calls) == 2 * 2
 
     pipe = make_pipeline("t2v-A14B", text_encoder)
     with pytest.raises(GenerationCancelled, match="after 0 of 4 steps"):
-        pipe.generate("a dog", seed=0, cancel=lambda: True, **T2V)
+        pipe.generate("a dog", t2v(seed=0), cancel=lambda: True)
     assert pipe.high_noise_model.calls == [] and pipe.low_noise_model.calls == []
 
 
-def test_validation_runs_before_any_model(text_encoder):
-    pipe = make_pipeline("t2v-A14B", text_encoder)
+def test_request_validation_and_image_checks_run_before_any_model(text_encoder):
     for kwargs, message in [
         ({"height": 721}, "height 721 is not a multiple of 16: use 720"),
         ({"frame_num": 80}, "frame_num 80 is not 4k\\+1: use 81"),
-        ({"sample_steps": 0}, "sample_steps 0 must be at least 1"),
-        ({"sample_solver": "ddim"}, "unknown sample_solver 'ddim'"),
-        ({"image": image(32, 32)}, "takes no input image"),
+        ({"steps": 0}, "sample_steps 0 must be at least 1"),
+        ({"solver": "ddim"}, "unknown sample_solver 'ddim'"),
+        ({"shift": -1.0}, "sample_shift -1.0 must be a number above 0"),
     ]:
-        args = {**T2V, **kwargs}
         with pytest.raises(InputError, match=message):
-            pipe.generate("x", **args)
+            t2v(**kwargs)
+    pipe = make_pipeline("t2v-A14B", text_encoder)
+    with pytest.raises(InputError, match="takes no input image"):
+        pipe.generate("x", t2v(), image=image(32, 32))
+    with pytest.raises(InputError, match="the request is for i2v-A14B, this pipeline runs t2v-A14B"):
+        pipe.generate("x", SamplingRequest.create("i2v-A14B", **T2V))
     assert pipe.text_encoder.calls == [] and pipe.high_noise_model.calls == []
 
     i2v = make_pipeline("i2v-A14B", text_encoder)
+    request = SamplingRequest.create("i2v-A14B", **T2V)
     with pytest.raises(InputError, match="i2v-A14B needs an input image"):
-        i2v.generate("x", **T2V)
+        i2v.generate("x", request)
     with pytest.raises(InputError, match="image must be a \\[3, H, W\\] tensor"):
-        i2v.generate("x", image=torch.zeros(1, 3, 32, 32), **T2V)
+        i2v.generate("x", request, image=torch.zeros(1, 3, 32, 32))
     assert i2v.text_encoder.calls == []
 
 
@@ -166,25 +175,21 @@ def test_negative_prompt(text_encoder):
     ]  # fmt: skip
 
 
-def test_defaults_come_from_the_task(text_encoder, monkeypatch):
-    pipe = make_pipeline("t2v-A14B", text_encoder)
-    seen = {}
-
-    def fake_sample(cond, uncond, **kwargs):
-        seen.update(kwargs)
-        return torch.zeros(16, 2, 4, 4)
-
-    monkeypatch.setattr(pipe, "sample", fake_sample)
-    pipe.generate("x")
-    assert (seen["width"], seen["height"], seen["frame_num"], seen["sample_steps"]) == (1280, 720, 81, 40)
-    assert seen["sample_solver"] == "unipc" and seen["sample_shift"] is None and seen["guide_scale"] is None
+def test_defaults_come_from_the_task():
+    request = SamplingRequest.create("t2v-A14B")
+    assert (request.width, request.height, request.frame_num, request.steps) == (1280, 720, 81, 40)
+    assert (request.solver, request.shift, request.guide_scale) == ("unipc", 12.0, (3.0, 4.0))
+    assert 0 <= request.seed and request.boundary_step is None
+    ti2v = SamplingRequest.create("ti2v-5B", seed=4)
+    assert (ti2v.width, ti2v.height, ti2v.frame_num, ti2v.steps, ti2v.seed) == (1280, 704, 121, 50, 4)
 
 
 def test_i2v_end_to_end(text_encoder):
     pipe = make_pipeline("i2v-A14B", text_encoder)
     start = image(40, 50)
-    a = pipe.generate("a boat", seed=1, image=start, width=32, height=48, frame_num=5, sample_steps=3)
-    b = pipe.generate("a boat", seed=1, image=start, width=32, height=48, frame_num=5, sample_steps=3)
+    request = SamplingRequest.create("i2v-A14B", seed=1, width=32, height=48, frame_num=5, steps=3)
+    a = pipe.generate("a boat", request, image=start)
+    b = pipe.generate("a boat", request, image=start)
     assert a.shape == (3, 5, 48, 32) and torch.equal(a, b)
     y = pipe.high_noise_model.calls[0][1]["y"]
     assert y.shape == (1, 20, 2, 6, 4)
@@ -194,22 +199,22 @@ def test_i2v_end_to_end(text_encoder):
 def test_ti2v_end_to_end(text_encoder):
     pipe = make_pipeline("ti2v-5B", text_encoder)
     start = image(64, 96)
-    args = {"width": 64, "height": 64, "frame_num": 5, "sample_steps": 3, "seed": 2}
+    request = SamplingRequest.create("ti2v-5B", width=64, height=64, frame_num=5, steps=3, seed=2)
     cond, uncond = pipe.encode_prompts("a kite")
-    latents = pipe.sample(cond, uncond, image=start, **args)
+    latents = pipe.sample(cond, uncond, request, image=start)
     first = conditioning.ti2v_first_frame_latent(pipe.vae, start, width=64, height=64, device="cpu")
     assert latents.shape == (48, 2, 4, 4) and torch.equal(latents[:, :1], first)
     t = pipe.high_noise_model.calls[0][0][1]
     assert t.shape == (1, 2 * 2 * 2) and torch.all(t[0, :4] == 0) and torch.all(t[0, 4:] == 999)
-    video = pipe.generate("a kite", image=start, **args)
+    video = pipe.generate("a kite", request, image=start)
     assert video.shape == (3, 5, 64, 64)
-    assert pipe.generate("a kite", **args).shape == (3, 5, 64, 64)  # text-to-video with the same model
+    assert pipe.generate("a kite", request).shape == (3, 5, 64, 64)  # text-to-video with the same model
 
 
 def test_offload_model_runs_and_leaves_models_on_cpu(text_encoder):
-    pipe = make_pipeline("t2v-A14B", text_encoder, offload_model=True)
+    pipe = make_pipeline("t2v-A14B", text_encoder, offload=True)
     plain = make_pipeline("t2v-A14B", text_encoder)
-    assert torch.equal(pipe.generate("a tree", seed=5, **T2V), plain.generate("a tree", seed=5, **T2V))
+    assert torch.equal(pipe.generate("a tree", t2v(seed=5)), plain.generate("a tree", t2v(seed=5)))
     for model in (pipe.high_noise_model.inner, pipe.low_noise_model.inner, pipe.vae):
         assert next(model.parameters()).device.type == "cpu"
 

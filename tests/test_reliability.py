@@ -23,7 +23,8 @@ from wan_core.io.writers import write_safetensors
 from wan_core.kept_latents import LatentsKeptError, keep_latents_on_failure, load_latents
 from wan_core.pipeline.denoise import sample_latents
 from wan_core.pipeline.finite import NonFiniteError
-from wan_core.pipeline.tasks import get_task
+from wan_core.pipeline.request import SamplingRequest
+from wan_core.runtime import Runtime
 from wan_core.styles import Style, style_prompt
 from wan_core.vae.model import build_vae, official_state_dict
 
@@ -133,12 +134,12 @@ class BlowsUp(torch.nn.Module):
     (10**6, 0, "the denoised latents"),
 ])
 def test_non_finite_latents_stop_sampling_naming_where_and_why(high_after, low_after, what):
-    task = get_task("t2v-A14B")
+    request = SamplingRequest.create("t2v-A14B", width=32, height=32, frame_num=5, seed=0, steps=8)
+    assert request.latent_shape == (16, 2, 4, 4)
     with pytest.raises(NonFiniteError, match=what + r" holds NaN/Inf in \d+ of 512 values; no video was saved. "
                                                     r"Likely cause: a weight file holding NaN/Inf, fp16 overflow"):
-        sample_latents(task=task, high_noise_model=BlowsUp(high_after), low_noise_model=BlowsUp(low_after),
-                       cond=torch.ones(3, 8), uncond=torch.zeros(3, 8), latent_shape=(16, 2, 4, 4), seed=0,
-                       sample_steps=8)
+        sample_latents(request, high_noise_model=BlowsUp(high_after), low_noise_model=BlowsUp(low_after),
+                       cond=torch.ones(3, 8), uncond=torch.zeros(3, 8), runtime=Runtime())
 
 
 def test_vae_output_with_nan_is_an_error_not_a_black_video():

@@ -20,6 +20,7 @@ from .io.files import find_weight_files
 
 if TYPE_CHECKING:
     from .pipeline.pipeline import WanPipeline
+    from .runtime import Runtime
 
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 TOKENIZER_DIR = "google/umt5-xxl"
@@ -160,19 +161,16 @@ def resolve_checkpoint(task: str, ckpt_dir: str | Path) -> CheckpointFiles:
 def load_pipeline(
     task: str,
     ckpt_dir: str | Path,
+    runtime: Runtime,
     *,
-    device: str | torch.device = "cpu",
-    offload_model: bool = False,
-    t5_cpu: bool = False,
     convert_model_dtype: bool = False,
-    param_dtype: torch.dtype = torch.bfloat16,
 ) -> WanPipeline:
     """Load a task's text encoder, VAE and expert(s) from an official checkpoint folder into a `WanPipeline`.
 
-    Each expert is read once, straight into its final device and dtype: in CPU RAM when `offload_model` (the
-    pipeline moves the expert in use to `device`), else on `device`. `convert_model_dtype` stores the DiT weights
-    in `param_dtype`; otherwise they keep the file's dtype. As in the official code, the VAE runs in float32 and
-    the text encoder keeps its file dtype, on the CPU when `t5_cpu`.
+    Each expert is read once, straight into its final device and dtype: in CPU RAM when `runtime.offload` (the
+    pipeline moves the expert in use to the device), else on the device. `convert_model_dtype` stores the DiT
+    weights in the runtime's compute dtype; otherwise they keep the file's dtype. As in the official code, the VAE
+    runs in float32 and the text encoder keeps its file dtype, on `runtime.text_encoder_device`.
     """
     from .dit.loader import load_dit
     from .pipeline.pipeline import WanPipeline
@@ -180,13 +178,11 @@ def load_pipeline(
     from .vae.loader import load_vae
 
     files = resolve_checkpoint(task, ckpt_dir)
-    device = torch.device(device)
-    expert_device = torch.device("cpu") if offload_model else device
-    expert_dtype = param_dtype if convert_model_dtype else None
+    device = runtime.device
+    expert_device = torch.device("cpu") if runtime.offload else device
+    expert_dtype = runtime.compute_dtype if convert_model_dtype else None
     experts = [load_dit(folder, device=expert_device, dtype=expert_dtype) for folder in files.expert_dirs]
-    text_encoder = load_text_encoder(
-        files.text_encoder, tokenizer=files.tokenizer, device=torch.device("cpu") if t5_cpu else device
-    )
+    text_encoder = load_text_encoder(files.text_encoder, tokenizer=files.tokenizer, device=runtime.text_encoder_device)
     vae = load_vae(files.vae, device=device, dtype=torch.float32)
     return WanPipeline(
         task,
@@ -194,8 +190,5 @@ def load_pipeline(
         vae=vae,
         high_noise_model=experts[0],
         low_noise_model=experts[1] if len(experts) > 1 else None,
-        device=device,
-        offload_model=offload_model,
-        t5_cpu=t5_cpu,
-        param_dtype=param_dtype,
+        runtime=runtime,
     )

@@ -77,8 +77,9 @@ def decode_and_write(
 def write_outputs(video: torch.Tensor, request: Request, args: argparse.Namespace, say: Say) -> None:
     from .video_io import save_tensor, save_video
 
-    save_video(request.save_file, video, request.fps, frames_dir=args.save_frames)
-    say(f"Saved {request.save_file} ({video.shape[1]} frames, {video.shape[3]}x{video.shape[2]}, {request.fps} fps).")
+    fps = request.sampling.task.fps
+    save_video(request.save_file, video, fps, frames_dir=args.save_frames)
+    say(f"Saved {request.save_file} ({video.shape[1]} frames, {video.shape[3]}x{video.shape[2]}, {fps} fps).")
     if args.save_frames:
         say(f"Saved the frames as PNGs in {args.save_frames}.")
     if args.save_tensor:
@@ -95,11 +96,12 @@ def decode_latents_file(request: Request, args: argparse.Namespace, say: Say) ->
     latents, task = load_latents(args.decode_latents)
     if task is not None and task != request.task:
         raise InputError(f"{args.decode_latents} holds latents of {task}; pass --task {task}.")
-    vae = load_vae(resolve_checkpoint(request.task, request.ckpt_dir).vae, device=request.device, dtype=torch.float32)
+    device = request.runtime.device
+    vae = load_vae(resolve_checkpoint(request.task, request.ckpt_dir).vae, device=device, dtype=torch.float32)
     if latents.shape[0] != vae.z_dim:
         raise InputError(f"{args.decode_latents} holds {latents.shape[0]}-channel latents but the VAE of "
                          f"{request.task} takes {vae.z_dim}; pass the --task the latents were made with.")
-    pipeline = WanPipeline(request.task, text_encoder=None, vae=vae, high_noise_model=None, device=request.device)
+    pipeline = WanPipeline(request.task, text_encoder=None, vae=vae, high_noise_model=None, runtime=request.runtime)
     say(f"Decoding {args.decode_latents} ...")
     write_outputs(pipeline.decode(latents).cpu(), request, args, say)
     return 0

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import CheckpointError, ConfigMismatchError
@@ -168,11 +168,6 @@ class WanDiTConfig:
             qk_norm=qk_norm is not None,
             cross_attn_norm=bool(data.get("cross_attn_norm", True)),
         )
-
-    def as_dict(self) -> dict:
-        out = asdict(self)
-        out.pop("extra", None)
-        return out
 
 
 def _a14b(model_type: str, in_dim: int) -> WanDiTConfig:

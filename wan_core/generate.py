@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import random
 import re
 import sys
 import time
@@ -20,11 +19,14 @@ import torch
 
 from .checkpoint_dir import LAYOUTS
 from .cli_outputs import check_cli_files, decode_and_write, decode_latents_file
+from .dit.attention import NAMES as ATTENTION_BACKENDS
 from .errors import CheckpointError, InputError, WanError
 from .memory import GPUOutOfMemoryError
 from .pipeline.conditioning import official_image_input
+from .pipeline.request import SamplingRequest
 from .pipeline.tasks import TASKS, get_task, parse_size
-from .pipeline.validation import SOLVERS, check_seed, validate_request
+from .runtime import Runtime, pick_device
+from .sampling import SOLVERS
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -137,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         "checks the whole pipeline in seconds on a CPU; the video is noise.",
     )
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda:1 or cpu. Default: cuda if present.")
+    parser.add_argument(
+        "--attention",
+        default="auto",
+        choices=ATTENTION_BACKENDS,
+        help="Attention kernel. auto: the fastest installed (SageAttention 2, FlashAttention, else PyTorch SDPA).",
+    )
     return parser
 
 
@@ -144,22 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
 class Request:
     """A generation request with every default filled in and every value checked."""
 
-    task: str
     ckpt_dir: Path | None  # None with --demo until the demo checkpoint is built
-    width: int
-    height: int
-    frame_num: int
     prompt: str
     image: torch.Tensor | None  # the start frame [3, H, W] in [-1, 1]
-    seed: int
-    sample_solver: str
-    sample_steps: int
-    sample_shift: float
-    guide_scale: float | tuple[float, float]
-    device: torch.device
-    offload_model: bool
+    sampling: SamplingRequest
+    runtime: Runtime
     save_file: Path
-    fps: int
+
+    @property
+    def task(self) -> str:
+        return self.sampling.task.name
 
 
 def _default_save_file(task: str, width: int, height: int, prompt: str, demo: bool) -> Path:
@@ -192,16 +194,6 @@ def _demo_image() -> PILImage:
     return Image.fromarray(pixels.numpy())
 
 
-def _pick_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise InputError(f"--device {name!r} is not a torch device ({err}); use e.g. cuda, cuda:1 or cpu.") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: this torch sees no CUDA GPU; use --device cpu or a CUDA build of torch.")
-    return device
 
 
 def resolve_request(args: argparse.Namespace) -> Request:
@@ -224,42 +216,29 @@ def resolve_request(args: argparse.Namespace) -> Request:
         image, width, height = official_image_input(image, task, max_area=width * height)
     frame_num = args.frame_num if args.frame_num is not None else DEMO_FRAME_NUM if args.demo else task.frame_num
     steps = args.sample_steps if args.sample_steps is not None else DEMO_STEPS if args.demo else task.sample_steps
-    shift = args.sample_shift if args.sample_shift is not None else task.sample_shift
-    validate_request(
-        task,
-        width=width,
-        height=height,
-        frame_num=frame_num,
-        sample_steps=steps,
-        sample_solver=args.sample_solver,
-        sample_shift=shift,
-        has_image=image is not None,
-        guide_scale=args.sample_guide_scale,
-    )
+    sampling = SamplingRequest.create(
+        task, width=width, height=height, frame_num=frame_num, seed=args.base_seed, solver=args.sample_solver,
+        steps=steps, shift=args.sample_shift, guide_scale=args.sample_guide_scale, has_image=image is not None,
+    )  # fmt: skip
 
-    device = _pick_device(args.device)
+    device = pick_device(args.device)
+    runtime = Runtime.create(
+        device,
+        offload=args.offload_model if args.offload_model is not None else device.type != "cpu",
+        t5_cpu=args.t5_cpu,
+        attention=args.attention,
+    )
     prompt = args.prompt if args.prompt is not None else EXAMPLE_PROMPTS[args.task]
     save_file = Path(args.save_file) if args.save_file else _default_save_file(args.task, width, height, prompt,
                                                                                  args.demo)
     check_cli_files(args, save_file)
-    check_seed("--base_seed", args.base_seed)
     return Request(
-        task=args.task,
         ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None,
-        width=width,
-        height=height,
-        frame_num=frame_num,
         prompt=prompt,
         image=image,
-        seed=args.base_seed if args.base_seed >= 0 else random.randint(0, sys.maxsize),
-        sample_solver=args.sample_solver,
-        sample_steps=steps,
-        sample_shift=shift,
-        guide_scale=args.sample_guide_scale if args.sample_guide_scale is not None else task.guide_scale,
-        device=device,
-        offload_model=args.offload_model if args.offload_model is not None else device.type != "cpu",
+        sampling=sampling,
+        runtime=runtime,
         save_file=save_file,
-        fps=task.fps,
     )
 
 
@@ -297,37 +276,19 @@ def run(args: argparse.Namespace) -> int:
     if args.decode_latents:
         return decode_latents_file(request, args, _say)
 
-    _say(f"Loading {request.task} from {request.ckpt_dir} onto {request.device} ...")
+    _say(f"Loading {request.task} from {request.ckpt_dir} onto {request.runtime.device} ...")
     started = time.perf_counter()
     pipeline = load_pipeline(
-        request.task,
-        request.ckpt_dir,
-        device=request.device,
-        offload_model=request.offload_model,
-        t5_cpu=args.t5_cpu,
-        convert_model_dtype=args.convert_model_dtype,
+        request.task, request.ckpt_dir, request.runtime, convert_model_dtype=args.convert_model_dtype
     )
-    _say(f"Loaded in {time.perf_counter() - started:.1f}s. Generating {request.frame_num} frames at "
-         f"{request.width}x{request.height}, {request.sample_steps} {request.sample_solver} steps, "
-         f"seed {request.seed}.")
-    bar = ProgressBar(request.sample_steps)
+    sampling = request.sampling
+    _say(f"Loaded in {time.perf_counter() - started:.1f}s. Generating {sampling.frame_num} frames at "
+         f"{sampling.width}x{sampling.height}, {sampling.steps} {sampling.solver} steps, seed {sampling.seed}, "
+         f"attention {request.runtime.attention.name}.")
+    bar = ProgressBar(sampling.steps)
     try:
         cond, uncond = pipeline.encode_prompts(request.prompt, None)
-        latents = pipeline.sample(
-            cond,
-            uncond,
-            width=request.width,
-            height=request.height,
-            frame_num=request.frame_num,
-            seed=request.seed,
-            sample_solver=request.sample_solver,
-            sample_steps=request.sample_steps,
-            sample_shift=request.sample_shift,
-            guide_scale=request.guide_scale,
-            image=request.image,
-            progress=bar,
-            cancel=None,
-        )
+        latents = pipeline.sample(cond, uncond, sampling, image=request.image, progress=bar)
     finally:
         bar.close()
     decode_and_write(pipeline, latents, request, args, _say)  # keeps the latents if decoding or writing fails

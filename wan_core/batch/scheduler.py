@@ -97,11 +97,6 @@ class Worker:
         return cls(name or device, device, device, runner=runner)
 
     @classmethod
-    def split(cls, text_device: str, main_device: str, runner: JobRunner, name: str | None = None) -> Worker:
-        """Text encoder on one device, DiT + VAE on another, one job at a time."""
-        return cls(name or f"{text_device}+{main_device}", text_device, main_device, runner=runner)
-
-    @classmethod
     def pipelined(cls, stages: JobStages, name: str | None = None) -> Worker:
         """Stages on the devices the stages name; stages of different jobs overlap across devices."""
         devices = dict.fromkeys((stages.encode_device, stages.denoise_device, stages.decode_device))

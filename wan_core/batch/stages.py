@@ -20,7 +20,9 @@ from wan_core.batch.scheduler import CancelCheck, DeviceContext, JobCancelled, J
 from wan_core.kept_latents import keep_latents_on_failure
 from wan_core.pipeline.denoise import StepInfo
 from wan_core.pipeline.pipeline import WanPipeline
+from wan_core.pipeline.request import SamplingRequest
 from wan_core.pipeline.tasks import TaskConfig
+from wan_core.runtime import Runtime
 from wan_core.video_io import save_video
 
 T = TypeVar("T")
@@ -52,7 +54,14 @@ class SamplingSettings:
     solver: str
     shift: float
     guide_scale: tuple[float, float]  # official order: (low_noise, high_noise)
-    offload_model: bool = False
+    runtime: Runtime = Runtime()  # its device is replaced by each stage's own
+
+    def request(self, job: BatchJob) -> SamplingRequest:
+        """The job's validated sampling request (raises `InputError` for a job that cannot run)."""
+        return SamplingRequest.create(
+            self.task, width=job.width, height=job.height, frame_num=job.frames, seed=job.seed, solver=self.solver,
+            steps=job.steps, shift=self.shift, guide_scale=self.guide_scale, has_image=False,
+        )  # fmt: skip
 
 
 @dataclass
@@ -91,11 +100,8 @@ class PipelineStages:
                 self.on_step(job, self.denoise_device, info)
 
         positive, negative = (embedding.to(self.denoise_device) for embedding in cond)
-        return pipeline.sample(
-            positive, negative, width=job.width, height=job.height, frame_num=job.frames, seed=job.seed,
-            sample_solver=self.settings.solver, sample_steps=job.steps, sample_shift=self.settings.shift,
-            guide_scale=self.settings.guide_scale, progress=on_step, cancel=cancel,
-        )  # fmt: skip
+        request = self.settings.request(job)
+        return pipeline.sample(positive, negative, request, progress=on_step, cancel=cancel)
 
     def decode(self, job: BatchJob, latents: torch.Tensor) -> Path:
         """Decode and write the job's video (verified, renamed into place only when whole). On a failure the
@@ -114,7 +120,8 @@ class PipelineStages:
 
     def _pipeline(self, device: str, **models: Any) -> WanPipeline:
         models = {"text_encoder": None, "vae": None, "high_noise_model": None, **models}
-        return WanPipeline(self.settings.task, device=device, offload_model=self.settings.offload_model, **models)
+        runtime = self.settings.runtime.replace(device=device)
+        return WanPipeline(self.settings.task, runtime=runtime, **models)
 
 
 @dataclass(frozen=True)

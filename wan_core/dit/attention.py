@@ -1,30 +1,101 @@
-"""The one attention entry point of the DiT: PyTorch SDPA by default, flash-attn or SageAttention on request.
+"""Attention backends of the DiT, in one registry: PyTorch SDPA, FlashAttention, SageAttention, and `auto`.
 
-All backends take and return `[B, L, H, D]` (no masks: single-GPU sequences carry no padding, and the text context
-is attended to with its zero padding, as the reference does).
+A backend is a callable object `backend(q, k, v) -> out` on `[B, L, H, D]` tensors (no masks: single-GPU sequences
+carry no padding, and the text context is attended to with its zero padding, as the reference does). Each backend
+is checked once, when it is resolved by name (`get_backend`); a backend object may wrap another one (the
+sequence-parallel all-to-all wraps the local backend), which is why the model takes the object, not a name.
+
+`auto` resolves to the fastest backend that imports and runs on the device: SageAttention 2 (sm_80+), then
+FlashAttention, then SDPA.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import WanError
+from ..errors import InputError
 
-BACKENDS = ("sdpa", "flash_attn", "sage")
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+class AttentionBackend:
+    """Base: softmax attention of `q` `[B, Lq, H, D]` over `k`, `v` `[B, Lk, H, D]`; returns `[B, Lq, H, D]`.
+
+    Inputs a kernel cannot take (CPU, float32) go through SDPA, so one backend serves every call of a forward."""
+
+    name = "sdpa"
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if not self.takes(q):
+            return sdpa(q, k, v)
+        return self.kernel(q, k, v)
+
+    def takes(self, q: torch.Tensor) -> bool:
+        return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+
+    def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return sdpa(q, k, v)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.name))
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
 
 
+class SdpaAttention(AttentionBackend):
+    name = "sdpa"
+
+    def takes(self, q: torch.Tensor) -> bool:
+        return False
+
+
+class FlashAttention(AttentionBackend):
+    """The newest FlashAttention that imports: FA4 (CuTe DSL), FA3 (`flash_attn_interface`), FA2."""
+
+    name = "flash_attn"
+    install_hint = "`pip install flash-attn-4`, FlashAttention-3 or `pip install flash-attn`"
+
+    def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = _flash_fn()(q, k, v)
+        return out[0] if isinstance(out, tuple) else out
+
+    @staticmethod
+    def available() -> bool:
+        return _flash_fn() is not None
+
+
+class SageAttention(AttentionBackend):
+    """SageAttention (8-bit q/k): 2.x built for the GPU, or 1.x from PyPI."""
+
+    name = "sage"
+    install_hint = "SageAttention 2 (built from its sources; `pip install sageattention` gives 1.x)"
+
+    def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return _sage_fn()(q, k, v, tensor_layout="NHD", is_causal=False)
+
+    @staticmethod
+    def available() -> bool:
+        return _sage_fn() is not None
+
+
 @functools.cache
 def _flash_fn() -> Callable | None:
-    """The newest FlashAttention that imports: FA4 (CuTe DSL), FA3 (`flash_attn_interface`), FA2."""
     candidates = (
         ("flash_attn.cute", "flash_attn_func"),
         ("flash_attn_interface", "flash_attn_func"),
@@ -48,33 +119,49 @@ def _sage_fn() -> Callable | None:
     return sageattn
 
 
-def check_backend(name: str) -> str:
-    """`name` if it can run here; a WanError that says what to install otherwise."""
-    if name not in BACKENDS:
-        raise WanError(f"Unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}.")
-    if name == "flash_attn" and _flash_fn() is None:
-        raise WanError(
-            "attention_backend='flash_attn' was asked for, but no FlashAttention imports here. Install one "
-            "(`pip install flash-attn-4`, FlashAttention-3 or `pip install flash-attn`), or use 'sdpa'."
+def _sage_version() -> tuple[int, ...]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return tuple(int(part) for part in version("sageattention").split(".")[:2] if part.isdigit())
+    except PackageNotFoundError:
+        return ()
+
+
+BACKENDS: dict[str, type[AttentionBackend]] = {
+    SdpaAttention.name: SdpaAttention,
+    FlashAttention.name: FlashAttention,
+    SageAttention.name: SageAttention,
+}
+NAMES = (AUTO, *BACKENDS)
+
+
+def _fastest(device: torch.device | None) -> AttentionBackend:
+    """SageAttention 2 where it runs (sm_80+; its 1.x is slower than SDPA on Hopper), then FlashAttention, else SDPA."""
+    on_gpu = device is not None and device.type == "cuda" and torch.cuda.is_available()
+    if on_gpu:
+        capability = torch.cuda.get_device_capability(device)
+        if capability >= (8, 0) and SageAttention.available() and _sage_version() >= (2,):
+            return SageAttention()
+        if FlashAttention.available():
+            return FlashAttention()
+    return SdpaAttention()
+
+
+def get_backend(name: str | AttentionBackend, device: torch.device | str | None = None) -> AttentionBackend:
+    """The backend object for `name` (`auto` picks for `device`); an error that says what to install otherwise."""
+    if isinstance(name, AttentionBackend):
+        return name
+    if name == AUTO:
+        backend = _fastest(torch.device(device) if device is not None else None)
+        log.info("attention: auto -> %s", backend.name)
+        return backend
+    cls = BACKENDS.get(name)
+    if cls is None:
+        raise InputError(f"Unknown attention backend {name!r}; choose one of {', '.join(NAMES)}.")
+    if cls is not SdpaAttention and not cls.available():
+        raise InputError(
+            f"attention {name!r} was asked for, but it does not import here. Install {cls.install_hint}, "
+            "or use 'sdpa' or 'auto'."
         )
-    if name == "sage" and _sage_fn() is None:
-        raise WanError(
-            "attention_backend='sage' was asked for, but SageAttention does not import here. "
-            "`pip install sageattention`, or use 'sdpa'."
-        )
-    return name
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
-    """Softmax attention of `q` `[B, Lq, H, D]` over `k`, `v` `[B, Lk, H, D]`; returns `[B, Lq, H, D]`.
-
-    flash_attn and sage need CUDA fp16/bf16 tensors; other inputs (CPU, float32) go through SDPA.
-    """
-    if backend == "sdpa" or not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
-        return _sdpa(q, k, v)
-    if backend == "flash_attn":
-        out = _flash_fn()(q, k, v)
-        return out[0] if isinstance(out, tuple) else out
-    if backend == "sage":
-        return _sage_fn()(q, k, v, tensor_layout="NHD", is_causal=False)
-    raise WanError(f"Unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    return cls()

@@ -12,8 +12,9 @@ What differs from the reference is how, not what, it computes:
 - the 3-D RoPE is a float32 complex multiply with a table computed once per grid (never float64 on the GPU);
 - the patch embedding is the equivalent matmul over patches (Conv3d with kernel == stride).
 
-Attention backend: `WanDiT(config, attention_backend="sdpa")` or `model.attention_backend = "flash_attn"`
-(`"sdpa"` | `"flash_attn"` | `"sage"`, see `wan_core.dit.attention`).
+Attention: `model(x, t, context, attention=backend)` with a backend object of `wan_core.dit.attention` (the runtime
+holds it; SDPA when None). The float32 regions (time embedding, modulation sums, head) run with autocast off, so a
+caller's `torch.autocast` reaches only the matmuls and attention of the blocks.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ import torch.nn.functional as F
 from ..configs import WanDiTConfig
 from ..errors import InputError, WanError
 from . import kernels
-from .attention import attention, check_backend
+from .attention import AttentionBackend, SdpaAttention
 from .rope import apply_rope, rope_freqs
 
 FP8 = getattr(torch, "float8_e4m3fn", None)
+_SDPA = SdpaAttention()
 
 # Parameters kept (and always computed) in float32, whatever the model's dtype.
 _FP32_PATTERNS = ("time_embedding.", "time_projection.", "modulation", "norm3.", "norm_q.", "norm_k.")
@@ -101,8 +103,14 @@ class FP8Linear(nn.Module):
 
 
 def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` in float32; call it inside `float32_region` (autocast would otherwise run it in its dtype)."""
     bias = layer.bias.float() if layer.bias is not None else None
     return F.linear(x.float(), layer.weight.float(), bias)
+
+
+def float32_region(device: torch.device) -> torch.autocast:
+    """Autocast off: what runs inside computes in float32 as the reference does, under any caller's autocast."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
@@ -187,7 +195,7 @@ class WanSelfAttention(nn.Module):
     def _fused(self, x: torch.Tensor) -> bool:
         return isinstance(self.norm_q, WanRMSNorm) and kernels.usable(x)
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, backend: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, attention: AttentionBackend) -> torch.Tensor:
         dtype = x.dtype
         if self._fused(x):
             q = self._heads(kernels.rms_norm_rope(self.q(x), self.norm_q.weight, self.norm_q.eps, freqs,
@@ -195,17 +203,19 @@ class WanSelfAttention(nn.Module):
             k = self._heads(kernels.rms_norm_rope(self.k(x), self.norm_k.weight, self.norm_k.eps, freqs,
                                                   self.head_dim))
             v = self._heads(self.v(x))
-            out = attention(q, k, v, backend)
+            out = attention(q, k, v)
             return self.o(out.reshape(x.shape[0], x.shape[1], self.dim))
         q = apply_rope(self._heads(self.norm_q(self.q(x)).float()), freqs).to(dtype)
         k = apply_rope(self._heads(self.norm_k(self.k(x)).float()), freqs).to(dtype)
         v = self._heads(self.v(x))
-        out = attention(q, k, v, backend)
+        out = attention(q, k, v)
         return self.o(out.reshape(x.shape[0], x.shape[1], self.dim))
 
 
 class WanCrossAttention(WanSelfAttention):
-    def forward(self, x: torch.Tensor, context: torch.Tensor, backend: str) -> torch.Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, context: torch.Tensor, attention: AttentionBackend
+    ) -> torch.Tensor:
         dtype = x.dtype
         if self._fused(x):
             q = self._heads(kernels.rms_norm_rope(self.q(x), self.norm_q.weight, self.norm_q.eps, None, self.head_dim))
@@ -215,7 +225,7 @@ class WanCrossAttention(WanSelfAttention):
             q = self._heads(self.norm_q(self.q(x)).to(dtype))
             k = self._heads(self.norm_k(self.k(context)).to(dtype))
         v = self._heads(self.v(context))
-        out = attention(q, k, v, backend)
+        out = attention(q, k, v)
         return self.o(out.reshape(x.shape[0], x.shape[1], self.dim))
 
 
@@ -241,15 +251,15 @@ class WanAttentionBlock(nn.Module):
         return x.to(dtype)
 
     def forward(
-        self, x: torch.Tensor, time: TimeCond, context: torch.Tensor, freqs: torch.Tensor, backend: str
+        self, x: torch.Tensor, time: TimeCond, context: torch.Tensor, freqs: torch.Tensor, attention: AttentionBackend
     ) -> torch.Tensor:
         """`x`: float32 residual stream `[B, L, dim]`; `context`: embedded text `[B, text_len, dim]`."""
         dtype = context.dtype
         inplace = not torch.is_grad_enabled()
         shift, scale, gate = time.block_chunks(self.modulation, (0, 1, 2))
-        y = self.self_attn(modulated_norm(x, shift, scale, self.eps, dtype), freqs, backend)
+        y = self.self_attn(modulated_norm(x, shift, scale, self.eps, dtype), freqs, attention)
         x = x.addcmul_(y, gate) if inplace else x.addcmul(y, gate)
-        y = self.cross_attn(self._norm3(x, dtype), context, backend)
+        y = self.cross_attn(self._norm3(x, dtype), context, attention)
         x = x.add_(y) if inplace else x + y
         shift, scale, gate = time.block_chunks(self.modulation, (3, 4, 5))
         y = self.ffn(modulated_norm(x, shift, scale, self.eps, dtype))
@@ -264,14 +274,15 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
     def forward(self, x: torch.Tensor, time: TimeCond) -> torch.Tensor:
-        shift, scale = time.head_chunks(self.modulation)
-        return _linear_fp32(self.head, modulated_norm(x, shift, scale, self.eps, torch.float32))
+        with float32_region(x.device):
+            shift, scale = time.head_chunks(self.modulation)
+            return _linear_fp32(self.head, modulated_norm(x, shift, scale, self.eps, torch.float32))
 
 
 class WanDiT(nn.Module):
-    """The Wan2.2 DiT. `forward(x, t, context, y=None)`; see the module docstring for the attention backend."""
+    """The Wan2.2 DiT. `forward(x, t, context, y=None, attention=None)`; see the module docstring."""
 
-    def __init__(self, config: WanDiTConfig, attention_backend: str = "sdpa") -> None:
+    def __init__(self, config: WanDiTConfig) -> None:
         super().__init__()
         self.config = config
         cfg = config
@@ -283,17 +294,7 @@ class WanDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
         self.blocks = nn.ModuleList([WanAttentionBlock(cfg) for _ in range(cfg.num_layers)])
         self.head = Head(cfg)
-        self._attention_backend = check_backend(attention_backend)
         self._rope_cache: dict[tuple, torch.Tensor] = {}
-
-    # --- settings ----------------------------------------------------------------------------------------------
-    @property
-    def attention_backend(self) -> str:
-        return self._attention_backend
-
-    @attention_backend.setter
-    def attention_backend(self, name: str) -> None:
-        self._attention_backend = check_backend(name)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -333,9 +334,10 @@ class WanDiT(nn.Module):
                 t, index = torch.unique(t, return_inverse=True)
         elif t.dim() != 1 or t.shape[0] != batch:
             raise InputError(f"Timesteps must be [B] = [{batch}] or per token [B, L], not {list(t.shape)}.")
-        e = _linear_fp32(self.time_embedding[0], sinusoidal_embedding(self.config.freq_dim, t))
-        e = _linear_fp32(self.time_embedding[2], F.silu(e))
-        e0 = _linear_fp32(self.time_projection[1], F.silu(e)).unflatten(1, (6, self.config.dim))
+        with float32_region(device):
+            e = _linear_fp32(self.time_embedding[0], sinusoidal_embedding(self.config.freq_dim, t))
+            e = _linear_fp32(self.time_embedding[2], F.silu(e))
+            e0 = _linear_fp32(self.time_projection[1], F.silu(e)).unflatten(1, (6, self.config.dim))
         return TimeCond(e, e0, index)
 
     def _context(
@@ -396,12 +398,13 @@ class WanDiT(nn.Module):
         t: torch.Tensor | float,
         context: torch.Tensor | Sequence[torch.Tensor],
         y: torch.Tensor | None = None,
+        attention: AttentionBackend | None = None,
     ) -> torch.Tensor:
         """Predict the flow for latents `x` `[B, C, F, H, W]` at timesteps `t` (`[B]` in [0, 1000], or `[B, L]`
         per token) given text embeddings `context` (a list of `[L_i, text_dim]` or a `[B, L, text_dim]` tensor).
 
         `y` (i2v): the conditioning channels (4 mask + 16 image latent), concatenated to `x` on the channel axis.
-        Returns float32 `[B, out_dim, F, H, W]`.
+        `attention`: the backend object (default SDPA). Returns float32 `[B, out_dim, F, H, W]`.
         """
         cfg = self.config
         if x.dim() != 5:
@@ -425,9 +428,9 @@ class WanDiT(nn.Module):
         time = self._time(t, batch, seq, device)
         ctx = self._context(context, batch, dtype, device)
         freqs = self._rope(grid, device)
-        backend = self._attention_backend
+        attention = attention or _SDPA
         for block in self.blocks:
-            hidden = block(hidden, time, ctx, freqs, backend)
+            hidden = block(hidden, time, ctx, freqs, attention)
         out = self.head(hidden, time)
         return self.unpatchify(out, grid)
 

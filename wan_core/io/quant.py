@@ -12,7 +12,6 @@ Two formats are in circulation:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import torch
 
@@ -21,14 +20,6 @@ from .state_dict import FP8_DTYPES
 
 _DROPPED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant", ".weight_scale_2", ".pre_quant_scale")
 _MARKERS = ("scaled_fp8",)
-
-
-@dataclass
-class QuantizedWeights:
-    """Weights as stored (fp8/int8) with the scale of each quantized weight, for fp8 compute."""
-
-    state_dict: dict[str, torch.Tensor]
-    scales: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def is_quantized(state_dict: dict[str, torch.Tensor]) -> bool:
@@ -79,16 +70,10 @@ def dequantize(
     state_dict: dict[str, torch.Tensor],
     dtype: torch.dtype,
     metadata: dict[str, str] | None = None,
-    *,
-    keep_fp8: bool = False,
-) -> dict[str, torch.Tensor] | QuantizedWeights:
-    """Plain `dtype` weights from a ComfyUI quantized state dict (a plain one passes through).
-
-    With `keep_fp8`, fp8 weights stay fp8 and their scales come back separately (for `torch._scaled_mm`).
-    """
+) -> dict[str, torch.Tensor]:
+    """Plain `dtype` weights from a ComfyUI quantized state dict (a plain one passes through)."""
     formats = _layer_formats(state_dict, metadata)
     out: dict[str, torch.Tensor] = {}
-    scales: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if key in _MARKERS or key.endswith(_DROPPED_SUFFIXES) or key.endswith((".scale_weight", ".weight_scale")):
             continue
@@ -97,12 +82,9 @@ def dequantize(
         quantized = value.dtype in FP8_DTYPES or value.dtype == torch.int8 or (layer in formats)
         if not quantized:
             out[key] = value.to(dtype) if value.is_floating_point() else value
-        elif keep_fp8 and value.dtype in FP8_DTYPES:
-            out[key] = value
-            scales[key] = (scale if scale is not None else torch.ones(())).to(torch.float32)
         else:
             out[key] = _dequantize_one(value, scale, formats.get(layer, {}), dtype)
-    return QuantizedWeights(out, scales) if keep_fp8 else out
+    return out
 
 
 def quantize_fp8_scaled(state_dict: dict[str, torch.Tensor], *, new_format: bool = False) -> dict[str, torch.Tensor]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -95,14 +94,6 @@ def is_torch_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in TORCH_SUFFIXES
 
 
-def read_weights(path: str | Path, *, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """A single weight file of either kind, chosen by its suffix."""
-    path = Path(path)
-    if is_torch_file(path):
-        return read_torch_file(path, dtype=dtype)
-    return read_safetensors(path, dtype=dtype)
-
-
 def strip_prefix(state_dict: dict[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
     """Remove the first of `prefixes` that every key (apart from quantization markers) starts with."""
     for prefix in prefixes:
@@ -111,12 +102,3 @@ def strip_prefix(state_dict: dict[str, torch.Tensor], prefixes: Iterable[str]) -
     return state_dict
 
 
-def json_metadata(metadata: dict[str, str], key: str) -> dict | None:
-    """A JSON value stored under `key` in safetensors metadata, or None."""
-    raw = metadata.get(key)
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None

@@ -167,6 +167,6 @@ def official_image_input(image, task: str | TaskConfig, max_area: int) -> tuple[
 
 
 def seq_len_for(latent_shape: tuple[int, ...], patch_size: tuple[int, int, int]) -> int:
-    """DiT tokens of a latent (one sequence-parallel rank): ``ceil(H'*W'/(ph*pw) * F')``."""
+    """DiT tokens of a latent: ``ceil(H'*W'/(ph*pw) * F')``."""
     _, f, h, w = latent_shape
     return math.ceil(h * w / (patch_size[1] * patch_size[2]) * f)

@@ -2,19 +2,19 @@
 
 It follows the official ``generate`` loops (``wan/text2video.py``, ``image2video.py``, ``textimage2video.py``):
 noise from ``torch.Generator(device).manual_seed(seed)``, the high-noise expert while ``t >= boundary * 1000`` with
-the second guide scale, then the low-noise expert with the first; two forwards per step (cond, uncond) combined as
-``uncond + g * (cond - uncond)``; the solver steps on float32 latents.
+the second guide scale (or for the first ``boundary_step`` steps, as the distilled few-step LoRAs sample), then the
+low-noise expert with the first; two forwards per step (cond, uncond) combined as ``uncond + g * (cond - uncond)``,
+one where ``g`` is 1; the solver steps on float32 latents.
 
-A model is any callable ``model(x, t, context, y=None) -> Tensor`` with ``x`` ``[1, C, F', H', W']``, ``t`` ``[1]``
-(or ``[1, seq_len]`` per token), ``context`` a list with one ``[L, 4096]`` tensor; it returns ``[1, C_out, F', H', W']``
-(``wan_core.dit.WanDiT`` has this signature).
+A model is any callable ``model(x, t, context, y=None, attention=None) -> Tensor`` with ``x`` ``[1, C, F', H', W']``,
+``t`` ``[1]`` (or ``[1, seq_len]`` per token), ``context`` a list with one ``[L, 4096]`` tensor; it returns
+``[1, C_out, F', H', W']``
+(``wan_core.dit.WanDiT`` has this signature; ``attention`` is the runtime's backend object).
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,10 +24,12 @@ import torch
 from ..errors import InputError, WanError
 from ..io.state_dict import FP8_DTYPES
 from ..memory import GPUOutOfMemoryError, out_of_memory
+from ..runtime import Runtime, move_to
 from ..sampling import make_solver
 from . import conditioning
 from .finite import check_finite
-from .tasks import TaskConfig, get_task
+from .request import SamplingRequest
+from .tasks import TaskConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +61,6 @@ class GenerationCancelled(WanError):
         self.total = total
 
 
-def as_guide_pair(guide_scale: float | tuple[float, float] | list[float]) -> tuple[float, float]:
-    """A guide scale as the official ``(low_noise, high_noise)`` pair (a single number is used for both)."""
-    if isinstance(guide_scale, (int, float)) and not isinstance(guide_scale, bool):
-        return float(guide_scale), float(guide_scale)
-    pair = tuple(float(g) for g in guide_scale)
-    if len(pair) != 2:
-        raise InputError(f"guide_scale takes one number or two (low_noise, high_noise), got {guide_scale!r}")
-    return pair  # type: ignore[return-value]
-
-
 def as_context(embedding: torch.Tensor | list[torch.Tensor], device: torch.device, what: str) -> list[torch.Tensor]:
     """One prompt's embedding ``[L, 4096]`` (or a list holding it) as the DiT's context list, on ``device``."""
     if isinstance(embedding, torch.Tensor):
@@ -80,13 +72,19 @@ def as_context(embedding: torch.Tensor | list[torch.Tensor], device: torch.devic
     return [embedding[0].to(device)]
 
 
-def select_expert(timestep: int | float, boundary_timestep: float | None, guide_scale: tuple[float, float]):
-    """``(expert, guide scale)`` for a timestep: high-noise with ``guide_scale[1]`` while ``t >= boundary``."""
-    if boundary_timestep is None:
-        return SINGLE, guide_scale[0]
-    if timestep >= boundary_timestep:
-        return HIGH_NOISE, guide_scale[1]
-    return LOW_NOISE, guide_scale[0]
+def select_expert(
+    step: int, timestep: int | float, request: SamplingRequest
+) -> tuple[str, float]:
+    """``(expert, guide scale)`` of step ``step`` (0-based) at ``timestep``: the high-noise expert with
+    ``guide_scale[1]`` before the boundary (``request.boundary_step`` when given, else while ``t >= boundary``)."""
+    guide = request.guide_scale
+    if not request.task.is_moe:
+        return SINGLE, guide[0]
+    if request.boundary_step is not None:
+        high = step < request.boundary_step
+    else:
+        high = timestep >= request.task.boundary_timestep
+    return (HIGH_NOISE, guide[1]) if high else (LOW_NOISE, guide[0])
 
 
 def cfg(cond_out: torch.Tensor, uncond_out: torch.Tensor, guide_scale: float) -> torch.Tensor:
@@ -102,58 +100,12 @@ def initial_noise(latent_shape: tuple[int, ...], seed: int, device: torch.device
     return torch.randn(*latent_shape, dtype=torch.float32, device=device, generator=generator)
 
 
-def resolve_seed(seed: int) -> int:
-    """A negative seed means a random one, as in the official code."""
-    if seed is None or seed < 0:
-        seed = random.randint(0, sys.maxsize)
-        log.info("random seed: %d", seed)
-    return int(seed)
-
-
-def module_device(model: object) -> torch.device | None:
-    """The device of a module's first parameter or buffer, or its ``device`` attribute (None if it has none)."""
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    for getter in ("parameters", "buffers"):
-        fn = getattr(model, getter, None)
-        if fn is not None:
-            for tensor in fn():
-                return tensor.device
-    return None
-
-
-def move_to(model: object, device: torch.device | str) -> None:
-    """Move a module to ``device`` unless it is there already (objects without ``.to`` are left alone)."""
-    device = torch.device(device)
-    current = module_device(model)
-    if current is not None and _same_device(current, device):
-        return
-    to = getattr(model, "to", None)
-    if callable(to):
-        to(device)
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    if a.type != b.type:
-        return False
-    if a.type == "cuda" and a.index != b.index:
-        current = torch.cuda.current_device()
-        return (current if a.index is None else a.index) == (current if b.index is None else b.index)
-    return a.index == b.index or a.type == "cpu"
-
-
-def free_device_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def denoise_memory_fixes(
-    task: TaskConfig, latent_shape: tuple[int, ...], offload_model: bool, models: list[Callable | None]
+    task: TaskConfig, latent_shape: tuple[int, ...], offload: bool, models: list[Callable | None]
 ) -> list[str]:
     """The settings that would make denoising need less GPU memory, given the ones in use."""
     fixes = []
-    if not offload_model and low_noise_model_given(models):
+    if not offload and low_noise_model_given(models):
         fixes.append("offload_model (the expert that is not sampling waits in CPU RAM; Model Loader: offload)")
     parameters = [p for m in models if isinstance(m, torch.nn.Module) for p in m.parameters()]
     if not any(p.dtype in FP8_DTYPES for p in parameters):
@@ -173,55 +125,37 @@ def low_noise_model_given(models: list[Callable | None]) -> bool:
 
 
 def sample_latents(
+    request: SamplingRequest,
     *,
-    task: str | TaskConfig,
     high_noise_model: Callable,
     low_noise_model: Callable | None,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
-    latent_shape: tuple[int, int, int, int] | None = None,
-    width: int | None = None,
-    height: int | None = None,
-    frame_num: int | None = None,
-    seed: int,
-    sample_solver: str = "unipc",
-    sample_steps: int | None = None,
-    sample_shift: float | None = None,
-    guide_scale: float | tuple[float, float] | None = None,
-    device: torch.device | str = "cpu",
+    cond: torch.Tensor | list[torch.Tensor],
+    uncond: torch.Tensor | list[torch.Tensor],
+    runtime: Runtime,
     y: torch.Tensor | None = None,
     first_frame_latent: torch.Tensor | None = None,
-    offload_model: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
-    dtype: torch.dtype | None = torch.bfloat16,
 ) -> torch.Tensor:
-    """Run the sampler; return the final latents ``[z, F', H', W']`` (float32, on ``device``).
+    """Run the sampler; return the final latents ``[z, F', H', W']`` (float32, on ``runtime.device``).
 
-    ``cond`` / ``uncond``: the prompt / negative prompt embeddings ``[L, 4096]`` (or lists of one).
+    ``cond`` / ``uncond``: the prompt / negative prompt embeddings ``[L, 4096]`` (or lists of one); a guide scale of
+    1 skips the ``uncond`` forward (CFG 1 is the conditional prediction).
     ``y``: the i2v conditioning ``[4 + z, F', H', W']`` (mask channels + image latent).
     ``first_frame_latent``: the ti2v start-frame latent ``[z, 1, H', W']``; it replaces the first latent frame, whose
     tokens get timestep 0. For a one-model task (ti2v-5B) pass the model as ``high_noise_model`` and None as
-    ``low_noise_model``. ``dtype``: the CUDA autocast dtype (the official ``param_dtype``; None: no autocast); on CPU
-    no autocast is used, as in the official code. ``seed`` < 0 draws a random seed.
+    ``low_noise_model``. The forwards run under ``runtime.autocast()`` with ``runtime.attention``; with
+    ``runtime.offload`` the expert not sampling waits in CPU RAM.
     """
-    task = get_task(task)
-    device = torch.device(device)
-    if latent_shape is None:
-        if None in (width, height, frame_num):
-            raise InputError("sample_latents needs latent_shape or width, height and frame_num")
-        latent_shape = task.latent_shape(width, height, frame_num)
-    latent_shape = tuple(int(v) for v in latent_shape)
-    sample_steps = task.sample_steps if sample_steps is None else sample_steps
-    sample_shift = task.sample_shift if sample_shift is None else sample_shift
-    guide = as_guide_pair(task.guide_scale if guide_scale is None else guide_scale)
-    boundary = task.boundary_timestep
-    if boundary is not None and low_noise_model is None:
+    task = request.task
+    device = runtime.device
+    latent_shape = request.latent_shape
+    if task.is_moe and low_noise_model is None:
         raise InputError(f"task {task.name} has two experts: pass both high_noise_model and low_noise_model")
     experts = {HIGH_NOISE: high_noise_model, LOW_NOISE: low_noise_model, SINGLE: high_noise_model}
 
-    solver = make_solver(sample_solver, sample_steps, sample_shift)
-    latents = initial_noise(latent_shape, resolve_seed(seed), device)
+    solver = make_solver(request.solver, request.steps, request.shift)
+    latents = initial_noise(latent_shape, request.seed, device)
 
     context, context_null = as_context(cond, device, "cond"), as_context(uncond, device, "uncond")
     y_batch = None if y is None else y.to(device)[None]
@@ -232,25 +166,21 @@ def sample_latents(
         latents = conditioning.replace_first_frame(latents, first_frame_latent, token_mask)
     seq_len = conditioning.seq_len_for(latent_shape, task.patch_size)
 
-    autocast = torch.autocast(
-        "cuda", dtype=dtype or torch.bfloat16, enabled=device.type == "cuda" and dtype is not None
-    )
     total = solver.steps
     active = None
     try:
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), runtime.autocast():
             for i, t in enumerate(solver.timesteps):
                 if cancel is not None and cancel():
                     raise GenerationCancelled(i, total)
                 start = time.perf_counter()
-                expert, g = select_expert(t.item(), boundary, guide)
+                expert, g = select_expert(i, t.item(), request)
                 model = experts[expert]
                 if expert != active:
                     if active is not None:
                         check_finite(latents, f"the latents after the {active} expert (step {i} of {total})")
-                    if offload_model and active is not None and experts[active] is not model:
-                        move_to(experts[active], "cpu")
-                        free_device_memory(device)
+                    if runtime.offload and active is not None and experts[active] is not model:
+                        runtime.park(experts[active])
                     move_to(model, device)
                     active = expert
 
@@ -258,9 +188,10 @@ def sample_latents(
                 if token_mask is not None:
                     timestep = conditioning.per_token_timesteps(token_mask, timestep, seq_len, task.patch_size)
                 x = latents[None]
-                noise_cond = model(x, timestep, context, y=y_batch)[0].float()
-                noise_uncond = model(x, timestep, context_null, y=y_batch)[0].float()
-                flow = cfg(noise_cond, noise_uncond, g)
+                flow = model(x, timestep, context, y=y_batch, attention=runtime.attention)[0].float()
+                if g != 1.0:
+                    uncond_flow = model(x, timestep, context_null, y=y_batch, attention=runtime.attention)[0].float()
+                    flow = cfg(flow, uncond_flow, g)
 
                 x0 = solver.predict_x0(flow, latents) if progress is not None else None
                 latents = solver.step(flow, latents)
@@ -275,12 +206,10 @@ def sample_latents(
     except torch.cuda.OutOfMemoryError as err:
         if isinstance(err, GPUOutOfMemoryError):
             raise
-        fixes = denoise_memory_fixes(task, latent_shape, offload_model, [high_noise_model, low_noise_model])
+        fixes = denoise_memory_fixes(task, latent_shape, runtime.offload, [high_noise_model, low_noise_model])
         raise out_of_memory("denoising", device, fixes) from err
     finally:
-        if offload_model:
-            for model in {id(m): m for m in experts.values() if m is not None}.values():
-                move_to(model, "cpu")
-            free_device_memory(device)
+        if runtime.offload:
+            runtime.park(*{id(m): m for m in experts.values() if m is not None}.values())
     check_finite(latents, "the denoised latents")
     return latents

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InputError
+from ..sampling.schedule import NUM_TRAIN_TIMESTEPS
 
 # wan/configs/shared_config.py: sample_neg_prompt (data; keep byte for byte).
 DEFAULT_NEGATIVE_PROMPT = (
@@ -12,8 +13,6 @@ DEFAULT_NEGATIVE_PROMPT = (
     "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
     "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
-
-NUM_TRAIN_TIMESTEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -65,10 +64,6 @@ class TaskConfig:
         st, sh, sw = self.vae_stride
         return (self.z_dim, (frame_num - 1) // st + 1, height // sh, width // sw)
 
-    def seq_len(self, width: int, height: int, frame_num: int) -> int:
-        """Tokens the DiT sees: ``F' * H'/ph * W'/pw``."""
-        _, f, h, w = self.latent_shape(width, height, frame_num)
-        return f * (h // self.patch_size[1]) * (w // self.patch_size[2])
 
 
 def parse_size(size: str) -> tuple[int, int]:

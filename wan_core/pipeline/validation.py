@@ -7,10 +7,10 @@ import math
 import numbers
 
 from ..errors import InputError
+from ..sampling import SOLVERS
 from .finite import check_finite_number
 from .tasks import TaskConfig, get_task
 
-SOLVERS = ("unipc", "dpm++", "euler")
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes seeds up to this
 
 
@@ -105,7 +105,12 @@ def validate_request(
     check_finite_number("guide_scale", guide_scale)
 
     if has_image is not None:
-        if task.needs_image and not has_image:
-            raise InputError(f"task {task.name} needs an input image (--image / image=...)")
-        if has_image and not task.accepts_image:
-            raise InputError(f"task {task.name} takes no input image: use i2v-A14B or ti2v-5B for image-to-video")
+        check_image_use(task, has_image)
+
+
+def check_image_use(task: TaskConfig, has_image: bool) -> None:
+    """Whether the task can run with (or without) a start image."""
+    if task.needs_image and not has_image:
+        raise InputError(f"task {task.name} needs an input image (--image / image=...)")
+    if has_image and not task.accepts_image:
+        raise InputError(f"task {task.name} takes no input image: use i2v-A14B or ti2v-5B for image-to-video")

@@ -9,6 +9,7 @@ from .schedule import NUM_TRAIN_TIMESTEPS, Schedule, make_schedule, shift_sigmas
 from .unipc import UniPCSolver
 
 SOLVER_CLASSES: dict[str, type[FlowSolver]] = {"unipc": UniPCSolver, "dpm++": DPMSolver, "euler": EulerSolver}
+SOLVERS = tuple(SOLVER_CLASSES)  # the names users pick from (CLI, nodes, CSV)
 
 
 def make_solver(name: str, steps: int, shift: float) -> FlowSolver:
@@ -22,6 +23,7 @@ def make_solver(name: str, steps: int, shift: float) -> FlowSolver:
 
 __all__ = [
     "NUM_TRAIN_TIMESTEPS",
+    "SOLVERS",
     "SOLVER_CLASSES",
     "DPMSolver",
     "EulerSolver",

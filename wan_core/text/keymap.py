@@ -70,13 +70,6 @@ def official_keys(num_layers: int) -> list[str]:
     return keys + ["norm.weight"]
 
 
-def transformers_keys(num_layers: int, *, tied: bool = True) -> list[str]:
-    """The names of `UMT5EncoderModel.state_dict()` with `num_layers` blocks (`tied`: with embed_tokens)."""
-    keys = [SHARED] + ([EMBED_TOKENS] if tied else [])
-    keys += [f"encoder.block.{i}.{hf}" for i in range(num_layers) for _, hf in _BLOCK_PAIRS]
-    return keys + ["encoder.final_layer_norm.weight"]
-
-
 def is_official(sd: Mapping[str, torch.Tensor]) -> bool:
     """True when the names are the official checkpoint's (`token_embedding`, `blocks.N.*`)."""
     keys = strip_prefix(dict.fromkeys(sd), _OFFICIAL_PREFIXES)

@@ -1,0 +1,66 @@
+"""Model patches (LoRA and the like): changes to a loaded module's weights that can be swapped without re-reading
+the base weights from disk, and removed to give the exact base weights back.
+
+A patch is a hashable object with `apply(module, expert, weights)`: it writes new values through
+`weights.set(name, tensor)`, which keeps the original of every parameter it changes (once, in CPU RAM). A module's
+patches are set as a whole with `set_patches`: the originals are put back bit for bit, then the new patches apply in
+order. Which patches a module carries is part of its handle's identity (`nodes.handles.DiTHandle.patches`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Protocol
+
+import torch
+
+
+class ModelPatch(Hashable, Protocol):
+    def apply(self, module: torch.nn.Module, expert: str, weights: PatchedWeights) -> None:
+        """Change `module`'s weights for `expert` (`high_noise`, `low_noise` or `single`) through `weights`."""
+
+
+class PatchedWeights:
+    """The originals of the parameters that patches changed, and the patches now applied."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self._module = module
+        self._originals: dict[str, torch.Tensor] = {}
+        self.applied: tuple = ()
+
+    def get(self, name: str) -> torch.Tensor:
+        """The current value of parameter `name`."""
+        return self._module.get_parameter(name)
+
+    def set(self, name: str, value: torch.Tensor) -> None:
+        """Give parameter `name` the value `value` (cast to its dtype, on its device), keeping the original once."""
+        param = self._module.get_parameter(name)
+        if name not in self._originals:
+            self._originals[name] = param.detach().to("cpu", copy=True)
+        with torch.no_grad():
+            param.copy_(value.to(dtype=param.dtype, device=param.device))
+
+    def restore(self) -> None:
+        """Every changed parameter back to its original bits."""
+        with torch.no_grad():
+            for name, original in self._originals.items():
+                self._module.get_parameter(name).copy_(original)
+        self._originals.clear()
+        self.applied = ()
+
+
+def set_patches(module: torch.nn.Module, patches: Sequence[ModelPatch], expert: str) -> None:
+    """Make `patches` (in order) the ones applied to `module`; nothing happens when they already are."""
+    patches = tuple(patches)
+    weights: PatchedWeights | None = getattr(module, "_wan_patched_weights", None)
+    if weights is None:
+        if not patches:
+            return
+        weights = PatchedWeights(module)
+        module._wan_patched_weights = weights
+    if weights.applied == patches:
+        return
+    weights.restore()
+    for patch in patches:
+        patch.apply(module, expert, weights)
+    weights.applied = patches

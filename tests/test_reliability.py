@@ -124,7 +124,7 @@ class BlowsUp(torch.nn.Module):
         super().__init__()
         self.after, self.calls = after, 0
 
-    def forward(self, x, t, context, y=None):
+    def forward(self, x, t, context, y=None, **options):
         self.calls += 1
         return torch.full_like(x, float("nan") if self.calls > self.after else 0.1)
 

@@ -67,10 +67,11 @@ def test_fused_kernel_path_matches_diffusers_on_cuda(tmp_path):
     """Our DiT on CUDA (fused Triton LayerNorm-modulation and RMSNorm+RoPE kernels) against diffusers' model, both
     float32 with TF32 off; then our bf16 run against the same float32 reference."""
     diffusers = pytest.importorskip("diffusers")
-    from wan_core.dit import kernels
-    from wan_core.runtime import Runtime
     from test_dit_parity import SENSITIVE, SENSITIVE_GRID, TOL, _contexts, _random_diffusers
     from test_dit_parity import _rel as max_rel
+
+    from wan_core.dit import kernels
+    from wan_core.runtime import Runtime
 
     assert kernels.usable(torch.zeros(1, device="cuda")), "the fused kernels do not run here (triton missing?)"
     _random_diffusers(SENSITIVE, seed=7).save_pretrained(tmp_path / "transformer")

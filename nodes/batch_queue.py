@@ -18,6 +18,7 @@ from wan_core.batch.ledger import JobLedger, JobState
 from wan_core.batch.scheduler import BatchScheduler, BatchSummary, ProgressEvent, Worker
 from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings, StagesRunner
 from wan_core.errors import InputError
+from wan_core.io.atomic import probe_writable
 from wan_core.pipeline.denoise import StepInfo
 from wan_core.pipeline.finite import check_finite_number
 from wan_core.pipeline.tasks import get_task
@@ -243,6 +244,7 @@ class Wan22BatchQueueManager:
                 node_id=unique_id, auto_clear_cache=auto_clear_cache, defrag_every=defrag_every,
             )
             if pending:
+                probe_writable(output_dir, "Batch Queue Manager")  # before any model loads
                 _load_models(workers, with_vae=wait_for_vae_load)
             summary = scheduler.run(jobs)
         host.raise_if_interrupted()  # ComfyUI shows "interrupted"; the ledger keeps what finished

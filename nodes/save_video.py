@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from wan_core.errors import InputError
-from wan_core.io.atomic import OutputWriteError, describe_message, reserve_numbered
+from wan_core.io.atomic import OutputWriteError, describe_message, probe_writable, reserve_numbered
 from wan_core.pipeline.finite import check_finite_number
 from wan_core.video_io import save_video
 
@@ -97,6 +97,17 @@ class Wan22SaveVideo:
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix: str) -> bool | str:
+        """Run by ComfyUI before the graph executes: a bad prefix or an unwritable output folder is reported
+        before any model works, not after the whole generation."""
+        try:
+            folder, _ = resolve_prefix(host.output_directory(), filename_prefix)
+            probe_writable(folder, "Save Video")
+        except (InputError, OutputWriteError) as error:
+            return str(error)
+        return True
 
     RETURN_TYPES = ()
     OUTPUT_NODE = True

@@ -6,7 +6,7 @@ import torch
 
 from wan_core.errors import InputError
 from wan_core.io.files import resolve_inside
-from wan_core.kept_latents import load_latents
+from wan_core.kept_latents import keep_latents_on_failure, load_latents
 
 from . import host
 from .devices import announce_device
@@ -90,9 +90,19 @@ class Wan22VAEDecode:
         device = handle.target_device()
         announce_device(unique_id, device)
         model = handle.load()
-        with torch.no_grad():
-            tiling = {"tile_size": tile_size, "tile_overlap": tile_overlap} if tiled else {}
-            video = model.decode(samples.to(device, next(model.parameters()).dtype), **tiling)
+
+        def run() -> torch.Tensor:
+            with torch.no_grad():
+                tiling = {"tile_size": tile_size, "tile_overlap": tile_overlap} if tiled else {}
+                return model.decode(samples.to(device, next(model.parameters()).dtype), **tiling)
+
+        if latents_file.strip() or samples.shape[0] != 1:
+            video = run()
+        else:  # a failed decode (out of memory after the tiled retry, NaN) keeps the sampler's work on disk
+            video = keep_latents_on_failure(
+                run, samples[0], folder=host.output_directory(), task=None, stem="wan22_decode_failed",
+                how_to_decode=lambda kept: f"decode them later with this node's latents_file set to {kept.name!r}.",
+            )  # fmt: skip
         return (torch.cat([video_to_images(clip) for clip in video]),)
 
 

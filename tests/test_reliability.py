@@ -26,7 +26,7 @@ from wan_core.pipeline.finite import NonFiniteError
 from wan_core.pipeline.request import SamplingRequest
 from wan_core.runtime import Runtime
 from wan_core.styles import Style, style_prompt
-from wan_core.vae.model import build_vae, official_state_dict
+from wan_core.vae.model import WanVAE, build_vae, official_state_dict
 
 VIDEO = torch.rand(3, 5, 32, 48) * 2 - 1
 
@@ -203,3 +203,33 @@ def test_a_style_with_two_placeholders_fills_the_first_and_never_doubles():
     styles = {"Twice": Style("Twice", "{prompt}, photo of {prompt}"), "Other": Style("Other", "{prompt}, film")}
     positive, _ = style_prompt(styles, "a cat " + "[Style: Twice] " * 500 + "[Style: Other]", style="Twice")
     assert positive == "a cat, photo of, film"
+
+
+def test_save_video_checks_its_folder_before_the_graph_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv(host.OUTPUT_DIR_ENV, str(tmp_path))
+    assert Wan22SaveVideo.VALIDATE_INPUTS("wan22/video") is True
+    assert list(tmp_path.rglob("*.*")) == []  # the probe file is gone again
+    (tmp_path / "taken").write_bytes(b"a file where the folder should be")
+    verdict = Wan22SaveVideo.VALIDATE_INPUTS("taken/video")
+    assert verdict.startswith(f"Save Video: cannot write into {tmp_path / 'taken'}: ")
+    assert "must be a relative name" in Wan22SaveVideo.VALIDATE_INPUTS("../up")
+
+
+def test_a_failed_node_decode_keeps_the_latents_for_its_latents_file_input(tmp_path, monkeypatch):
+    monkeypatch.setenv(host.OUTPUT_DIR_ENV, str(tmp_path))
+    vae_file = tmp_path / "vae.safetensors"
+    write_safetensors(official_state_dict(build_vae("tiny-wan2.1")), vae_file)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory even in 64x64-pixel tiles (simulated)")
+
+    monkeypatch.setattr(WanVAE, "decode", out_of_memory)
+    samples = torch.randn(1, 16, 1, 2, 2)
+    handles.MODEL_CACHE.clear()
+    node_handle = handles.VAEHandle(path=str(vae_file))
+    with pytest.raises(LatentsKeptError, match=r"out of memory even in .* The latents are kept in .*latents_file"):
+        Wan22VAEDecode().decode(node_handle, False, 256, 64, latent={"samples": samples})
+    handles.MODEL_CACHE.clear()
+    kept = next(tmp_path.glob("wan22_decode_failed_*.latents.safetensors"))
+    latents, task = load_latents(kept)
+    assert task is None and torch.equal(latents, samples[0])

@@ -24,14 +24,15 @@ class LatentsKeptError(WanError):
     """Decoding or writing the video failed; the latents were saved (or, when even that failed, the error says so)."""
 
 
-def save_latents(folder: str | Path, latents: torch.Tensor, *, task: str, stem: str) -> Path:
+def save_latents(folder: str | Path, latents: torch.Tensor, *, task: str | None, stem: str) -> Path:
     """Write `latents` `[z, F', H', W']` to `<folder>/<stem>_<time>.latents.safetensors`; return the path."""
     if latents.ndim == 5 and latents.shape[0] == 1:
         latents = latents[0]
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S_%f")
     path = Path(folder) / f"{stem}_{stamp}.latents.safetensors"
     tensor = latents.detach().to("cpu", torch.float32).contiguous()
-    return write_safetensors_atomic(path, {LATENTS_KEY: tensor}, {"format": FORMAT, "task": task})
+    metadata = {"format": FORMAT} | ({"task": task} if task else {})
+    return write_safetensors_atomic(path, {LATENTS_KEY: tensor}, metadata)
 
 
 def load_latents(path: str | Path) -> tuple[torch.Tensor, str | None]:
@@ -58,7 +59,7 @@ def load_latents(path: str | Path) -> tuple[torch.Tensor, str | None]:
 
 
 def keep_latents_on_failure(
-    step: Callable[[], T], latents: torch.Tensor, *, folder: str | Path, task: str, stem: str,
+    step: Callable[[], T], latents: torch.Tensor, *, folder: str | Path, task: str | None, stem: str,
     how_to_decode: Callable[[Path], str],
 ) -> T:
     """Run `step` (decode and write); if it raises, save `latents` into `folder` and raise `LatentsKeptError` whose

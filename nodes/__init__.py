@@ -1,8 +1,10 @@
 """ComfyUI nodes of comfyui-wan22 (classic API). Node ids carry the `Wan22` prefix and never change."""
 
 from .batch_queue import Wan22BatchQueueManager
+from .frame_interpolate import Wan22FrameInterpolate
 from .gpu_check import Wan22GPUCheck
 from .loaders import Wan22ModelLoader, Wan22T5Loader, Wan22VAELoader
+from .long_video import Wan22LongVideo
 from .sampler import Wan22DiTSampler
 from .save_video import Wan22SaveVideo
 from .set_device import Wan22SetDevice
@@ -23,6 +25,8 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "Wan22SaveVideo": Wan22SaveVideo,
     "Wan22BatchQueueManager": Wan22BatchQueueManager,
     "Wan22GPUCheck": Wan22GPUCheck,
+    "Wan22FrameInterpolate": Wan22FrameInterpolate,
+    "Wan22LongVideo": Wan22LongVideo,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -38,4 +42,6 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "Wan22SaveVideo": "Wan2.2 Save Video",
     "Wan22BatchQueueManager": "Wan2.2 Batch Queue Manager",
     "Wan22GPUCheck": "Wan2.2 GPU Check",
+    "Wan22FrameInterpolate": "Wan2.2 Frame Interpolate (RIFE)",
+    "Wan22LongVideo": "Wan2.2 Long Video (chunks)",
 }

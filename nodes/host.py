@@ -47,6 +47,17 @@ def model_folders(kind: str) -> list[str]:
     return [os.path.join(root, kind)]
 
 
+def register_model_kind(kind: str, extra_folders: list[str] | tuple[str, ...] = ()) -> None:
+    """Make `kind` a ComfyUI model folder kind: `models/<kind>/` plus `extra_folders` (no-op outside ComfyUI)."""
+    folder_paths = _host("folder_paths")
+    if folder_paths is None:
+        return
+    known = folder_paths.folder_names_and_paths.get(kind, ([], set()))[0]
+    for folder in (os.path.join(folder_paths.models_dir, kind), *extra_folders):
+        if folder not in known:
+            folder_paths.add_model_folder_path(kind, folder)
+
+
 def list_models(kind: str) -> list[str]:
     """Model files of `kind`, as paths relative to their model folder (`/` separated), sorted."""
     folder_paths = _host("folder_paths")

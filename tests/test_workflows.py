@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+import imageio_ffmpeg
 import pytest
 import torch
 from graph_executor import run_graph
@@ -18,7 +19,8 @@ from nodes import NODE_CLASS_MAPPINGS, handles, host
 ROOT = Path(__file__).resolve().parent.parent
 API_FILES = sorted((ROOT / "api").glob("*.json"))
 UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
-SHIPPED = {"wan22_t2v_a14b", "wan22_t2v_a14b_dual_gpu", "wan22_ti2v_5b_24gb", "wan22_i2v_a14b", "wan22_batch_dual_gpu"}
+SHIPPED = {"wan22_t2v_a14b", "wan22_t2v_a14b_dual_gpu", "wan22_ti2v_5b_24gb", "wan22_i2v_a14b", "wan22_batch_dual_gpu",
+           "wan22_t2v_a14b_interpolated_8s", "wan22_ti2v_5b_long_video"}
 # Workflows with inputs beyond models (a CSV in the input folder) run in their own test file.
 RUN_ELSEWHERE = {"wan22_batch_dual_gpu": "tests/test_batch_node.py"}
 FRONTEND_ONLY = {"Note"}
@@ -102,7 +104,8 @@ def test_ui_workflow_matches_the_node_declarations(path):
             assert _types_overlap(link_type, declared_input["type"])
     for link_id, _source, _source_slot, target, target_slot, _type in links.values():
         assert nodes[target]["inputs"][target_slot]["link"] == link_id
-    sampler = next(n for n in nodes.values() if n["type"] in ("Wan22DiTSampler", "Wan22BatchQueueManager"))
+    seeded = ("Wan22DiTSampler", "Wan22BatchQueueManager", "Wan22LongVideo")
+    sampler = next(n for n in nodes.values() if n["type"] in seeded)
     widget_names = [name for name in NODE_CLASS_MAPPINGS[sampler["type"]].INPUT_TYPES()["required"]
                     if name not in dict(_link_inputs(sampler["type"]))]
     seed_index = widget_names.index("seed")
@@ -186,15 +189,19 @@ def test_api_workflow_runs_and_writes_an_mp4(path, tiny_models, tmp_path, monkey
     handles.MODEL_CACHE.clear()
     graph = json.loads(path.read_text(encoding="utf-8"))
     for node in graph.values():
-        if node["class_type"] == "Wan22DiTSampler":
+        if node["class_type"] in ("Wan22DiTSampler", "Wan22LongVideo"):
             node["inputs"].update(TINY_SIZE)
         node.get("_meta", {}).clear()
     workflow = json.loads((ROOT / "workflows" / path.name).read_text(encoding="utf-8"))
     with caplog.at_level(logging.WARNING, logger="comfyui-wan22"):
         _outputs, ui = run_graph(graph, {**NODE_CLASS_MAPPINGS, "LoadImage": FakeLoadImage}, workflow=workflow)
-    (saved,) = next(iter(ui.values()))["images"]
+    (saved,) = next(shown["images"] for shown in ui.values() if "images" in shown)
     video = tmp_path / "output" / saved["subfolder"] / saved["filename"]
     assert video.suffix == ".mp4" and video.stat().st_size > 1000
+    frames = TINY_SIZE["frames"]
+    expected = {"wan22_t2v_a14b_interpolated_8s": 2 * frames - 1, "wan22_ti2v_5b_long_video": 3 * frames - 2}
+    if path.stem in expected:  # RIFE 2x without weights: ffmpeg; 3 chunks: two joins drop one frame each
+        assert imageio_ffmpeg.count_frames_and_secs(str(video))[0] == expected[path.stem]
     if "dual_gpu" in path.stem and torch.cuda.device_count() < 2:
         assert "gpu:1 does not exist" in caplog.text  # fell back, and still finished
     handles.MODEL_CACHE.clear()

@@ -289,6 +289,53 @@ def build_graph(
     return Graph(name, title, nodes, dict(GROUP_TEXT))
 
 
+def build_interpolated_graph() -> Graph:
+    """T2V A14B: a 4-second generation (65 frames at 16 fps), RIFE 2x to 129 frames, saved at 16 fps: 8 seconds."""
+    graph = build_graph("wan22_t2v_a14b_interpolated_8s", "Wan2.2 T2V A14B, 4 s generated, 8 s saved (RIFE 2x)",
+                        **T2V_FILES, sampler={**T2V, "frames": 65}, save_prefix="wan22/t2v_a14b_8s", fps=16)
+    save = next(node for node in graph.nodes if node.class_type == "Wan22SaveVideo")
+    graph.nodes.insert(graph.nodes.index(save), Node(9, "Wan22FrameInterpolate", {
+        "images": ["7", 0], "multiplier": 2, "rife_model": "auto", "fps": 16.0, "batch_size": 8, "tile_size": 0,
+    }, OUTPUT))
+    save.inputs["images"] = ["9", 0]
+    graph.notes.append("65 frames (4 s at 16 fps) are generated; Frame Interpolate puts a RIFE frame between each "
+                       "pair (129 frames) and Save Video plays them at 16 fps: 8 s. Set its fps to 32 for the same "
+                       "4 s, smoother. RIFE weights: rife49.pth or rife47.pth in ComfyUI/models/frame_interpolation/ "
+                       "(ComfyUI-Frame-Interpolation's downloads are found too); without them ffmpeg's minterpolate "
+                       "runs, and the node's info output says so.")
+    return graph
+
+
+LONG = "2. Long video (chunks)"
+LONG_PROMPTS = (
+    "A red fox trots through fresh snow in a birch forest at sunrise. | The fox stops at a frozen stream and "
+    "sniffs the ice. | The fox leaps across the stream and disappears between the trees."
+)
+
+
+def build_long_video_graph() -> Graph:
+    """TI2V 5B: a 3-chunk long video, each chunk continuing from the previous chunk's last frame."""
+    nodes, handles = model_nodes(task="ti2v-5B", model="wan2.2_ti2v_5B_fp16.safetensors", low="none",
+                                 vae="wan2.2_vae.safetensors", devices={"t5": "cpu"})
+    nodes.append(Node(30, "Wan22LongVideo", {
+        "model": handles["dit"], "t5": handles["t5"], "vae": handles["vae"], "prompts": LONG_PROMPTS,
+        "negative_prompt": "", "chunks": 3, "width": 1280, "height": 704, "frames": 121, "steps": 50,
+        "solver": "unipc", "shift": 5.0, "cfg_high_noise": 5.0, "cfg_low_noise": 5.0, "seed": 42,
+        "colour_match": True, "run_name": "wan22_long/fox",
+    }, LONG))
+    nodes.append(Node(8, "Wan22SaveVideo", {"images": ["30", 0], "filename_prefix": "wan22/long_video", "fps": 24.0,
+                                            "save_frames": False}, OUTPUT))
+    long_text = ("Three 121-frame chunks (5 s each at 24 fps), one prompt per chunk separated by '|'. Each chunk "
+                 "starts from the last frame of the one before; the repeated frame is dropped at each join (361 "
+                 "frames, 15 s) and colours are matched. Finished chunks stay in ComfyUI/output/wan22_long/: "
+                 "queueing again after a crash resumes at the next chunk.")
+    groups = {MODELS: GROUP_TEXT[MODELS], DEVICES: GROUP_TEXT[DEVICES], LONG: long_text, OUTPUT: GROUP_TEXT[OUTPUT]}
+    graph = Graph("wan22_ti2v_5b_long_video", "Wan2.2 TI2V 5B long video, 3 chunks", nodes, groups)
+    graph.notes.append("Text to a long video: the first chunk starts from the prompt alone; connect a Load Image node "
+                       "to the Long Video node's start_image to begin from a picture (required with I2V A14B).")
+    return graph
+
+
 def sampler_settings(*, width: int, height: int, frames: int, steps: int, shift: float, cfg: tuple[float, float],
                      seed: int = 42) -> dict:
     return {"width": width, "height": height, "frames": frames, "steps": steps, "solver": "unipc", "shift": shift,
@@ -326,7 +373,7 @@ def all_graphs() -> list[Graph]:
                       "height). The VAE goes to the sampler too: it encodes the picture.")
     single = build_graph("wan22_t2v_a14b", "Wan2.2 T2V A14B", **T2V_FILES, sampler=T2V, save_prefix="wan22/t2v_a14b",
                          fps=16)
-    return [single, dual, five_b, i2v, build_batch_graph()]
+    return [single, dual, five_b, i2v, build_batch_graph(), build_interpolated_graph(), build_long_video_graph()]
 
 
 def render(graph: Graph) -> dict[str, str]:

@@ -75,11 +75,13 @@ def decode_and_write(
 
 
 def write_outputs(video: torch.Tensor, request: Request, args: argparse.Namespace, say: Say) -> None:
+    """Interpolate the decoded video as --interpolate asks, then write every requested output (verified)."""
+    from .interpolate.cli import interpolate_video
     from .video_io import save_tensor, save_video
 
-    fps = request.sampling.task.fps
+    video, fps = interpolate_video(args, video, request.sampling.task.fps, request.runtime.device, say)
     save_video(request.save_file, video, fps, frames_dir=args.save_frames)
-    say(f"Saved {request.save_file} ({video.shape[1]} frames, {video.shape[3]}x{video.shape[2]}, {fps} fps).")
+    say(f"Saved {request.save_file} ({video.shape[1]} frames, {video.shape[3]}x{video.shape[2]}, {fps:g} fps).")
     if args.save_frames:
         say(f"Saved the frames as PNGs in {args.save_frames}.")
     if args.save_tensor:

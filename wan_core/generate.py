@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from .checkpoint_dir import LAYOUTS
-from .cli_outputs import check_cli_files, decode_and_write, decode_latents_file
+from .cli_outputs import check_cli_files, decode_and_write, decode_latents_file, write_outputs
 from .dit.attention import NAMES as ATTENTION_BACKENDS
 from .errors import CheckpointError, InputError, WanError
+from .interpolate.cli import add_interpolation_flags
 from .memory import GPUOutOfMemoryError
 from .pipeline.conditioning import official_image_input
+from .pipeline.long_video_cli import add_chunk_flags, check_chunk_args, chunked_generate
 from .pipeline.request import SamplingRequest
 from .pipeline.tasks import TASKS, get_task, parse_size
 from .runtime import Runtime, pick_device
@@ -145,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ATTENTION_BACKENDS,
         help="Attention kernel. auto: the fastest installed (SageAttention 2, FlashAttention, else PyTorch SDPA).",
     )
+    add_interpolation_flags(parser)
+    add_chunk_flags(parser)
     return parser
 
 
@@ -268,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
     from .checkpoint_dir import load_pipeline
 
     request = resolve_request(args)
+    check_chunk_args(args)
     if args.demo:
         from .demo import DEMO_WARNING, ensure_demo_checkpoint
 
@@ -285,6 +290,10 @@ def run(args: argparse.Namespace) -> int:
     _say(f"Loaded in {time.perf_counter() - started:.1f}s. Generating {sampling.frame_num} frames at "
          f"{sampling.width}x{sampling.height}, {sampling.steps} {sampling.solver} steps, seed {sampling.seed}, "
          f"attention {request.runtime.attention.name}.")
+    if args.chunks > 1:  # each chunk's video is kept by the chunk engine; a failed write is redone on resume
+        video = chunked_generate(args, pipeline, ProgressBar, _say)(request.prompt, sampling, image=request.image)
+        write_outputs(video, request, args, _say)
+        return 0
     bar = ProgressBar(sampling.steps)
     try:
         cond, uncond = pipeline.encode_prompts(request.prompt, None)

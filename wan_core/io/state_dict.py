@@ -94,6 +94,14 @@ def is_torch_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in TORCH_SUFFIXES
 
 
+def read_weights(path: str | Path, *, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """A single weight file of either kind, chosen by its suffix."""
+    path = Path(path)
+    if is_torch_file(path):
+        return read_torch_file(path, dtype=dtype)
+    return read_safetensors(path, dtype=dtype)
+
+
 def strip_prefix(state_dict: dict[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
     """Remove the first of `prefixes` that every key (apart from quantization markers) starts with."""
     for prefix in prefixes:

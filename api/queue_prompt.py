@@ -96,10 +96,10 @@ def main() -> None:
 
     graph = json.loads(args.workflow.read_text(encoding="utf-8"))
     set_inputs(graph, "Wan22PromptStyler", prompt=args.prompt)
-    set_inputs(
-        graph, "Wan22DiTSampler", seed=args.seed, width=args.width, height=args.height, frames=args.frames,
-        steps=args.steps,
-    )
+    for sampler in ("Wan22DiTSampler", "Wan22BatchQueueManager"):
+        set_inputs(
+            graph, sampler, seed=args.seed, width=args.width, height=args.height, frames=args.frames, steps=args.steps,
+        )
     client_id = uuid.uuid4().hex
     socket = open_websocket(args.server, client_id)
     prompt_id = post_prompt(args.server, graph, client_id)

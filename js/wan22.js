@@ -1,5 +1,6 @@
 // comfyui-wan22 canvas extension: shows on each Wan22* node where it runs, the sampler's progress and the batch
-// queue state, from the server events documented in docs/canvas.md.
+// queue state, from the server events documented in docs/canvas.md. Classic LiteGraph canvas: drawn on the canvas;
+// the frontend's Vue node mode: a DOM widget in the node (the canvas does not draw nodes there).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -59,7 +60,48 @@ function updateNode(id, changes) {
   const node = findNode(id);
   if (!node) return;
   Object.assign(node.wan22, changes);
+  renderStatusWidget(node);
   node.setDirtyCanvas?.(true, true);
+}
+
+/** The frontend's Vue node mode renders nodes as DOM: LiteGraph's onDrawForeground does not run there. */
+export function vueNodesMode() {
+  return Boolean(globalThis.LiteGraph?.vueNodesMode);
+}
+
+function statusWidget(node) {
+  if (node.wan22.statusElement || !node.addDOMWidget) return node.wan22.statusElement ?? null;
+  const element = document.createElement("div");
+  element.className = "wan22-status";
+  element.style.cssText = "display:flex;flex-direction:column;align-items:flex-start;gap:3px;padding:2px 4px;"
+    + "font:12px sans-serif;color:#d0d0d0;";
+  node.addDOMWidget("wan22_status", "wan22_status", element, { serialize: false, getMinHeight: () => 44 });
+  node.wan22.statusElement = element;
+  return element;
+}
+
+/** In Vue node mode (or once the widget exists): the badge and status lines as DOM in the node's body. */
+function renderStatusWidget(node) {
+  if (!vueNodesMode() && !node.wan22.statusElement) return;
+  const element = statusWidget(node);
+  if (!element) return;
+  const { device, progress, queue } = node.wan22;
+  const children = [];
+  if (device) {
+    const badge = document.createElement("span");
+    badge.className = "wan22-badge";
+    badge.textContent = device;
+    badge.style.cssText = `background:${badgeColor(device)};color:#fff;font-weight:bold;border-radius:9px;`
+      + "padding:1px 6px;";
+    children.push(badge);
+  }
+  for (const line of [progress, queue].filter(Boolean)) {
+    const text = document.createElement("span");
+    text.className = "wan22-line";
+    text.textContent = line;
+    children.push(text);
+  }
+  element.replaceChildren(...children);
 }
 
 function badgeColor(label) {
@@ -92,7 +134,7 @@ function drawStatusLines(ctx, node, lines) {
 }
 
 function drawOverlay(ctx, node) {
-  if (node.flags?.collapsed) return;
+  if (node.flags?.collapsed || node.wan22.statusElement) return; // the DOM widget shows it
   const { device, progress, queue } = node.wan22;
   ctx.save();
   if (device) drawBadge(ctx, node, device);
@@ -140,7 +182,10 @@ app.registerExtension({
     api.addEventListener(EVENTS.queue, ({ detail }) => detail && updateNode(detail.node, { queue: queueText(detail) }));
     // A new prompt starts: last run's progress no longer applies (the device badges stay until a node runs again).
     api.addEventListener("execution_start", () => {
-      for (const node of trackedNodes) node.wan22.progress = "";
+      for (const node of trackedNodes) {
+        node.wan22.progress = "";
+        renderStatusWidget(node);
+      }
       app.graph?.setDirtyCanvas?.(true, true);
     });
   },
@@ -149,6 +194,7 @@ app.registerExtension({
     if (!isWan22Node(node)) return;
     node.wan22 = { device: "", progress: "", queue: "", report: "" };
     trackedNodes.add(node);
+    renderStatusWidget(node); // Vue node mode: the (empty) status widget from the start, so the node keeps its size
     chain(node, "onDrawForeground", function (ctx) {
       drawOverlay(ctx, this);
     });

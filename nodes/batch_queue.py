@@ -11,6 +11,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from wan_core.batch.csv_input import load_batch_jobs, resolve_input_file
 from wan_core.batch.jobs import BatchJob, JobDefaults, batch_id
@@ -28,11 +29,15 @@ from . import host
 from .devices import CPU, device_label, gpu_count
 from .handles import MODEL_CACHE, DiTHandle, ModelCache, ModelHandle, T5Handle, VAEHandle, require_handle
 from .sampler import Wan22DiTSampler, send_progress
+from .save_video import embed_metadata, workflow_metadata
 
 CATEGORY = "Wan2.2"
 QUEUE_EVENT = "wan22.queue"  # {"node", "queued", "running", "done", "failed"} (docs/canvas.md)
 BATCH_FOLDER = "wan22_batches"  # inside the output folder: the videos and the ledgers
 NO_CSV = "none"
+# The pack's example CSVs, offered in the csv_file list under this label so that a fresh install runs them as is.
+EXAMPLE_LABEL = "[example] "
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "batch_examples"
 AS_WIRED, REPLICA_PER_GPU = "as wired", "replica per GPU"
 SAMPLER_WIDGETS = ("width", "height", "frames", "steps", "solver", "shift", "cfg_high_noise", "cfg_low_noise", "seed")
 FAILED_STATES = {JobState.FAILED.value, JobState.TIMED_OUT.value, JobState.CANCELLED.value}
@@ -41,10 +46,18 @@ _REPLICA_CACHES: dict[str, ModelCache] = {}
 
 
 def list_csv_files() -> list[str]:
-    """`none`, then the CSV files of ComfyUI's input folder (subfolders too), relative to it."""
+    """`none`, the CSV files of ComfyUI's input folder (subfolders too, relative to it), then the pack's examples."""
     root = Path(host.input_directory())
     names = sorted(path.relative_to(root).as_posix() for path in root.rglob("*.csv")) if root.is_dir() else []
-    return [NO_CSV, *names]
+    examples = sorted(EXAMPLE_LABEL + path.name for path in EXAMPLES_DIR.glob("*.csv"))
+    return [NO_CSV, *names, *examples]
+
+
+def csv_location(csv_file: str) -> tuple[str, str]:
+    """(file name, folder it is read from) of a csv_file choice: the pack's examples folder or the input folder."""
+    if csv_file.startswith(EXAMPLE_LABEL):
+        return csv_file.removeprefix(EXAMPLE_LABEL), str(EXAMPLES_DIR)
+    return csv_file, host.input_directory()
 
 
 def _replica_cache(device: str) -> ModelCache:
@@ -114,7 +127,8 @@ class Wan22BatchQueueManager:
                                        "tooltip": "One prompt per line (blank lines skipped); empty with a CSV."}),
                 "csv_file": (list_csv_files(), {
                     "default": NO_CSV,
-                    "tooltip": "A CSV in ComfyUI's input folder: a header row, then one video per row. Columns: "
+                    "tooltip": "A CSV in ComfyUI's input folder ([example]: one shipped with this pack): a header row, "
+                    "then one video per row. Columns: "
                     "prompt, and optional negative_prompt, style, seed, width, height, frames, steps (they "
                     "override the node's settings for that row).",
                 }),
@@ -146,7 +160,7 @@ class Wan22BatchQueueManager:
                                                   "tooltip": "Load the VAE onto its device before the first job, so "
                                                   "no decode waits for it. Off: it loads at the first decode."}),
             },
-            "hidden": {"unique_id": "UNIQUE_ID"},
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
     RETURN_TYPES = ("STRING", "STRING")
@@ -165,7 +179,7 @@ class Wan22BatchQueueManager:
         if csv_file == NO_CSV:
             return True
         try:
-            resolve_input_file(csv_file, host.input_directory())
+            resolve_input_file(*csv_location(csv_file))
         except InputError as error:
             return str(error)
         return True
@@ -195,6 +209,8 @@ class Wan22BatchQueueManager:
         defrag_every: int,
         wait_for_vae_load: bool,
         unique_id: str | None = None,
+        prompt: Any = None,
+        extra_pnginfo: Any = None,
     ) -> dict:
         dit = require_handle(model, DiTHandle, "model")
         t5 = require_handle(t5, T5Handle, "t5")
@@ -213,8 +229,8 @@ class Wan22BatchQueueManager:
             style_prompt(styles, job.prompt, job.negative_prompt, job.style)
 
         defaults = JobDefaults(negative_prompt, style, seed, width, height, frames, steps)
-        csv_name = "" if csv_file == NO_CSV else csv_file
-        jobs = load_batch_jobs(prompts, csv_name, host.input_directory(), defaults, validate_job)
+        csv_name, csv_folder = ("", host.input_directory()) if csv_file == NO_CSV else csv_location(csv_file)
+        jobs = load_batch_jobs(prompts, csv_name, csv_folder, defaults, validate_job)
         batch = batch_id(jobs, _batch_settings(dit, t5, vae, settings))
         output_dir = Path(host.output_directory()) / BATCH_FOLDER
         ledger = JobLedger.for_batch(output_dir, batch)
@@ -235,8 +251,10 @@ class Wan22BatchQueueManager:
                 build_prompts=lambda job: style_prompt(styles, job.prompt, job.negative_prompt, job.style),
                 on_start=progress.job_started,
                 on_step=progress.denoise_step,
+                finish_video=(lambda path: embed_metadata(path, tags)) if tags else None,
             )
 
+        tags = workflow_metadata(prompt, extra_pnginfo)  # as Save Video: the workflow in every MP4
         workers = plan_workers(dit, t5, vae, gpu_mode, make_stages)
         with ledger:
             scheduler = BatchScheduler(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from wan_core.hardware import hardware_report, list_gpus
+from wan_core.hardware import GIB, hardware_report, list_gpus
+from wan_core.ram import available_ram
 
 
 class Wan22GPUCheck:
@@ -13,8 +14,9 @@ class Wan22GPUCheck:
     OUTPUT_NODE = True
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("report",)
-    DESCRIPTION = "Lists each GPU with its memory, compute capability, bf16 and fp8 support, and the Wan2.2 setups " \
-                  "(weights dtype, offload, tiled decode) that fit it."
+    DESCRIPTION = "Lists each GPU with its memory, compute capability, bf16 and fp8 support, and per model and " \
+                  "resolution the fastest Wan2.2 setup that fits it and the machine's RAM (bf16, fp8 or a GGUF " \
+                  "quant, block swap, offload, tiled decode)."
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -25,5 +27,6 @@ class Wan22GPUCheck:
         return float("nan")  # free memory changes between runs: never reuse a cached report
 
     def check(self) -> dict:
-        report = hardware_report(list_gpus())
+        ram = available_ram()
+        report = hardware_report(list_gpus(), ram[1] / GIB if ram else None)
         return {"ui": {"text": [report]}, "result": (report,)}

@@ -77,7 +77,11 @@ MODEL_CACHE = ModelCache({"dit": 2, "t5": 1, "vae": 1})
 
 
 def move_module(module: Any, device: torch.device) -> Any:
-    """`module`, moved to `device` unless it is there already."""
+    """`module`, moved to `device` unless it is there already; on a GPU through the host's memory manager."""
+    from .memory_manager import load_on_device
+
+    if isinstance(module, torch.nn.Module) and device.type != "cpu":
+        return load_on_device(module, device)
     move_to(module, device)
     return module
 
@@ -132,6 +136,7 @@ class DiTHandle(ModelHandle):
     # Weight patches (LoRA) per expert, applied in order: `wan_core.patching.ModelPatch` objects.
     patches_high: tuple = ()
     patches_low: tuple = ()
+    blocks_on_gpu: str = "all"  # block swap: see wan_core.dit.block_swap.apply_blocks_on_gpu
 
     def runtime(self) -> Runtime:
         """How the experts run: the bound device, the compute dtype of `weight_dtype`, offload, the attention backend
@@ -142,14 +147,17 @@ class DiTHandle(ModelHandle):
         )  # fmt: skip
 
     def _load_expert(self, path: str, expert: str, patches: tuple, cache: ModelCache | None) -> torch.nn.Module:
+        from wan_core.dit.block_swap import apply_blocks_on_gpu
         from wan_core.dit.loader import load_dit
 
         def read() -> torch.nn.Module:
-            return load_dit(path, device="cpu", **DIT_WEIGHT_FORMATS[self.weight_dtype])
+            model = load_dit(path, device="cpu", **DIT_WEIGHT_FORMATS[self.weight_dtype])
+            apply_blocks_on_gpu(model, self.blocks_on_gpu, self.target_device())
+            return model
 
         # Offloaded experts wait in CPU RAM; the sampler moves the one sampling onto the device and back.
         device = torch.device("cpu") if self.offload else None
-        model = self._load_cached(path, (self.weight_dtype,), read, cache, device)
+        model = self._load_cached(path, (self.weight_dtype, self.blocks_on_gpu), read, cache, device)
         set_patches(model, patches, expert)
         return model
 

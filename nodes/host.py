@@ -3,7 +3,7 @@
 ComfyUI has imported `folder_paths`, `comfy.utils`, `comfy.model_management` and `server` before it loads custom
 nodes, so the host is looked up in `sys.modules` when a service is used; nothing is imported from the host at import
 time. Outside ComfyUI (tests, scripts) every service falls back to plain behaviour:
-- model folders: `$WAN22_MODELS_DIR/<kind>/` (default `./models/<kind>/`), kinds `diffusion_models`,
+- model folders: `$WAN22_MODELS_DIR/<kind>/` (default `./models/<kind>/`), kinds `diffusion_models`, `unet`,
   `text_encoders`, `vae`;
 - output / input folders: `$WAN22_OUTPUT_DIR` / `$WAN22_INPUT_DIR` (default `./output`, `./input`);
 - progress and server messages do nothing; an interrupt is never raised.
@@ -22,6 +22,8 @@ from wan_core.io.state_dict import WEIGHT_SUFFIXES
 
 LOG = logging.getLogger("comfyui-wan22")
 
+# Model files that ComfyUI's own folder lists leave out (its loaders cannot read them), listed by walking the folders.
+EXTRA_MODEL_EXTENSIONS = (".gguf",)
 MODELS_DIR_ENV = "WAN22_MODELS_DIR"
 OUTPUT_DIR_ENV = "WAN22_OUTPUT_DIR"
 INPUT_DIR_ENV = "WAN22_INPUT_DIR"
@@ -58,11 +60,7 @@ def register_model_kind(kind: str, extra_folders: list[str] | tuple[str, ...] = 
             folder_paths.add_model_folder_path(kind, folder)
 
 
-def list_models(kind: str) -> list[str]:
-    """Model files of `kind`, as paths relative to their model folder (`/` separated), sorted."""
-    folder_paths = _host("folder_paths")
-    if folder_paths is not None:
-        return list(folder_paths.get_filename_list(kind))
+def _walk_models(kind: str, extensions: tuple[str, ...]) -> set[str]:
     names: set[str] = set()
     for folder in model_folders(kind):
         seen: set[str] = set()
@@ -73,9 +71,17 @@ def list_models(kind: str) -> list[str]:
                 continue
             seen.add(real)
             for file in files:
-                if file.lower().endswith(WEIGHT_SUFFIXES):
+                if file.lower().endswith(extensions):
                     names.add(os.path.relpath(os.path.join(parent, file), folder).replace(os.sep, "/"))
-    return sorted(names)
+    return names
+
+
+def list_models(kind: str) -> list[str]:
+    """Model files of `kind` (GGUF files included), as paths relative to their model folder (`/` separated), sorted."""
+    folder_paths = _host("folder_paths")
+    if folder_paths is not None:
+        return sorted(set(folder_paths.get_filename_list(kind)) | _walk_models(kind, EXTRA_MODEL_EXTENSIONS))
+    return sorted(_walk_models(kind, WEIGHT_SUFFIXES + EXTRA_MODEL_EXTENSIONS))
 
 
 def model_path(kind: str, name: str) -> str:
@@ -158,6 +164,12 @@ def latent_rgb_factors(latent_channels: int) -> tuple[list[list[float]], list[fl
     return None
 
 
+def metadata_disabled() -> bool:
+    """True when ComfyUI runs with `--disable-metadata` (no workflow in saved files)."""
+    cli_args = _host("comfy.cli_args")
+    return bool(getattr(getattr(cli_args, "args", None), "disable_metadata", False))
+
+
 # ---------------------------------------------------------------------------------------------- server messages
 def send_event(event: str, data: dict[str, Any]) -> None:
     """Send a websocket message to the client that queued the prompt (no-op outside ComfyUI)."""
@@ -169,3 +181,66 @@ def send_event(event: str, data: dict[str, Any]) -> None:
         instance.send_sync(event, data, instance.client_id)
     except Exception as error:  # a message lost to a closed socket must not fail the generation
         LOG.debug("could not send %s: %s", event, error)
+
+
+# ----------------------------------------------------------------------------------------------- memory manager
+class _FallbackMemoryManager:
+    """What `comfy.model_management` does with loaded models, reduced to a list, for use outside ComfyUI."""
+
+    def __init__(self) -> None:
+        self.loaded: list[Any] = []  # ModelPatcher-like objects, most recently loaded first
+
+    def load_models_gpu(self, models: list[Any], memory_required: int = 0) -> None:
+        for model in models:
+            if model in self.loaded:
+                self.loaded.remove(model)
+            model.partially_load(model.load_device, 1e32)
+            self.loaded.insert(0, model)
+
+    def free_memory(self, memory_required: int, device: Any) -> list[Any]:
+        """Unload the least recently loaded models on `device` until `memory_required` bytes were freed."""
+        freed, unloaded = 0, []
+        for model in reversed(list(self.loaded)):
+            if freed >= memory_required:
+                break
+            if str(model.load_device) == str(device):
+                freed += model.loaded_size()
+                model.detach()
+                self.loaded.remove(model)
+                unloaded.append(model)
+        return unloaded
+
+    def unload_all_models(self) -> None:
+        for model in list(self.loaded):
+            model.detach()
+        self.loaded.clear()
+
+
+FALLBACK_MEMORY = _FallbackMemoryManager()
+
+
+def load_models_gpu(models: list[Any], memory_required: int = 0) -> None:
+    """Register ModelPatcher-like `models` with ComfyUI's memory manager and load them (it unloads others to make
+    room, honouring --lowvram / --reserve-vram); outside ComfyUI, with the fallback list."""
+    management = _host("comfy.model_management")
+    if management is not None:
+        management.load_models_gpu(models, memory_required=memory_required)
+    else:
+        FALLBACK_MEMORY.load_models_gpu(models, memory_required)
+
+
+def free_memory(memory_required: int, device: Any) -> list[Any]:
+    """Unload models (ours and, in ComfyUI, other packs') from `device` until `memory_required` bytes are free."""
+    management = _host("comfy.model_management")
+    if management is not None:
+        return management.free_memory(memory_required, device)
+    return FALLBACK_MEMORY.free_memory(memory_required, device)
+
+
+def unload_all_models() -> None:
+    """What ComfyUI's "Unload models" does."""
+    management = _host("comfy.model_management")
+    if management is not None:
+        management.unload_all_models()
+    else:
+        FALLBACK_MEMORY.unload_all_models()

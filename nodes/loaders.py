@@ -5,7 +5,8 @@ from __future__ import annotations
 import posixpath
 
 from wan_core.dit.attention import NAMES as ATTENTION_BACKENDS
-from wan_core.errors import InputError
+from wan_core.dit.block_swap import BLOCKS_ON_GPU_CHOICES
+from wan_core.errors import InputError, MissingFileError
 from wan_core.pipeline.tasks import TASKS
 
 from . import host
@@ -24,16 +25,33 @@ def check_choice(name: str, value: object, choices: list[str] | tuple[str, ...] 
         raise InputError(f"Unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}.")
 
 
+# Diffusion models live in `diffusion_models` and, for GGUF conversions by habit, in the legacy `unet` folder.
+DIFFUSION_MODEL_KINDS = ("diffusion_models", "unet")
+
+
 def diffusion_model_choices() -> list[str]:
-    """Single-file models of `diffusion_models`, plus each official (sharded) expert folder as `folder/`."""
+    """Single-file models (safetensors, GGUF, ...) of `diffusion_models` and `unet`, plus each official (sharded)
+    expert folder as `folder/`."""
     choices = set()
-    for name in host.list_models("diffusion_models"):
-        folder, file = posixpath.split(name)
-        if file.startswith(_OFFICIAL_SHARD_STEM) and folder:
-            choices.add(folder + "/")
-        else:
-            choices.add(name)
+    for kind in DIFFUSION_MODEL_KINDS:
+        for name in host.list_models(kind):
+            folder, file = posixpath.split(name)
+            if file.startswith(_OFFICIAL_SHARD_STEM) and folder:
+                choices.add(folder + "/")
+            else:
+                choices.add(name)
     return sorted(choices)
+
+
+def diffusion_model_path(name: str) -> str:
+    """The full path of a diffusion model choice, looked up in `diffusion_models`, then `unet`."""
+    errors = []
+    for kind in DIFFUSION_MODEL_KINDS:
+        try:
+            return host.model_path(kind, name)
+        except MissingFileError as error:
+            errors.append(error)
+    raise errors[0]
 
 
 class Wan22ModelLoader:
@@ -58,7 +76,14 @@ class Wan22ModelLoader:
                     "default": False,
                     "tooltip": "Keep the expert that is not sampling in CPU RAM (needed on 24 GB cards for A14B).",
                 }),
-            }
+            },
+            "optional": {
+                "blocks_on_gpu": (list(BLOCKS_ON_GPU_CHOICES), {
+                    "default": "all",
+                    "tooltip": "Block swap for small cards: all = no swap; auto = as many transformer blocks as fit, "
+                    "the rest streamed from CPU RAM while the previous block computes; or a block count.",
+                }),
+            },
         }
 
     RETURN_TYPES = ("WAN22_MODEL",)
@@ -68,7 +93,8 @@ class Wan22ModelLoader:
     DESCRIPTION = "Picks the Wan2.2 diffusion model(s). Weights are read when the sampler first runs."
 
     def load(
-        self, task: str, model: str, low_noise_model: str, weight_dtype: str, attention: str, offload: bool
+        self, task: str, model: str, low_noise_model: str, weight_dtype: str, attention: str, offload: bool,
+        blocks_on_gpu: str = "all",
     ) -> tuple:
         check_choice("task", task, TASKS)
         check_choice("weight_dtype", weight_dtype, DIT_WEIGHT_FORMATS)
@@ -80,11 +106,12 @@ class Wan22ModelLoader:
             raise InputError("ti2v-5B is one model: set 'low_noise_model' to none.")
         return (DiTHandle(
             task=task,
-            high_noise_path=host.model_path("diffusion_models", model),
-            low_noise_path=host.model_path("diffusion_models", low_noise_model) if two_experts else None,
+            high_noise_path=diffusion_model_path(model),
+            low_noise_path=diffusion_model_path(low_noise_model) if two_experts else None,
             weight_dtype=weight_dtype,
             attention=attention,
             offload=offload,
+            blocks_on_gpu=blocks_on_gpu,
         ),)
 
 

@@ -7,11 +7,13 @@ from PIL import Image
 
 from wan_core.errors import InputError
 from wan_core.pipeline.denoise import SINGLE, StepInfo
+from wan_core.pipeline.tasks import TASKS, TaskConfig
 
 from . import host
+from .conditioning import WanConditioning, conditioning_from_comfy
 from .devices import announce_device, device_label
 from .handles import DiTHandle, VAEHandle, release_to_cpu, require_handle
-from .text_encode import WanConditioning
+from .latents import latent_input, latent_output, reject_noise_mask
 
 CATEGORY = "Wan2.2"
 MAX_SIZE = 4096
@@ -60,13 +62,42 @@ def image_to_video_frame(image: torch.Tensor) -> torch.Tensor:
     return image[0, ..., :3].permute(2, 0, 1).float() * 2.0 - 1.0
 
 
+def sampler_conditioning(
+    conditioning: WanConditioning | None, positive: list | None, negative: list | None
+) -> WanConditioning:
+    """Ours from Wan22T5Encode, or a native positive / negative pair (exactly one of the two)."""
+    if conditioning is not None and (positive is not None or negative is not None):
+        raise InputError("Connect either 'conditioning' (Wan2.2 T5 Encode) or 'positive' / 'negative', not both.")
+    if conditioning is not None:
+        if not isinstance(conditioning, WanConditioning):
+            raise InputError("The 'conditioning' input needs the output of Wan22T5Encode.")
+        return conditioning
+    if positive is None or negative is None:
+        raise InputError(
+            "The sampler needs prompts: connect Wan2.2 T5 Encode to 'conditioning', or native CLIPTextEncode "
+            "outputs to both 'positive' and 'negative'."
+        )
+    return conditioning_from_comfy(positive, negative)
+
+
+def video_size_of(task: TaskConfig, latents: torch.Tensor) -> tuple[int, int, int]:
+    """(width, height, frames) of normalized latents `[z, F', H', W']` for `task`, checked against its VAE."""
+    stride_f, stride_h, stride_w = task.vae_stride
+    if latents.shape[0] != task.z_dim:
+        raise InputError(
+            f"The latent has {latents.shape[0]} channels; {task.name} samples {task.z_dim}-channel latents "
+            "(A14B: 16, Wan2.1 VAE; TI2V-5B: 48, Wan2.2 VAE)."
+        )
+    _, frames, height, width = latents.shape
+    return width * stride_w, height * stride_h, (frames - 1) * stride_f + 1
+
+
 class Wan22DiTSampler:
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
                 "model": ("WAN22_MODEL",),
-                "conditioning": ("WAN22_CONDITIONING",),
                 "width": ("INT", {"default": 832, "min": 16, "max": MAX_SIZE, "step": 16}),
                 "height": ("INT", {"default": 480, "min": 16, "max": MAX_SIZE, "step": 16}),
                 "frames": ("INT", {"default": 81, "min": 1, "max": 1001, "step": 4, "tooltip": "4n+1 frames."}),
@@ -84,8 +115,19 @@ class Wan22DiTSampler:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
             },
             "optional": {
+                "conditioning": ("WAN22_CONDITIONING", {"tooltip": "From Wan2.2 T5 Encode (or positive/negative)."}),
                 "vae": ("WAN22_VAE", {"tooltip": "Needed with start_image (it encodes the picture)."}),
                 "start_image": ("IMAGE", {"tooltip": "i2v / ti2v: the first frame."}),
+                "positive": ("CONDITIONING", {"tooltip": "Native CLIPTextEncode (umt5, type wan) instead."}),
+                "negative": ("CONDITIONING", {"tooltip": "Native CLIPTextEncode of the negative prompt."}),
+                "latent": ("LATENT", {
+                    "tooltip": "Video-to-video: a Wan latent (Wan2.2 VAE Encode, native VAE Encode, "
+                    "EmptyHunyuanLatentVideo...). Its size and frame count replace width, height and frames.",
+                }),
+                "denoise": ("FLOAT", {
+                    "default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                    "tooltip": "With 'latent': 1 = a new video of its size; less keeps more of the input video.",
+                }),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -99,7 +141,6 @@ class Wan22DiTSampler:
     def sample(
         self,
         model: DiTHandle,
-        conditioning: WanConditioning,
         width: int,
         height: int,
         frames: int,
@@ -109,8 +150,13 @@ class Wan22DiTSampler:
         cfg_high_noise: float,
         cfg_low_noise: float,
         seed: int,
+        conditioning: WanConditioning | None = None,
         vae: VAEHandle | None = None,
         start_image: torch.Tensor | None = None,
+        positive: list | None = None,
+        negative: list | None = None,
+        latent: dict | None = None,
+        denoise: float = 1.0,
         unique_id: str | None = None,
     ) -> tuple:
         from wan_core.pipeline.denoise import GenerationCancelled
@@ -118,11 +164,19 @@ class Wan22DiTSampler:
         from wan_core.pipeline.request import SamplingRequest
 
         dit = require_handle(model, DiTHandle, "model")
-        if not isinstance(conditioning, WanConditioning):
-            raise InputError("The 'conditioning' input needs the output of Wan22T5Encode.")
+        conditioning = sampler_conditioning(conditioning, positive, negative)
+        init_latents = None
+        if latent is not None:
+            reject_noise_mask(latent)
+            batch = latent_input(latent)
+            if batch.shape[0] != 1:
+                raise InputError(f"'latent' holds {batch.shape[0]} videos; the sampler makes one (split the batch).")
+            init_latents = batch[0]
+            width, height, frames = video_size_of(TASKS[dit.task], init_latents)
         request = SamplingRequest.create(
             dit.task, width=width, height=height, frame_num=frames, seed=seed, solver=solver, steps=steps,
-            shift=shift, guide_scale=(cfg_low_noise, cfg_high_noise), has_image=start_image is not None,
+            shift=shift, guide_scale=(cfg_low_noise, cfg_high_noise), denoise=denoise,
+            has_image=start_image is not None,
         )  # fmt: skip
         image = None
         if start_image is not None:
@@ -150,7 +204,7 @@ class Wan22DiTSampler:
         try:
             latents = pipeline.sample(
                 list(cond.positive), list(cond.negative), request, image=image, progress=on_step,
-                cancel=host.interrupted,
+                cancel=host.interrupted, init_latents=init_latents,
             )
         except GenerationCancelled:
             host.raise_if_interrupted()  # ComfyUI's own exception: shown as "interrupted", not as an error
@@ -158,4 +212,4 @@ class Wan22DiTSampler:
         except torch.cuda.OutOfMemoryError:
             release_to_cpu(high, low)  # ComfyUI unloads only its own models: free ours for the retry
             raise
-        return ({"samples": latents.unsqueeze(0).to("cpu", torch.float32)},)
+        return (latent_output(latents),)

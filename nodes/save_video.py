@@ -18,6 +18,7 @@ from wan_core.pipeline.finite import check_finite_number
 from wan_core.video_io import save_video
 
 from . import host
+from .filename_tokens import expand_filename_tokens
 from .vae_nodes import images_to_video
 
 CATEGORY = "Wan2.2"
@@ -48,8 +49,10 @@ def resolve_prefix(output_dir: str, prefix: str) -> tuple[Path, str]:
 
 def workflow_metadata(prompt: Any, extra_pnginfo: Any) -> dict[str, str]:
     """MP4 tags as ComfyUI's SaveVideo writes them (`prompt`, `workflow`, ...) plus a `comment` holding both, the form
-    VideoHelperSuite reads. Values are JSON text."""
+    VideoHelperSuite reads. Values are JSON text. None when ComfyUI runs with `--disable-metadata`."""
     tags: dict[str, str] = {}
+    if host.metadata_disabled():
+        return tags
     if prompt is not None:
         tags["prompt"] = json.dumps(prompt)
     for key, value in (extra_pnginfo or {}).items():
@@ -90,7 +93,8 @@ class Wan22SaveVideo:
                 "images": ("IMAGE",),
                 "filename_prefix": ("STRING", {
                     "default": "wan22/video",
-                    "tooltip": "Relative to ComfyUI's output folder; a '/' makes subfolders. '..' is refused.",
+                    "tooltip": "Relative to ComfyUI's output folder; a '/' makes subfolders. '..' is refused. "
+                    "ComfyUI's tokens work: %date:yyyy-MM-dd%, %year%, %month%, %day%, %hour%, %width%, %height%.",
                 }),
                 "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 1.0}),
                 "save_frames": ("BOOLEAN", {"default": False, "tooltip": "Also write every frame as a PNG."}),
@@ -103,8 +107,8 @@ class Wan22SaveVideo:
         """Run by ComfyUI before the graph executes: a bad prefix or an unwritable output folder is reported
         before any model works, not after the whole generation."""
         try:
-            folder, _ = resolve_prefix(host.output_directory(), filename_prefix)
-            probe_writable(folder, "Save Video")
+            resolve_prefix(host.output_directory(), filename_prefix)  # %tokens% are filled in later
+            probe_writable(host.output_directory(), "Save Video")
         except (InputError, OutputWriteError) as error:
             return str(error)
         return True
@@ -127,7 +131,8 @@ class Wan22SaveVideo:
     ) -> dict:
         output_dir = host.output_directory()
         check_finite_number("fps", fps)
-        folder, stem = resolve_prefix(output_dir, filename_prefix)
+        prefix = expand_filename_tokens(filename_prefix, int(images.shape[2]), int(images.shape[1]))
+        folder, stem = resolve_prefix(output_dir, prefix)
         path = reserve_numbered(folder, stem, ".mp4")  # an empty placeholder: concurrent saves get other numbers
         frames_dir = folder / f"{path.stem}_frames" if save_frames else None
         tags = workflow_metadata(prompt, extra_pnginfo)

@@ -1,28 +1,15 @@
-"""Wan22T5Encode: prompt and negative prompt -> embeddings, on the text encoder's device."""
+"""Wan22T5Encode: prompt and negative prompt -> embeddings, on the text encoder's device; also as ComfyUI
+CONDITIONING for native samplers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from .conditioning import WanConditioning, to_comfy
 from .devices import announce_device
 from .handles import T5Handle, require_handle
 
 CATEGORY = "Wan2.2"
-
-
-@dataclass(frozen=True)
-class WanConditioning:
-    """Prompt embeddings (`[L_i, 4096]` each, trimmed to the real token count); `to()` carries them to another GPU."""
-
-    positive: tuple[torch.Tensor, ...]
-    negative: tuple[torch.Tensor, ...]
-
-    def to(self, device: torch.device) -> WanConditioning:
-        return WanConditioning(
-            positive=tuple(t.to(device) for t in self.positive), negative=tuple(t.to(device) for t in self.negative)
-        )
 
 
 class Wan22T5Encode:
@@ -37,8 +24,13 @@ class Wan22T5Encode:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    RETURN_TYPES = ("WAN22_CONDITIONING",)
-    RETURN_NAMES = ("conditioning",)
+    RETURN_TYPES = ("WAN22_CONDITIONING", "CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("conditioning", "positive", "negative")
+    OUTPUT_TOOLTIPS = (
+        "Both prompts, for the Wan2.2 DiT Sampler.",
+        "The prompt as ComfyUI CONDITIONING (native KSampler with a Wan model), padded to 512 tokens.",
+        "The negative prompt as ComfyUI CONDITIONING.",
+    )
     FUNCTION = "encode"
     CATEGORY = CATEGORY
     DESCRIPTION = "Encodes the prompt and negative prompt with UMT5-XXL on the text encoder's device."
@@ -49,4 +41,4 @@ class Wan22T5Encode:
         encoder = handle.load()
         with torch.no_grad():
             cond, uncond = encoder.encode([positive, negative])
-        return (WanConditioning(positive=(cond,), negative=(uncond,)),)
+        return (WanConditioning(positive=(cond,), negative=(uncond,)), to_comfy(cond), to_comfy(uncond))

@@ -1,4 +1,5 @@
-"""Wan22VAEDecode / Wan22VAEEncode: Wan latents <-> ComfyUI IMAGE batches (`[F, H, W, 3]`, 0..1)."""
+"""Wan22VAEDecode / Wan22VAEEncode: Wan latents <-> ComfyUI IMAGE batches (`[F, H, W, 3]`, 0..1). The LATENT is
+ComfyUI's (raw VAE latents), so native VAE Decode / Encode and these mix freely."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from wan_core.kept_latents import keep_latents_on_failure, load_latents
 from . import host
 from .devices import announce_device
 from .handles import VAEHandle, require_handle
+from .latents import latent_input, latent_output
 
 CATEGORY = "Wan2.2"
 
@@ -28,21 +30,17 @@ def images_to_video(images: torch.Tensor) -> torch.Tensor:
 
 
 def latent_samples(latent: object, latents_file: str) -> torch.Tensor:
-    """The latents to decode: the LATENT input's `samples`, or a kept-latents file in the output folder."""
+    """The normalized latents `[B, z, F, H, W]` to decode: the LATENT input's, or those of a kept-latents file in the
+    output folder (which hold normalized latents `[z, F, H, W]`)."""
     if latents_file.strip():
         if latent is not None:
             raise InputError("Give the VAE Decode node either a latent or a latents_file, not both.")
         path = resolve_inside(latents_file.strip(), host.output_directory(), "latents_file", "ComfyUI's output folder")
-        return load_latents(path)[0]
+        return load_latents(path)[0].unsqueeze(0)
     if latent is None:
         raise InputError("The VAE Decode node needs a latent: connect the sampler's output, or name a kept "
                          ".latents.safetensors file in latents_file.")
-    samples = latent.get("samples") if isinstance(latent, dict) else None
-    if not isinstance(samples, torch.Tensor) or samples.ndim not in (4, 5) or not samples.is_floating_point():
-        keys = sorted(latent) if isinstance(latent, dict) else type(latent).__name__
-        raise InputError(f"The 'latent' input must be a LATENT holding a float 'samples' tensor [B, z, F, H, W] "
-                         f"(from the Wan2.2 sampler); got {keys}.")
-    return samples
+    return latent_input(latent)
 
 
 class Wan22VAEDecode:
@@ -83,18 +81,21 @@ class Wan22VAEDecode:
     ) -> tuple:
         handle = require_handle(vae, VAEHandle, "vae")
         samples = latent_samples(latent, latents_file)
-        if samples.ndim == 4:
-            samples = samples.unsqueeze(0)
         if tiled and tile_overlap >= tile_size:
             raise InputError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size}).")
         device = handle.target_device()
         announce_device(unique_id, device)
         model = handle.load()
+        if samples.shape[1] != model.z_dim:
+            raise InputError(
+                f"This latent has {samples.shape[1]} channels but the VAE makes {model.z_dim}: TI2V-5B latents "
+                "(48) need the Wan2.2 VAE, A14B latents (16) the Wan2.1 VAE."
+            )
 
         def run() -> torch.Tensor:
             with torch.no_grad():
                 tiling = {"tile_size": tile_size, "tile_overlap": tile_overlap} if tiled else {}
-                return model.decode(samples.to(device, next(model.parameters()).dtype), **tiling)
+                return model.decode(samples.to(device), **tiling)
 
         if latents_file.strip() or samples.shape[0] != 1:
             video = run()
@@ -129,4 +130,4 @@ class Wan22VAEEncode:
         with torch.no_grad():
             video = images_to_video(images).unsqueeze(0).to(device, next(model.parameters()).dtype)
             latents = model.encode(video)
-        return ({"samples": latents.to("cpu", torch.float32)},)
+        return (latent_output(latents),)

@@ -271,7 +271,7 @@ CASES = [
     Case("node-save-prefix-escape", "nodes", "Save Video prefix `../escape`", save_node(filename_prefix="../escape"),
          r"must be a relative name"),
     Case("node-latent-no-samples", "nodes", "VAE Decode latent without `samples`", vae_decode(latent={"x": 1}),
-         r"must be a LATENT holding a float 'samples' tensor .* got \['x'\]"),
+         r"'latent' must be a ComfyUI LATENT \(a dict with 'samples'\); got dict"),
     Case("node-latent-not-dict", "nodes", "VAE Decode latent that is a tensor", vae_decode(latent=torch.zeros(3)),
          r"got Tensor"),
     Case("node-latent-none", "nodes", "VAE Decode without latent or latents_file", vae_decode(),

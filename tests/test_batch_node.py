@@ -40,7 +40,7 @@ def folders(tmp_path, monkeypatch):
 
 def _batch_graph(csv_name: str) -> dict:
     graph = json.loads((ROOT / "api" / "wan22_batch_dual_gpu.json").read_text(encoding="utf-8"))
-    graph[BATCH_NODE]["inputs"].update(TINY_SIZE, csv_file=csv_name)
+    graph[BATCH_NODE]["inputs"].update(TINY_SIZE, csv_file=csv_name, prompts="")
     return graph
 
 
@@ -54,7 +54,7 @@ def test_batch_workflow_makes_three_videos_and_a_rerun_skips_them(tiny_models, f
     calls: list = []
     _fake_comfyui(monkeypatch, calls)
     (folders / "input" / "jobs.csv").write_text(CSV_ROWS, encoding="utf-8")
-    workflow = json.loads((ROOT / "workflows" / "wan22_batch_dual_gpu.json").read_text(encoding="utf-8"))
+    workflow = json.loads((ROOT / "example_workflows" / "wan22_batch_dual_gpu.json").read_text(encoding="utf-8"))
 
     outputs, ui = run_graph(_batch_graph("jobs.csv"), NODE_CLASS_MAPPINGS, workflow=workflow)
 
@@ -208,10 +208,18 @@ def test_replica_per_gpu_gives_one_worker_per_gpu_with_its_own_model_copies(two_
         plan_workers(bound["model"], bound["t5"], bound["vae"], "everywhere", _StagesStandIn)
 
 
-def test_the_sample_csv_is_a_valid_batch_for_the_shipped_workflow():
-    from wan_core.batch import read_csv_jobs
+def test_the_shipped_batch_runs_as_loaded_and_offers_the_pack_csv(folders):
+    from wan_core.batch import load_batch_jobs
 
-    jobs = read_csv_jobs("sample_batch.csv", ROOT / "api")
-    assert len(jobs) == 3 and {job.style for job in jobs} <= set(batch_queue.load_styles(batch_queue.STYLES_DIR))
     graph = json.loads((ROOT / "api" / "wan22_batch_dual_gpu.json").read_text(encoding="utf-8"))
-    assert graph[BATCH_NODE]["inputs"]["csv_file"] == "sample_batch.csv"
+    inputs = graph[BATCH_NODE]["inputs"]
+    assert inputs["csv_file"] == batch_queue.NO_CSV
+    assert len(load_batch_jobs(inputs["prompts"], "", folders / "input")) == 3  # the prompts in its text box
+    example = batch_queue.EXAMPLE_LABEL + "sample_batch.csv"
+    assert example in batch_queue.list_csv_files()  # offered in a fresh install, nothing copied into input/
+    assert batch_queue.Wan22BatchQueueManager.VALIDATE_INPUTS(example) is True
+    name, folder = batch_queue.csv_location(example)
+    jobs = load_batch_jobs("", name, folder)
+    assert len(jobs) == 3 and {job.style for job in jobs} <= set(batch_queue.load_styles(batch_queue.STYLES_DIR))
+    assert batch_queue.csv_location("mine.csv") == ("mine.csv", str(folders / "input"))
+    assert "outside" in batch_queue.Wan22BatchQueueManager.VALIDATE_INPUTS(batch_queue.EXAMPLE_LABEL + "../README.md")

@@ -88,6 +88,18 @@ def test_badge_progress_and_queue_text(chromium, harness_url, tmp_path):
         <= set(drawn)
     assert "GPU 0" not in drawn  # the event for the core KSampler draws nothing on it
     assert field(dom, "progress-after-start") == '""'
+    assert field(dom, "sampler-widget") == "none / after execution_start: none"  # classic canvas: no DOM widget
+
+
+def test_vue_node_mode_shows_badge_and_progress_in_a_dom_widget(chromium, harness_url, tmp_path):
+    dom = run_chromium(chromium, tmp_path / "profile", "--dump-dom", harness_url + "?vue=1")
+    assert field(dom, "errors") == ""
+    assert field(dom, "sampler-widget") == (
+        "GPU 1 | [GPU 1] high-noise expert, step 12/40 / after execution_start: GPU 1"
+    )
+    drawn = field(dom, "drawn").split(" | ")
+    assert "[GPU 1] high-noise expert, step 12/40" not in drawn  # not drawn twice: the canvas overlay is off
+    assert field(dom, "queue") == "queue: 3 queued, 1 running, 5 done, 0 failed"
 
 
 def test_screenshot_renders(chromium, harness_url, tmp_path):

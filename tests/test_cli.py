@@ -1,4 +1,4 @@
-"""The wan22-generate CLI: checkpoint-folder resolution, validation errors (exit code 2), and the --demo end to end."""
+"""The CLI (python -m wan_core.generate): checkpoint-folder resolution, validation errors (exit code 2), the demo."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_every_missing_part_is_named_with_its_download(tmp_path):
         assert name in message
     assert "models_t5_umt5-xxl-enc-bf16.pth" not in message  # present, so not listed
     assert "Wan-AI/Wan2.2-T2V-A14B" in message
-    assert f'huggingface-cli download Wan-AI/Wan2.2-T2V-A14B --include "high_noise_model/*" "low_noise_model/*"' \
+    assert f'hf download Wan-AI/Wan2.2-T2V-A14B --include "high_noise_model/*" "low_noise_model/*"' \
            f' "Wan2.1_VAE.pth" "google/umt5-xxl/*" --local-dir {root}' in message
 
 
@@ -83,7 +83,7 @@ def test_ti2v_needs_the_model_at_the_top_and_the_wan22_vae(tmp_path):
 
 
 def test_missing_folder_says_how_to_download(tmp_path):
-    with pytest.raises(MissingFileError, match=r"(?s)does not exist.*huggingface-cli download Wan-AI/Wan2.2-I2V-A14B"):
+    with pytest.raises(MissingFileError, match=r"(?s)does not exist.*hf download Wan-AI/Wan2.2-I2V-A14B"):
         resolve_checkpoint("i2v-A14B", tmp_path / "nowhere")
 
 
@@ -141,7 +141,7 @@ def test_validation_errors_exit_2_with_a_clean_message(capsys, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(capsys, *argv)
     assert code == 2
-    assert err.startswith("wan22-generate: error: ") and expected in err, err
+    assert err.startswith("python -m wan_core.generate: error: ") and expected in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "demo").exists()  # rejected before anything was built or loaded
 
@@ -151,7 +151,7 @@ def test_ckpt_dir_missing_parts_exit_2_naming_the_files(capsys, tmp_path):
     (root / T5_FILE).unlink()
     code, _, err = run_cli(capsys, "--ckpt_dir", str(root), "--size", "832*480", "--save_file", str(tmp_path / "o.mp4"))
     assert code == 2
-    assert "models_t5_umt5-xxl-enc-bf16.pth" in err and "huggingface-cli download Wan-AI/Wan2.2-T2V-A14B" in err
+    assert "models_t5_umt5-xxl-enc-bf16.pth" in err and "hf download Wan-AI/Wan2.2-T2V-A14B" in err
     assert "Traceback" not in err
 
 

@@ -4,11 +4,11 @@ import torch
 from nodes.gpu_check import Wan22GPUCheck
 from wan_core.hardware import (
     CPU_ONLY_REPORT,
+    MODELS,
     OFFLOAD,
-    T5_CPU,
-    TILED_DECODE,
     GPUSpec,
     Setup,
+    activation_gib,
     hardware_report,
     list_gpus,
     recommend,
@@ -19,40 +19,62 @@ H100 = GPUSpec(0, "NVIDIA H100 80GB HBM3", 79.2, 78.0, (9, 0))
 RTX4090 = GPUSpec(1, "NVIDIA GeForce RTX 4090", 23.99, 22.5, (8, 9))
 RTX3090 = GPUSpec(0, "NVIDIA GeForce RTX 3090", 23.69, 23.0, (8, 6))
 RTX4080 = GPUSpec(0, "NVIDIA GeForce RTX 4080", 15.99, 15.0, (8, 9))
+RTX3060 = GPUSpec(0, "NVIDIA GeForce RTX 3060", 11.99, 11.0, (8, 6))
 V100 = GPUSpec(0, "Tesla V100-SXM2-16GB", 15.77, None, (7, 0))
 
 
-def chosen(gpu: GPUSpec) -> dict[str, Setup | None]:
-    return {r.family: r.setup for r in recommend(gpu.total_gib, bf16=gpu.bf16, fp8=gpu.fp8)}
+def chosen(gpu: GPUSpec, ram_gib: float | None = None) -> dict[tuple[str, str], Setup | None]:
+    return {(r.family, r.resolution): r.setup for r in recommend(gpu.total_gib, bf16=gpu.bf16, fp8=gpu.fp8,
+                                                                   ram_gib=ram_gib)}
 
 
-def test_weights_from_parameter_counts():
-    assert weights_gib(14.3e9, "bf16") == pytest.approx(26.63, abs=0.01)
-    assert weights_gib(14.3e9, "fp8") == pytest.approx(13.32, abs=0.01)
+def test_weights_from_parameter_counts_and_measured_activations():
     assert weights_gib(5.7e9, "bf16") == pytest.approx(10.62, abs=0.01)
+    a14b = MODELS["A14B"]
+    assert a14b.gib("bf16") == pytest.approx(14.3e9 * 2 / 2**30, abs=0.01)
+    # fp8 blocks, bf16 rest: 40 x 351e6 x 1 byte + 0.26e9 x 2 bytes
+    assert a14b.gib("fp8") == pytest.approx((40 * 351.3e6 + 2 * 0.25e9) / 2**30, abs=0.05)
+    assert a14b.gib("Q4_K") < a14b.gib("Q8_0") < a14b.gib("fp8") * 1.07
+    assert a14b.gib("fp8", blocks=0) == pytest.approx(0.47, abs=0.05)
+    assert activation_gib("A14B", "fp8", "720p") == 6.7 and activation_gib("A14B", "Q4_K", "720p") == 8.4
     # Both experts + T5 resident, bf16, 720p: 2 x 26.6 + 10.6 + Wan2.1 VAE decode 10 + reserve 2.
     assert Setup("A14B", "bf16", "720p").need_gib == pytest.approx(53.26 + 10.62 + 10 + 2, abs=0.1)
 
 
-def test_80gb_runs_a14b_bf16_resident():
-    assert chosen(H100)["T2V/I2V-A14B"] == Setup("A14B", "bf16", "720p")
-    assert chosen(H100)["TI2V-5B"].settings == ()
+def test_80gb_runs_everything_resident_in_bf16():
+    assert set(chosen(H100).values()) == {Setup("A14B", "bf16", "480p"), Setup("A14B", "bf16", "720p"),
+                                          Setup("5B", "bf16", "720p")}
 
 
-def test_24gb_needs_offload_and_fp8_for_a14b_and_offload_for_5b():
+def test_24gb_a14b_fp8_with_offload_without_block_swap():
     for gpu in (RTX4090, RTX3090):
-        a14b, ti2v = chosen(gpu).values()
-        assert a14b.weights == "fp8" and OFFLOAD in a14b.settings and T5_CPU in a14b.settings
-        assert ti2v.weights == "bf16" and OFFLOAD in ti2v.settings and TILED_DECODE not in ti2v.settings
-    notes = {r.family: r.notes for r in recommend(RTX3090.total_gib, bf16=True, fp8=RTX3090.fp8)}
-    assert "no speed-up" in notes["T2V/I2V-A14B"][0] and notes["TI2V-5B"] == ()
+        setups = chosen(gpu)
+        a14b = setups["T2V/I2V-A14B", "720p"]
+        assert (a14b.weights, a14b.resident_blocks, a14b.settings) == ("fp8", None, (OFFLOAD,))
+        assert setups["TI2V-5B", "720p"] == Setup("5B", "bf16", "720p", (OFFLOAD,))
+    notes = {(r.family, r.resolution): r.notes for r in recommend(RTX3090.total_gib, bf16=True, fp8=False)}
+    assert "no speed-up" in notes["T2V/I2V-A14B", "720p"][0] and notes["TI2V-5B", "720p"] == ()
 
 
-def test_16gb_needs_fp8_offload_and_tiled_decode_and_a14b_does_not_fit():
-    a14b, ti2v = chosen(RTX4080).values()
-    assert a14b is None
-    assert ti2v == Setup("5B", "fp8", "720p", (OFFLOAD, T5_CPU, TILED_DECODE))
-    assert all(s is None for s in chosen(GPUSpec(0, "8 GB card", 7.8, 7.0, (8, 6))).values())
+def test_16gb_and_12gb_a14b_with_as_many_resident_blocks_as_fit():
+    for gpu in (RTX4080, RTX3060):
+        for resolution in ("480p", "720p"):
+            setup = chosen(gpu, ram_gib=64)["T2V/I2V-A14B", resolution]
+            assert setup.weights == "fp8" and OFFLOAD in setup.settings and 0 <= setup.resident_blocks < 40
+            assert setup.need_gib <= gpu.total_gib
+            more = Setup("A14B", "fp8", resolution, setup.settings, setup.resident_blocks + 1)
+            assert more.need_gib > gpu.total_gib  # the most blocks that fit
+    assert chosen(RTX4080)["T2V/I2V-A14B", "720p"].resident_blocks < chosen(RTX4080)["T2V/I2V-A14B", "480p"] \
+        .resident_blocks
+    report = recommend(RTX4080.total_gib, bf16=True, fp8=True)[1].describe()
+    assert "block swap (" in report and "blocks_on_gpu" in report and "fp8_e4m3fn_fast" in report
+
+
+def test_little_ram_picks_a_smaller_gguf_quant_and_8gb_does_not_fit_a14b_720p():
+    setup = chosen(RTX3060, ram_gib=24)["T2V/I2V-A14B", "480p"]
+    assert setup.weights in ("Q6_K", "Q5_K", "Q4_K", "Q3_K") and setup.ram_gib <= 24
+    assert ".gguf" in recommend(RTX3060.total_gib, bf16=True, fp8=False, ram_gib=24)[0].describe()
+    assert chosen(GPUSpec(0, "8 GB card", 7.8, 7.0, (8, 6)))["T2V/I2V-A14B", "720p"] is None
 
 
 def test_capabilities_and_report_text():
@@ -61,7 +83,8 @@ def test_capabilities_and_report_text():
     assert "GPU 0: NVIDIA H100 80GB HBM3, 79.2 GiB, 78.0 GiB free, compute capability 9.0, bf16 yes, fp8 e4m3 yes" \
         in report
     assert "GPU 1" not in report and "compute capability 7.0, bf16 no, fp8 e4m3 no" in report
-    assert "no native bf16" in report and "does not fit" in report and "Wan22SetDevice" in report
+    assert "no native bf16" in report and "Wan22SetDevice" in report
+    assert "RAM: 16.0 GiB" in hardware_report([V100], ram_gib=16.0)
     assert hardware_report([]) == CPU_ONLY_REPORT
 
 

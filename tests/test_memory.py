@@ -80,7 +80,7 @@ def test_offloaded_experts_wait_in_cpu_ram(monkeypatch, offload):
     experts = {"/high": WanDiT(DIT_CONFIGS["tiny-t2v"]), "/low": WanDiT(DIT_CONFIGS["tiny-t2v"])}
     cache = handles.ModelCache({"dit": 2})
     for path, module in experts.items():
-        cache.get(("dit", path, "default"), lambda module=module: module)
+        cache.get(("dit", path, "default", "all"), lambda module=module: module)  # weight_dtype, blocks_on_gpu
     handle = handles.DiTHandle(task="t2v-A14B", high_noise_path="/high", low_noise_path="/low", offload=offload)
     high, low = handle.load(cache)
     assert (high, low) == (experts["/high"], experts["/low"])

@@ -1,5 +1,5 @@
-"""The shipped workflows: UI files match the node declarations, `api/` and `workflows/` are in sync, and every API
-workflow runs through the node classes with tiny synthesized models and writes an MP4."""
+"""The shipped workflows: UI files match the node declarations, `api/` and `example_workflows/` are in sync, and
+every API workflow runs through the node classes with tiny synthesized models and writes an MP4."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from nodes import NODE_CLASS_MAPPINGS, handles, host
 
 ROOT = Path(__file__).resolve().parent.parent
 API_FILES = sorted((ROOT / "api").glob("*.json"))
-UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
+UI_FILES = sorted((ROOT / "example_workflows").glob("*.json"))
 SHIPPED = {"wan22_t2v_a14b", "wan22_t2v_a14b_dual_gpu", "wan22_ti2v_5b_24gb", "wan22_i2v_a14b", "wan22_batch_dual_gpu",
            "wan22_t2v_a14b_interpolated_8s", "wan22_ti2v_5b_long_video"}
 # Workflows with inputs beyond models (a CSV in the input folder) run in their own test file.
@@ -114,6 +114,27 @@ def test_ui_workflow_matches_the_node_declarations(path):
     assert any(n["type"] == "Note" for n in nodes.values()) and workflow["groups"]
 
 
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_templates_name_their_published_models_and_have_a_thumbnail(path):
+    from PIL import Image
+
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    loaders = [node for node in workflow["nodes"] if node["type"].endswith("Loader")]
+    named = set()
+    for node in loaders:
+        models = node["properties"].get("models", [])
+        assert models, f"{node['type']} names no published model"
+        for model in models:
+            assert model["name"] in node["widgets_values"]  # the frontend matches entries to widget values
+            assert model["url"].startswith("https://huggingface.co/Comfy-Org/Wan_2.")
+            assert model["url"].endswith("/split_files/" + model["directory"] + "/" + model["name"])
+            named.add(model["name"])
+    assert len(named) == (3 if "5b" in path.stem else 4)  # two experts (A14B) or one (5B), T5, VAE
+    with Image.open(path.with_suffix(".jpg")) as thumbnail:
+        assert thumbnail.format == "JPEG" and thumbnail.size == (400, 300)
+        assert len(set(thumbnail.convert("L").getdata())) > 5  # a drawing, not a blank
+
+
 def test_dual_gpu_workflow_puts_t5_on_gpu0_and_dit_vae_on_gpu1():
     graph = json.loads((ROOT / "api" / "wan22_t2v_a14b_dual_gpu.json").read_text(encoding="utf-8"))
 
@@ -192,7 +213,7 @@ def test_api_workflow_runs_and_writes_an_mp4(path, tiny_models, tmp_path, monkey
         if node["class_type"] in ("Wan22DiTSampler", "Wan22LongVideo"):
             node["inputs"].update(TINY_SIZE)
         node.get("_meta", {}).clear()
-    workflow = json.loads((ROOT / "workflows" / path.name).read_text(encoding="utf-8"))
+    workflow = json.loads((ROOT / "example_workflows" / path.name).read_text(encoding="utf-8"))
     with caplog.at_level(logging.WARNING, logger="comfyui-wan22"):
         _outputs, ui = run_graph(graph, {**NODE_CLASS_MAPPINGS, "LoadImage": FakeLoadImage}, workflow=workflow)
     (saved,) = next(shown["images"] for shown in ui.values() if "images" in shown)

@@ -1,4 +1,5 @@
-"""Write the shipped workflows: API format into `api/`, ComfyUI's UI format into `workflows/`.
+"""Write the shipped workflows: API format into `api/`, ComfyUI's UI format into `example_workflows/` (the folder
+the template browser and the registry read), with a thumbnail each (`tools/thumbnails.py`).
 
 Each graph is written once below in API terms plus its canvas groups and notes; the UI file is derived from the node
 declarations, so widget values always follow the declared order, and laid out by `layout`: one column per group, the
@@ -17,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from nodes import NODE_CLASS_MAPPINGS  # noqa: E402
+from nodes.batch_queue import EXAMPLE_LABEL, NO_CSV  # noqa: E402
+from tools.thumbnails import write_thumbnail  # noqa: E402
 from wan_core.pipeline.tasks import DEFAULT_NEGATIVE_PROMPT  # noqa: E402
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
@@ -62,7 +65,7 @@ def widget_values(node: Node) -> list:
     values = []
     for name, spec in declared_inputs(node.class_type):
         if is_widget(spec):
-            values.append(node.inputs[name])
+            values.append(node.inputs[name] if name in node.inputs else spec[1]["default"])  # optional: default
             if len(spec) > 1 and spec[1].get("control_after_generate"):
                 values.append(SEED_CONTROL)
     return values
@@ -147,7 +150,7 @@ def ui_graph(graph: Graph) -> dict:
         ui_nodes.append({
             "id": node.id, "type": node.class_type, "pos": list(placed.positions[node.id]),
             "size": [NODE_WIDTH, node_height(node)], "flags": {}, "order": order, "mode": 0,
-            "inputs": inputs, "outputs": [], "properties": {"Node name for S&R": node.class_type},
+            "inputs": inputs, "outputs": [], "properties": node_properties(node, widgets),
             "widgets_values": widgets,
         })
     for ui_node, node in zip(ui_nodes, graph.nodes, strict=True):
@@ -169,6 +172,30 @@ def ui_graph(graph: Graph) -> dict:
         "last_node_id": next_id - 1, "last_link_id": len(links), "nodes": ui_nodes, "links": links,
         "groups": groups, "config": {}, "extra": {"ds": {"scale": 0.65, "offset": [40, 220]}}, "version": 0.4,
     }
+
+
+# The published files the loaders name (Comfy-Org's repackaged Wan files, the URLs ComfyUI's own templates use): the
+# frontend offers missing ones for download from a node's `properties.models` ({name, url, directory}).
+HF = "https://huggingface.co/Comfy-Org"
+PUBLISHED_MODELS = {
+    **{name: (f"{HF}/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/diffusion_models/{name}", "diffusion_models")
+       for name in (*(f"wan2.2_{task}_{expert}_noise_14B_fp8_scaled.safetensors"
+                      for task in ("t2v", "i2v") for expert in ("high", "low")), "wan2.2_ti2v_5B_fp16.safetensors")},
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": (
+        f"{HF}/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+        "text_encoders"),
+    **{name: (f"{HF}/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/vae/{name}", "vae")
+       for name in ("wan_2.1_vae.safetensors", "wan2.2_vae.safetensors")},
+}
+
+
+def node_properties(node: Node, widgets: list) -> dict:
+    properties: dict = {"Node name for S&R": node.class_type}
+    models = [{"name": value, "url": PUBLISHED_MODELS[value][0], "directory": PUBLISHED_MODELS[value][1]}
+              for value in widgets if isinstance(value, str) and value in PUBLISHED_MODELS]
+    if models:
+        properties["models"] = models
+    return properties
 
 
 GROUP_COLORS = ["#3f789e", "#8a8", "#a1309b", "#b58b2a", "#444"]
@@ -200,6 +227,11 @@ MODELS, DEVICES = "1. Models", "1b. Devices"
 PROMPT, SAMPLE, OUTPUT = "2. Prompt", "3. Sampling", "4. Decode and save"
 BATCH = "2. Batch queue"
 SAMPLE_CSV = "sample_batch.csv"
+BATCH_PROMPTS = "\n".join((
+    "A red fox trots through fresh snow in a birch forest at sunrise, the camera tracking alongside at ground level.",
+    "Waves roll onto a black sand beach under a stormy sky, seen from a slowly rising drone.",
+    "一只橘猫趴在窗台上晒太阳，窗外细雨绵绵，镜头缓缓推近。",
+))
 DUAL_GPU = {"t5": "gpu:0", "dit": "gpu:1", "vae": "gpu:1"}
 BATCH_TEXT = (
     "Each CSV row is one video (its columns override the node's size, frames, steps, seed, style). Videos and the "
@@ -251,18 +283,19 @@ def build_batch_graph() -> Graph:
     denoise and decode the current one."""
     nodes, handles = model_nodes(**T2V_FILES, devices=DUAL_GPU)
     batch_inputs = {
-        "model": handles["dit"], "t5": handles["t5"], "vae": handles["vae"], "prompts": "",
-        "csv_file": SAMPLE_CSV, "style": "none", "negative_prompt": "", **T2V, "gpu_mode": "as wired",
+        "model": handles["dit"], "t5": handles["t5"], "vae": handles["vae"], "prompts": BATCH_PROMPTS,
+        "csv_file": NO_CSV, "style": "none", "negative_prompt": "", **T2V, "gpu_mode": "as wired",
         "max_concurrent_jobs": 0, "queue_timeout": 1800.0, "auto_clear_cache": True, "defrag_every": 0,
         "wait_for_vae_load": True,
     }
     nodes.append(Node(30, "Wan22BatchQueueManager", batch_inputs, BATCH))
     graph = Graph("wan22_batch_dual_gpu", "Wan2.2 T2V A14B batch, two GPUs", nodes,
                   {MODELS: GROUP_TEXT[MODELS], DEVICES: GROUP_TEXT[DEVICES], BATCH: BATCH_TEXT})
-    graph.notes.append(f"Copy api/{SAMPLE_CSV} from this pack into ComfyUI/input/ (or write your own CSV there: a "
-                        "header row with prompt and optional negative_prompt, style, seed, width, height, frames, "
-                        "steps), press R to refresh the file list, then queue. On one GPU gpu:1 falls back to the "
-                        "main GPU and the jobs run one after the other.")
+    graph.notes.append(f"One prompt per line in the prompts box, or a CSV: clear the box and pick "
+                        f"'{EXAMPLE_LABEL}{SAMPLE_CSV}' (shipped with this pack) or a CSV of yours in ComfyUI/input/ "
+                        "(a header row with prompt and optional negative_prompt, style, seed, width, height, frames, "
+                        "steps; press R after adding one). On one GPU gpu:1 falls back to the main GPU and the jobs "
+                        "run one after the other.")
     return graph
 
 
@@ -277,7 +310,7 @@ def build_graph(
     nodes.insert(3, Node(4, "Wan22PromptStyler", {"prompt": prompt, "style": "Cinematic Lighting",
                                                   "negative_prompt": DEFAULT_NEGATIVE_PROMPT}, PROMPT))
     nodes.append(Node(5, "Wan22T5Encode", {"t5": handles["t5"], "positive": ["4", 0], "negative": ["4", 1]}, PROMPT))
-    sampler_inputs = {"model": handles["dit"], "conditioning": ["5", 0], **sampler}
+    sampler_inputs = {"model": handles["dit"], "conditioning": ["5", 0], **sampler, "denoise": 1.0}
     if start_image is not None:
         nodes.append(Node(10, "LoadImage", {"image": start_image}, SAMPLE))
         sampler_inputs.update(vae=handles["vae"], start_image=["10", 0])
@@ -380,7 +413,7 @@ def render(graph: Graph) -> dict[str, str]:
     """{relative path: file text} of one graph's API and UI files."""
     return {
         f"api/{graph.name}.json": as_text(api_graph(graph)),
-        f"workflows/{graph.name}.json": as_text(ui_graph(graph)),
+        f"example_workflows/{graph.name}.json": as_text(ui_graph(graph)),
     }
 
 
@@ -393,6 +426,9 @@ def main() -> None:
         for relative, text in render(graph).items():
             (ROOT / relative).write_text(text, encoding="utf-8")
             print("wrote", relative)
+        thumbnail = ROOT / "example_workflows" / f"{graph.name}.jpg"
+        write_thumbnail(ui_graph(graph), thumbnail)
+        print("wrote", thumbnail.relative_to(ROOT))
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ class CheckpointFiles:
 class _MissingPart:
     path: str  # relative to the checkpoint folder
     what: str
-    download_pattern: str  # a `huggingface-cli download --include` pattern that fetches it
+    download_pattern: str  # a `hf download --include` pattern that fetches it
 
 
 def get_layout(task: str) -> CheckpointLayout:
@@ -121,9 +121,9 @@ def _missing_parts_error(task: str, root: Path, missing: list[_MissingPart]) -> 
     patterns = " ".join(f'"{pattern}"' for pattern in _download_patterns(missing))
     lines += [
         f"These files come from the Hugging Face repo {repo} (https://huggingface.co/{repo}). Fetch them with:",
-        f"  huggingface-cli download {repo} --include {patterns} --local-dir {root}",
-        f"or download the whole checkpoint: huggingface-cli download {repo} --local-dir {root}",
-        "(To try the pipeline without any download: wan22-generate --demo, on a tiny random checkpoint.)",
+        f"  hf download {repo} --include {patterns} --local-dir {root}",
+        f"or download the whole checkpoint: hf download {repo} --local-dir {root}",
+        "(To try the pipeline without any download: python -m wan_core.generate --demo, on a tiny random checkpoint.)",
     ]
     return MissingFileError("\n".join(lines))
 
@@ -135,8 +135,9 @@ def resolve_checkpoint(task: str, ckpt_dir: str | Path) -> CheckpointFiles:
     if not root.is_dir():
         raise MissingFileError(
             f"The checkpoint folder {root} does not exist. Download the {task} checkpoint into it with:\n"
-            f"  huggingface-cli download {layout.hf_repo} --local-dir {root}\n"
-            "or point --ckpt_dir at the folder you downloaded it to (or try wan22-generate --demo, no download)."
+            f"  hf download {layout.hf_repo} --local-dir {root}\n"
+            "or point --ckpt_dir at the folder you downloaded it to (or try python -m wan_core.generate --demo, no "
+            "download)."
         )
     missing: list[_MissingPart] = []
     for sub in layout.expert_dirs:

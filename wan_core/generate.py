@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from .pipeline.denoise import StepInfo
 
-PROG = "wan22-generate"
+PROG = "python -m wan_core.generate"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -210,7 +210,7 @@ def resolve_request(args: argparse.Namespace) -> Request:
         )
     if not args.demo and args.ckpt_dir is None:
         raise InputError(
-            "Pass --ckpt_dir with the folder of an official Wan2.2 download (e.g. huggingface-cli download "
+            "Pass --ckpt_dir with the folder of an official Wan2.2 download (e.g. hf download "
             f"{LAYOUTS[args.task].hf_repo} --local-dir ./ckpt), or --demo to try a tiny random checkpoint."
         )
     width, height = parse_size(args.size or (DEMO_SIZE if args.demo else task.sizes[0]))
@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `wan22-generate` / `python -m wan_core.generate`. Returns the exit code."""
+    """Entry point of `python -m wan_core.generate`. Returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

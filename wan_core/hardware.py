@@ -1,44 +1,53 @@
-"""Which Wan2.2 setups fit a device: GPU memory estimates from parameter counts and measured activation peaks.
+"""Which Wan2.2 setup is the fastest that fits a device: GPU (and RAM) needs from parameter counts and the measured
+activation and decode peaks of `wan_core.measured`.
 
-How the numbers are derived (GiB = 2**30 bytes; bf16 = 2 bytes per parameter, fp8 = 1):
-- Weights. A14B expert 14.3e9 parameters -> 26.6 GiB bf16, 13.3 GiB fp8; T2V/I2V-A14B has two experts (high-noise
-  and low-noise), so both resident are 53.3 GiB bf16. TI2V-5B 5.0e9 -> 9.3 GiB bf16, 4.7 GiB fp8. UMT5-XXL encoder
-  5.7e9 -> 10.6 GiB bf16 (runs once per prompt; `t5_cpu` keeps it off the GPU).
-- DiT activations, one forward of one expert (CFG runs the conditional and unconditional passes one after the other):
-  measured peak minus weights on an H100 at A14B shape (docs: shared perf facts): bf16 30 GiB at 480p x 81 frames
-  (32,760 tokens) -> 3.4 GiB; 35 GiB at 720p (75,600 tokens) -> 8.4 GiB; fp8 weights 16.6 / 20 GiB -> 3.3 / 6.7 GiB.
-  TI2V-5B at 1280x704 x 121 frames has 27,280 tokens of width 3072: hidden states scaled by tokens x width from the
-  A14B 480p figure give ~1.7 GiB, plus its per-token timestep modulation held in fp32 ([L, 6, dim] = 1.9 GiB, held
-  twice in the reference forward) -> ~6 GiB.
-- VAE decode (estimates consistent with the official single-GPU guidance: A14B on 80 GB, TI2V-5B on 24 GB with
-  offload and t5_cpu): Wan2.1 VAE at 720p x 81 frames ~10 GiB untiled; Wan2.2 VAE at 1280x704 x 121 frames
-  ~16 GiB untiled; tiled decode ~3 GiB. With `offload_model` the DiT leaves the GPU before the decode, so the peak is
-  the larger of sampling and decoding; resident, the decode adds to the weights.
-- A reserve of 2 GiB for the CUDA context, cuBLAS workspaces and allocator fragmentation.
+- Weights. A14B expert 14.3e9 parameters (40 blocks of 351e6, the rest 0.26e9), TI2V-5B 5.0e9 (30 blocks of 164e6),
+  UMT5-XXL encoder 5.7e9. The blocks' matmul weights are stored as the format says (bf16 2 bytes per parameter, fp8 1,
+  GGUF Q8_0 1.06, Q6_K 0.82, Q5_K 0.69, Q4_K 0.56, Q3_K 0.43); the rest of the model stays bf16.
+- Block swap keeps `resident` blocks on the GPU and two more in flight; the other blocks wait in pinned RAM.
+- `offload_model`: one model on the GPU at a time (T5, then each expert, then the VAE); the inactive A14B expert waits
+  in RAM. `t5_cpu`: the text encoder runs on the CPU. Tiled decode bounds the VAE's peak.
+- Preference (fastest and most exact first): all resident in bf16, then fp8, then GGUF Q8_0; then block swap with
+  fp8, Q8_0, Q6_K, Q5_K, Q4_K, Q3_K (block swap keeps each step within ~15% when transfers hide behind compute; a
+  smaller quant needs less RAM and PCIe traffic).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .measured import ACTIVATIONS, BLOCK_SWAP_SLOWDOWN, RESERVE, TILED_VAE_DECODE, VAE_DECODE
+
 GIB = 1024**3
-RESERVE_GIB = 2.0
 BF16_CAPABILITY = (8, 0)  # Ampere
 FP8_CAPABILITY = (8, 9)  # Ada / Hopper: e4m3 matmul
 
-A14B_EXPERT_PARAMS = 14.3e9
-TI2V_5B_PARAMS = 5.0e9
 UMT5_XXL_ENCODER_PARAMS = 5.7e9
-BYTES_PER_PARAM = {"bf16": 2, "fp8": 1}
+# Bytes per parameter of the blocks' matmul weights.
+BYTES_PER_PARAM = {"bf16": 2.0, "fp8": 1.0, "Q8_0": 34 / 32, "Q6_K": 210 / 256, "Q5_K": 176 / 256,
+                   "Q4_K": 144 / 256, "Q3_K": 110 / 256}
+GGUF_FORMATS = ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K")
 
-# Activation peaks of one DiT forward in GiB, by (model, weights, resolution); see the module docstring.
-ACTIVATIONS_GIB = {
-    ("A14B", "bf16", "480p"): 3.4, ("A14B", "bf16", "720p"): 8.4,
-    ("A14B", "fp8", "480p"): 3.3, ("A14B", "fp8", "720p"): 6.7,
-    ("5B", "bf16", "720p"): 6.0, ("5B", "fp8", "720p"): 6.0,
+
+@dataclass(frozen=True)
+class ModelShape:
+    params: float
+    blocks: int
+    block_params: float
+    experts: int
+
+    def gib(self, weights: str, blocks: int | None = None) -> float:
+        """GiB of one expert's weights with `blocks` of its blocks (None: all) on the GPU."""
+        count = self.blocks if blocks is None else blocks
+        others = self.params - self.blocks * self.block_params
+        return (others * 2 + count * self.block_params * BYTES_PER_PARAM[weights]) / GIB
+
+
+MODELS = {
+    "A14B": ModelShape(14.3e9, 40, 8 * 5120**2 + 2 * 5120 * 13824, experts=2),
+    "5B": ModelShape(5.0e9, 30, 8 * 3072**2 + 2 * 3072 * 14336, experts=1),
 }
-VAE_DECODE_GIB = {"A14B": 10.0, "5B": 16.0}
-TILED_VAE_DECODE_GIB = 3.0
+RESOLUTIONS = {"A14B": ("480p", "720p"), "5B": ("720p",)}
 
 OFFLOAD = "offload_model"
 T5_CPU = "t5_cpu"
@@ -50,81 +59,133 @@ def weights_gib(params: float, weights: str) -> float:
     return params * BYTES_PER_PARAM[weights] / GIB
 
 
+def activation_gib(model: str, weights: str, resolution: str) -> float:
+    """Measured activation peak of one forward (fp8 matmuls for "fp8", bf16 compute for every other format)."""
+    return ACTIVATIONS[model, "fp8" if weights == "fp8" else "bf16", resolution].gib
+
+
 CPU_ONLY_REPORT = (
     "No CUDA GPU found: the nodes run on the CPU. Demo sizes only (tiny test models, a few small frames): one real "
     "denoising step takes minutes there, and the smallest real setup (TI2V-5B + T5, bf16) holds "
-    f"{weights_gib(TI2V_5B_PARAMS + UMT5_XXL_ENCODER_PARAMS, 'bf16'):.0f} GiB of weights in RAM."
+    f"{(MODELS['5B'].params * 2 + UMT5_XXL_ENCODER_PARAMS * 2) / GIB:.0f} GiB of weights in RAM."
 )
 
 
 @dataclass(frozen=True)
 class Setup:
-    """One way to run a model: weight dtype, resolution and the memory-saving settings it needs."""
+    """One way to run a model: weight format, resolution, block swap and the memory-saving settings it uses."""
 
     model: str  # "A14B" | "5B"
-    weights: str  # "bf16" | "fp8"
+    weights: str  # "bf16" | "fp8" | a GGUF format
     resolution: str  # "480p" | "720p"
     settings: tuple[str, ...] = ()
+    resident_blocks: int | None = None  # None: no block swap
 
     @property
     def label(self) -> str:
-        extras = " + ".join(self.settings) if self.settings else "all resident"
-        return f"{FAMILIES[self.model]} {self.weights} {self.resolution}: {extras}"
+        extras = list(self.settings)
+        if self.resident_blocks is not None:
+            extras.insert(0, f"block swap ({self.resident_blocks} of {MODELS[self.model].blocks} blocks on the GPU)")
+        weights = f"GGUF {self.weights}" if self.weights in GGUF_FORMATS else self.weights
+        return f"{FAMILIES[self.model]} {weights} {self.resolution}: {' + '.join(extras) or 'all resident'}"
 
     @property
     def need_gib(self) -> float:
         """Peak GPU memory estimate, reserve included."""
-        expert = weights_gib(A14B_EXPERT_PARAMS if self.model == "A14B" else TI2V_5B_PARAMS, self.weights)
-        text_encoder = 0.0 if T5_CPU in self.settings else weights_gib(UMT5_XXL_ENCODER_PARAMS, "bf16")
-        activations = ACTIVATIONS_GIB[self.model, self.weights, self.resolution]
-        decode = TILED_VAE_DECODE_GIB if TILED_DECODE in self.settings else VAE_DECODE_GIB[self.model]
-        if OFFLOAD in self.settings:  # one model on the GPU at a time: encode, then each expert, then decode
+        shape = MODELS[self.model]
+        blocks = None if self.resident_blocks is None else min(shape.blocks, self.resident_blocks + 2)
+        expert = shape.gib(self.weights, blocks)
+        text_encoder = 0.0 if T5_CPU in self.settings else UMT5_XXL_ENCODER_PARAMS * 2 / GIB
+        activations = activation_gib(self.model, self.weights, self.resolution)
+        decode = (TILED_VAE_DECODE if TILED_DECODE in self.settings else VAE_DECODE[self.model]).gib
+        if OFFLOAD in self.settings or self.resident_blocks is not None:
             peak = max(text_encoder, expert + activations, decode)
         else:
-            experts = 2 if self.model == "A14B" else 1
-            peak = experts * expert + text_encoder + max(activations, decode)
-        return round(peak + RESERVE_GIB, 1)
+            peak = shape.experts * expert + text_encoder + max(activations, decode)
+        return round(peak + RESERVE.gib, 1)
+
+    @property
+    def ram_gib(self) -> float:
+        """System RAM the setup holds beyond the process: swapped blocks (pinned), the waiting expert, T5 on CPU."""
+        shape = MODELS[self.model]
+        swapped = 0.0
+        if self.resident_blocks is not None:
+            swapped = shape.gib(self.weights) - shape.gib(self.weights, self.resident_blocks)
+        waiting = (shape.experts - 1) * shape.gib(self.weights) if OFFLOAD in self.settings else 0.0
+        text_encoder = UMT5_XXL_ENCODER_PARAMS * 2 / GIB if T5_CPU in self.settings else 0.0
+        return round(swapped + waiting + text_encoder, 1)
 
 
-# Per family, from the fastest (most resident, bf16) to the most frugal; the first that fits is recommended.
-SETUPS: tuple[Setup, ...] = (
-    Setup("A14B", "bf16", "720p"),
-    Setup("A14B", "bf16", "720p", (OFFLOAD,)),
-    Setup("A14B", "bf16", "480p", (OFFLOAD, T5_CPU)),
-    Setup("A14B", "fp8", "720p", (OFFLOAD, T5_CPU)),
-    Setup("A14B", "fp8", "480p", (OFFLOAD, T5_CPU)),
-    Setup("5B", "bf16", "720p"),
-    Setup("5B", "bf16", "720p", (OFFLOAD, T5_CPU)),
-    Setup("5B", "fp8", "720p", (OFFLOAD, T5_CPU, TILED_DECODE)),
-)
+def _with_savings(model: str, weights: str, resolution: str, total_gib: float, resident: int | None = None) -> Setup:
+    """The setup with the fewest memory-saving settings that fits (the most frugal one when none does). Block swap
+    goes with offload_model: one model's resident blocks on the GPU at a time."""
+    steps = [(OFFLOAD,), (OFFLOAD, T5_CPU), (OFFLOAD, T5_CPU, TILED_DECODE)]
+    if resident is None:
+        steps.insert(0, ())
+    for settings in steps:
+        setup = Setup(model, weights, resolution, settings, resident)
+        if setup.need_gib <= total_gib:
+            break
+    return setup
+
+
+def _fastest_fit(model: str, weights: str, resolution: str, total_gib: float) -> Setup | None:
+    """`weights` all resident if that fits, else with the most blocks on the GPU that block swap allows."""
+    whole = _with_savings(model, weights, resolution, total_gib)
+    if whole.need_gib <= total_gib:
+        return whole
+    for resident in range(MODELS[model].blocks - 1, -1, -1):
+        setup = _with_savings(model, weights, resolution, total_gib, resident)
+        if setup.need_gib <= total_gib:
+            return setup
+    return None
+
+
+def candidates(model: str, resolution: str, total_gib: float) -> list[Setup]:
+    """The setups of `model` at `resolution` that fit a `total_gib` GPU, fastest first: all resident in bf16, fp8,
+    Q8_0; then with block swap in fp8 and the GGUF formats."""
+    out = [_with_savings(model, weights, resolution, total_gib) for weights in ("bf16", "fp8", "Q8_0")]
+    out += [_fastest_fit(model, weights, resolution, total_gib) for weights in ("fp8", *GGUF_FORMATS)]
+    return [s for s in out if s is not None and s.need_gib <= total_gib]
 
 
 @dataclass(frozen=True)
 class Recommendation:
     family: str
-    setup: Setup | None  # None: no listed setup fits
+    resolution: str
+    setup: Setup | None  # None: no setup fits
     notes: tuple[str, ...] = ()
 
     def describe(self) -> str:
         if self.setup is None:
-            smallest = min((s for s in SETUPS if FAMILIES[s.model] == self.family), key=lambda s: s.need_gib)
-            head = f"{self.family}: does not fit (the smallest setup, {smallest.label}, needs ~{smallest.need_gib} GiB)"
+            head = f"{self.family} {self.resolution}: does not fit this GPU (or this machine's RAM)"
         else:
-            head = f"{self.setup.label} (~{self.setup.need_gib} GiB)"
+            ram = f", ~{self.setup.ram_gib} GiB RAM" if self.setup.ram_gib else ""
+            head = f"{self.setup.label} (~{self.setup.need_gib} GiB GPU{ram})"
         return "; ".join([head, *self.notes])
 
 
-def recommend(total_gib: float, *, bf16: bool, fp8: bool) -> list[Recommendation]:
-    """The setup to use per model family on a GPU with `total_gib` of memory and the given dtype support."""
+def recommend(total_gib: float, *, bf16: bool, fp8: bool, ram_gib: float | None = None) -> list[Recommendation]:
+    """Per model family and resolution, the fastest setup that fits a GPU of `total_gib` (and `ram_gib` of RAM)."""
     no_bf16 = ("no native bf16 (needs compute capability 8.0+): expect fp32 compute, about twice as slow",)
-    fp8_note = "fp8 matmul available" if fp8 else "fp8 weights are upcast per layer (saves memory, no speed-up)"
+    fp8_note = ("weight_dtype fp8_e4m3fn_fast (fp8 matmuls)" if fp8
+                else "weight_dtype fp8_e4m3fn: fp8 weights upcast per layer (saves memory, no speed-up)")
     recommendations = []
     for model, family in FAMILIES.items():
-        chosen = next((s for s in SETUPS if s.model == model and s.need_gib <= total_gib), None)
-        notes = () if bf16 else no_bf16
-        if chosen is not None and chosen.weights == "fp8":
-            notes += (fp8_note,)
-        recommendations.append(Recommendation(family, chosen, notes))
+        for resolution in RESOLUTIONS[model]:
+            fits = [s for s in candidates(model, resolution, total_gib) if ram_gib is None or s.ram_gib <= ram_gib]
+            chosen = fits[0] if fits else None
+            notes = () if bf16 else no_bf16
+            if chosen is not None and chosen.weights == "fp8":
+                notes += (fp8_note,)
+            if chosen is not None and chosen.weights in GGUF_FORMATS:
+                notes += (f"a {chosen.weights}{'_M' if chosen.weights[-1] == 'K' else ''} .gguf file in "
+                          "diffusion_models/ or unet/",)
+            if chosen is not None and chosen.resident_blocks is not None:
+                slowdown = BLOCK_SWAP_SLOWDOWN.get((model, resolution))
+                measured = f"measured {slowdown.gib:.2f}x s/step" if slowdown else "up to ~15% slower per step"
+                notes += (f"Model Loader blocks_on_gpu {chosen.resident_blocks} or auto ({measured})",)
+            recommendations.append(Recommendation(family, resolution, chosen, notes))
     return recommendations
 
 
@@ -169,14 +230,16 @@ def list_gpus() -> list[GPUSpec]:
     return gpus
 
 
-def hardware_report(gpus: list[GPUSpec]) -> str:
-    """Text report: each GPU and its recommended Wan2.2 setups (CPU only when `gpus` is empty)."""
+def hardware_report(gpus: list[GPUSpec], ram_gib: float | None = None) -> str:
+    """Text report: each GPU and its recommended Wan2.2 setups given `ram_gib` of RAM (CPU only when `gpus` is
+    empty)."""
     if not gpus:
         return CPU_ONLY_REPORT
-    lines = []
+    lines = [f"RAM: {ram_gib:.1f} GiB"] if ram_gib is not None else []
     for gpu in gpus:
         lines.append(gpu.describe())
-        lines += [f"  - {r.describe()}" for r in recommend(gpu.total_gib, bf16=gpu.bf16, fp8=gpu.fp8)]
+        recommendations = recommend(gpu.total_gib, bf16=gpu.bf16, fp8=gpu.fp8, ram_gib=ram_gib)
+        lines += [f"  - {r.describe()}" for r in recommendations]
     if len(gpus) > 1:
         lines.append("Several GPUs: put T5 (and the styler) on one and the DiT and VAE on another with Wan22SetDevice.")
     return "\n".join(lines)

@@ -80,6 +80,7 @@ class PipelineStages:
     build_prompts: PromptBuilder
     on_start: StartListener | None = None
     on_step: StepListener | None = None
+    finish_video: Callable[[Path], None] | None = None  # e.g. embeds metadata, before the file gets its final name
 
     def encode(self, job: BatchJob) -> tuple[torch.Tensor, torch.Tensor]:
         if self.on_start is not None:
@@ -110,7 +111,7 @@ class PipelineStages:
 
         def finish() -> Path:
             video = self._pipeline(self.decode_device, vae=self.vae.get()).decode(latents.to(self.decode_device))
-            return save_video(final, video.cpu(), self.settings.task.fps)
+            return save_video(final, video.cpu(), self.settings.task.fps, finalize=self.finish_video)
 
         return keep_latents_on_failure(
             finish, latents, folder=self.output_dir, task=self.settings.task.name, stem=final.stem,

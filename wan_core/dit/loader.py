@@ -6,7 +6,8 @@
 2. a ComfyUI single file, keys bare or prefixed `model.diffusion_model.`, fp16/bf16/fp32, or fp8: `*_fp8_scaled`
    (`<layer>.scale_weight` + `scaled_fp8`) and the newer `weight_scale` / `comfy_quant` format;
 3. a diffusers `WanTransformer3DModel` folder (`transformer/`, `transformer_2/`) or single file;
-plus an official `.pth` state dict (read with `weights_only=True`).
+plus an official `.pth` state dict (read with `weights_only=True`), and a GGUF file (city96's conversions: the block
+matmul weights stay quantized, `GGUFLinear`, and are dequantized on the device as each layer runs).
 
 The weights are read tensor by tensor with safetensors (memory-mapped), straight to the target device and dtype, and
 assigned into a model built on the meta device: no second copy, no full fp32 copy.
@@ -15,6 +16,8 @@ assigned into a model built on the meta device: no second copy, no full fp32 cop
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +35,14 @@ from ..errors import (
     describe_keys,
 )
 from ..io.files import find_weight_files
+from ..io.gguf_file import GGUFFile
+from ..io.mapped_safetensors import SAFETENSORS_DTYPES as _SAFETENSORS_DTYPES
+from ..io.mapped_safetensors import MappedSafetensors
 from ..io.quant import dequantize
 from ..io.state_dict import FP8_DTYPES, WEIGHT_SUFFIXES, is_torch_file, read_safetensors_metadata, read_torch_file
 from ..pipeline.finite import check_weight_dtypes, scan_weights
+from ..ram import check_ram
+from .gguf_linear import GGUFLinear
 from .keymap import diffusers_to_official_key, is_diffusers_layout
 from .model import FP8, FP8Linear, WanDiT, fp8_capable, keeps_fp32
 
@@ -42,14 +50,6 @@ _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
 _QUANT_SUFFIXES = (".scale_weight", ".weight_scale", ".scale_input", ".input_scale", ".comfy_quant",
                    ".weight_scale_2", ".pre_quant_scale")
 _MARKERS = ("scaled_fp8",)
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
-    if hasattr(torch, _attr):
-        _SAFETENSORS_DTYPES[_name] = getattr(torch, _attr)
 _MODEL_ROOT_CHILDREN = ("high_noise_model", "low_noise_model", "transformer", "transformer_2")
 
 
@@ -71,6 +71,7 @@ class _Checkpoint:
         self.entries: dict[str, _Entry] = {}
         self.metadata: dict[str, str] = {}
         self._torch_tensors: dict[str, torch.Tensor] | None = None
+        self.gguf: GGUFFile | None = None
         self._resolve()
 
     # --- finding the files -------------------------------------------------------------------------------------
@@ -102,14 +103,19 @@ class _Checkpoint:
                 if len(singles) != 1:
                     raise
                 self.files = singles
-        elif path.suffix.lower() in WEIGHT_SUFFIXES:
+        elif path.suffix.lower() in (*WEIGHT_SUFFIXES, ".gguf"):
             self.files = [path]
         else:
-            raise CheckpointError(f"{path} is neither a folder, a .safetensors file nor a .pth file.")
+            raise CheckpointError(f"{path} is neither a folder, a .safetensors, .gguf nor a .pth file.")
         for file in self.files:
             self._read_header(file)
 
     def _read_header(self, file: Path) -> None:
+        if file.suffix == ".gguf":
+            self.gguf = GGUFFile(file)
+            for key, tensor in self.gguf.tensors.items():
+                self.entries[key] = _Entry(file, tensor.stored_dtype, tensor.shape)
+            return
         if is_torch_file(file):
             tensors = read_torch_file(file)
             self._torch_tensors = {**(self._torch_tensors or {}), **tensors}
@@ -148,9 +154,12 @@ class _Reader:
         self.ckpt = ckpt
         self.device = device
         self._handles: dict[Path, object] = {}
+        self.mapped: list[MappedSafetensors] = []  # CPU loads: tensors are views of these maps, not copies
 
     def get(self, key: str) -> torch.Tensor:
         entry = self.ckpt.entries[key]
+        if self.ckpt.gguf is not None:
+            return self.ckpt.gguf.dequantized(key, self.device)
         if self.ckpt._torch_tensors is not None and key in self.ckpt._torch_tensors:
             return self.ckpt._torch_tensors[key].to(self.device)
         from safetensors import safe_open
@@ -158,6 +167,11 @@ class _Reader:
         load_device = str(self.device) if self.device.type in ("cpu", "cuda") else "cpu"
         try:
             handle = self._handles.get(entry.file)
+            if handle is None and self.device.type == "cpu":
+                handle = self._handles[entry.file] = MappedSafetensors(entry.file)
+                self.mapped.append(handle)
+            if isinstance(handle, MappedSafetensors):
+                return handle.get(key)
             if handle is None:
                 handle = safe_open(str(entry.file), framework="pt", device=load_device)
                 self._handles[entry.file] = handle
@@ -290,15 +304,15 @@ def _keeps_fp8(name: str, stored: torch.dtype, fp8_compute: bool, fp8_weights: b
     return fp8_weights is None and stored == FP8
 
 
-def _swap_fp8_linears(model: WanDiT, names: list[str], *, scaled_mm: bool) -> None:
+def _replace_linears(model: WanDiT, names: list[str], make: Callable[[str, torch.nn.Linear], torch.nn.Module]) -> None:
+    """Replace the Linear of each weight name by `make(name, old)`, built on the meta device."""
     for name in names:
         module_path = name[: -len(".weight")]
         parent_path, _, attr = module_path.rpartition(".")
         parent = model.get_submodule(parent_path)
         old = getattr(parent, attr)
         with torch.device("meta"):
-            new = FP8Linear(old.in_features, old.out_features, bias=old.bias is not None, scaled_mm=scaled_mm)
-        setattr(parent, attr, new)
+            setattr(parent, attr, make(name, old))
 
 
 def load_dit(
@@ -361,12 +375,19 @@ def load_dit(
         )
 
     target = _target_dtype(dtype, ckpt, main)
-    fp8_names = [k for k in expected if fp8_capable(k) and _keeps_fp8(k, ckpt.entries[main[k]].dtype, fp8_compute,
-                                                                         fp8_weights)]
-    if fp8_names:
-        _swap_fp8_linears(model, fp8_names, scaled_mm=fp8_compute)
+    gguf = ckpt.gguf
+    gguf_names = {k for k in expected if gguf is not None and fp8_capable(k) and gguf.tensors[main[k]].quantized}
+    fp8_names = [k for k in expected if fp8_capable(k) and k not in gguf_names
+                 and _keeps_fp8(k, ckpt.entries[main[k]].dtype, fp8_compute, fp8_weights)]
+    _replace_linears(model, fp8_names, lambda name, old: FP8Linear(
+        old.in_features, old.out_features, bias=old.bias is not None, scaled_mm=fp8_compute))
+    _replace_linears(model, sorted(gguf_names), lambda name, old: GGUFLinear(
+        old.in_features, old.out_features, gguf.tensors[main[name]].qtype, bias=old.bias is not None))
     model.requires_grad_(False)
 
+    if device.type == "cpu":
+        check_ram(_copied_bytes(ckpt, main, expected, target, set(fp8_names), gguf_names), where,
+                  "Close other programs, pick fp8 or GGUF weights (or offload) in the loader, or add RAM / swap.")
     reader = ckpt.reader(device)
     state: dict[str, torch.Tensor] = {}
     scales: dict[str, torch.Tensor] = {}
@@ -377,6 +398,9 @@ def load_dit(
             layer = name[: -len(".weight")] if name.endswith(".weight") else None
             side = aux.get(layer, {}) if layer is not None else {}
             want = torch.float32 if keeps_fp32(name) else target
+            if name in gguf_names:
+                state[name] = gguf.tensors[raw].raw.to(device)
+                continue
             tensor = reader.get(raw)
             quantized = tensor.dtype in FP8_DTYPES or tensor.dtype == torch.int8 or bool(side)
             scale_key = side.get(".weight_scale") or side.get(".scale_weight")
@@ -408,7 +432,21 @@ def load_dit(
         raise CheckpointError(f"Internal error: {describe_keys(leftover)} were not loaded from {where}.")
     model.eval()
     model.source = where
+    model.mapped_files = [m.map for m in reader.mapped]  # for wan_core.ram.release_pages
     return model
+
+
+def _copied_bytes(ckpt: _Checkpoint, main: dict[str, str], expected: dict[str, tuple[int, ...]],
+                  target: torch.dtype, fp8_names: set[str], gguf_names: set[str]) -> int:
+    """The RAM a CPU load takes beyond the memory-mapped file: tensors converted to another dtype, .pth files."""
+    total = 0
+    for name, shape in expected.items():
+        entry = ckpt.entries[main[name]]
+        kept = FP8 if name in fp8_names else torch.float32 if keeps_fp32(name) else target
+        mapped = entry.file.suffix == ".safetensors" and entry.dtype == kept or name in gguf_names
+        if not mapped:
+            total += math.prod(shape) * kept.itemsize
+    return total
 
 
 def _dequantize_layer(

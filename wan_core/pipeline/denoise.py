@@ -24,11 +24,13 @@ import torch
 from ..errors import InputError, WanError
 from ..io.state_dict import FP8_DTYPES
 from ..memory import GPUOutOfMemoryError, out_of_memory
+from ..ram import release_pages
 from ..runtime import Runtime, move_to
 from ..sampling import make_solver
 from . import conditioning
 from .finite import check_finite
 from .request import SamplingRequest
+from .strength import start_from_latents
 from .tasks import TaskConfig
 
 log = logging.getLogger(__name__)
@@ -136,12 +138,14 @@ def sample_latents(
     first_frame_latent: torch.Tensor | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    init_latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the sampler; return the final latents ``[z, F', H', W']`` (float32, on ``runtime.device``).
 
     ``cond`` / ``uncond``: the prompt / negative prompt embeddings ``[L, 4096]`` (or lists of one); a guide scale of
     1 skips the ``uncond`` forward (CFG 1 is the conditional prediction).
     ``y``: the i2v conditioning ``[4 + z, F', H', W']`` (mask channels + image latent).
+    ``init_latents``: video-to-video from these latents ``[z, F', H', W']`` at ``request.denoise``.
     ``first_frame_latent``: the ti2v start-frame latent ``[z, 1, H', W']``; it replaces the first latent frame, whose
     tokens get timestep 0. For a one-model task (ti2v-5B) pass the model as ``high_noise_model`` and None as
     ``low_noise_model``. The forwards run under ``runtime.autocast()`` with ``runtime.attention``; with
@@ -156,6 +160,9 @@ def sample_latents(
 
     solver = make_solver(request.solver, request.steps, request.shift)
     latents = initial_noise(latent_shape, request.seed, device)
+    first = 0
+    if init_latents is not None:
+        latents, first = start_from_latents(solver, latents, init_latents, request.denoise)
 
     context, context_null = as_context(cond, device, "cond"), as_context(uncond, device, "uncond")
     y_batch = None if y is None else y.to(device)[None]
@@ -170,7 +177,7 @@ def sample_latents(
     active = None
     try:
         with torch.no_grad(), runtime.autocast():
-            for i, t in enumerate(solver.timesteps):
+            for i, t in enumerate(solver.timesteps[first:], first):
                 if cancel is not None and cancel():
                     raise GenerationCancelled(i, total)
                 start = time.perf_counter()
@@ -182,6 +189,8 @@ def sample_latents(
                     if runtime.offload and active is not None and experts[active] is not model:
                         runtime.park(experts[active])
                     move_to(model, device)
+                    if device.type != "cpu":  # its weights are on the GPU now: the file pages it was read from can go
+                        release_pages(getattr(model, "mapped_files", ()))
                     active = expert
 
                 timestep = torch.stack([t]).to(device)

@@ -75,9 +75,12 @@ class WanPipeline:
         image: torch.Tensor | None = None,
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
+        init_latents: torch.Tensor | None = None,
+        denoise: float = 1.0,
     ) -> torch.Tensor:
         """Denoised latents ``[z, F', H', W']`` (float32, on the pipeline device). ``image``: the start frame
-        ``[3, H, W]`` in [-1, 1] (i2v-A14B: required, any size; ti2v-5B: optional)."""
+        ``[3, H, W]`` in [-1, 1] (i2v-A14B: required, any size; ti2v-5B: optional). ``init_latents`` (normalized,
+        ``[z, F', H', W']``): video-to-video from them, with ``request.denoise`` < 1."""
         self._check_request(request, image)
         if self.high_noise_model is None:
             raise InputError("this pipeline has no diffusion model: pass high_noise_model=...")
@@ -95,6 +98,7 @@ class WanPipeline:
             first_frame_latent=first_frame,
             progress=progress,
             cancel=cancel,
+            init_latents=init_latents,
         )
 
     def decode(self, latents: torch.Tensor, tile_size: int | tuple[int, int] | None = None) -> torch.Tensor:

@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 
 from ..errors import InputError
+from .strength import first_step
 from .tasks import TaskConfig, get_task
 from .validation import check_seed, validate_request
 
@@ -29,6 +30,7 @@ class SamplingRequest:
     guide_scale: tuple[float, float]  # official order: (low_noise, high_noise)
     # The first step of the low-noise expert (Lightning: 2 of 4); None: the task's timestep boundary decides.
     boundary_step: int | None = None
+    denoise: float = 1.0  # video-to-video strength: < 1 starts from given latents, noised (pipeline.strength)
 
     @classmethod
     def create(
@@ -44,6 +46,7 @@ class SamplingRequest:
         shift: float | None = None,
         guide_scale: float | tuple[float, float] | list[float] | None = None,
         boundary_step: int | None = None,
+        denoise: float = 1.0,
         has_image: bool | None = None,
     ) -> SamplingRequest:
         """The request with the task's defaults where a value is None; raises `InputError` naming the nearest valid
@@ -69,9 +72,11 @@ class SamplingRequest:
                     f"boundary_step {boundary_step!r} must be a whole number from 0 to the step count ({steps}): "
                     f"the first step of the low-noise expert, e.g. {steps // 2}"
                 )
+        first_step(steps, denoise)  # raises for a strength outside (0, 1]
         return cls(
             task=task, width=int(width), height=int(height), frame_num=int(frame_num), seed=resolve_seed(seed),
             solver=solver, steps=int(steps), shift=float(shift), guide_scale=guide, boundary_step=boundary_step,
+            denoise=float(denoise),
         )  # fmt: skip
 
     def replace(self, **changes: object) -> SamplingRequest:

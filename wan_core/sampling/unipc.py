@@ -31,8 +31,8 @@ class UniPCSolver(FlowSolver):
         if self._last_sample is not None:
             sample = self._bh_update(self._last_sample, i - 1, self._x0s, self._last_order, model_t=x0)
         self._x0s = (self._x0s + [x0])[-self.order :]
-        # lower_order_final, and the multistep warm-up (one more order per step taken).
-        self._last_order = min(self.order, self.steps - i, i + 1)
+        # lower_order_final, and the multistep warm-up (one more order per step taken, also from a later first step).
+        self._last_order = min(self.order, self.steps - i, len(self._x0s))
         self._last_sample = sample
         return self._bh_update(sample, i, self._x0s, self._last_order)
 

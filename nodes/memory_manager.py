@@ -1,0 +1,123 @@
+"""Our models under ComfyUI's memory manager (`comfy.model_management`), through `host.load_models_gpu`.
+
+ComfyUI keeps `current_loaded_models`, a list of `LoadedModel`s that each wrap a ModelPatcher; before a node loads a
+model it frees memory by unloading the others (`free_memory`), "Unload models" unloads them all, and `--lowvram` /
+`--reserve-vram` set how much of a model may sit on the GPU. `ManagedModel` is the ModelPatcher-like face of one of our
+modules (a DiT expert, the text encoder, a VAE) that `LoadedModel` drives:
+- `partially_load(device, budget)`: onto the device; a DiT that does not fit the budget gets block swap with as many
+  resident blocks as fit (other models move whole);
+- `partially_unload` / `detach`: back to the CPU (the block swap, if any, is kept for the next load);
+- sizes in bytes, counted from where the tensors are now (the sampler moves offloaded experts on its own).
+Outside ComfyUI `host` keeps a small list with the same effects, so the registration is exercised without ComfyUI.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+
+from wan_core.dit.block_swap import choose_resident_blocks, enable_block_swap, module_bytes
+from wan_core.dit.model import WanDiT
+
+from . import host
+
+CPU = torch.device("cpu")
+_MANAGED: weakref.WeakKeyDictionary[torch.nn.Module, ManagedModel] = weakref.WeakKeyDictionary()
+# Activations kept free beside a block-swapped DiT (ComfyUI reserves its own inference memory on top).
+ACTIVATION_RESERVE_BYTES = 2 * 1024**3
+
+
+def _tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [*module.parameters(), *module.buffers()]
+
+
+def _same(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
+class ManagedModel:
+    """The ModelPatcher-like interface of one module; one per module (ComfyUI compares them by identity)."""
+
+    parent = None
+    activation_reserve = ACTIVATION_RESERVE_BYTES
+
+    def __init__(self, module: torch.nn.Module, load_device: torch.device,
+                 offload_device: torch.device = CPU) -> None:
+        self._module = weakref.ref(module)
+        self.load_device = load_device
+        self.offload_device = offload_device
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        return self._module()
+
+    # --- sizes ------------------------------------------------------------------------------------------------
+    def model_size(self) -> int:
+        return module_bytes(self.model)
+
+    def loaded_size(self) -> int:
+        return sum(t.numel() * t.element_size() for t in _tensors(self.model) if _same(t.device, self.load_device))
+
+    def current_loaded_device(self) -> torch.device:
+        tensors = _tensors(self.model)
+        return tensors[0].device if tensors else self.offload_device
+
+    def model_dtype(self) -> torch.dtype:
+        return next((t.dtype for t in _tensors(self.model) if t.is_floating_point()), torch.float32)
+
+    # --- what LoadedModel calls that we have nothing for --------------------------------------------------------
+    def model_patches_to(self, device_or_dtype: Any) -> None:
+        return None
+
+    def model_patches_models(self) -> list:
+        return []
+
+    def lowvram_patch_counter(self) -> int:
+        return 0
+
+    def is_clone(self, other: Any) -> bool:
+        return False  # one ManagedModel per module: never two views of the same weights
+
+    # --- loading and unloading ------------------------------------------------------------------------------------
+    def partially_load(self, device: torch.device, extra_memory: float, force_patch_weights: bool = False) -> int:
+        """Move the module onto `device`, within `extra_memory` bytes where it can; returns the bytes it added."""
+        module, before = self.model, self.loaded_size()
+        needed = self.model_size() - before
+        if isinstance(module, WanDiT) and needed > extra_memory and getattr(module, "block_swap", None) is None:
+            blocks = list(module.blocks)
+            block = max(module_bytes(b) for b in blocks)
+            others = self.model_size() - len(blocks) * block
+            resident = choose_resident_blocks(len(blocks), block, others, before + int(extra_memory),
+                                              self.activation_reserve)
+            enable_block_swap(module, resident)
+        module.to(device)
+        return self.loaded_size() - before
+
+    def partially_unload(self, device: torch.device, memory_to_free: float = 0, unpatch_weights: bool = True) -> int:
+        before = self.loaded_size()
+        self.model.to(self.offload_device)
+        return before - self.loaded_size()
+
+    def detach(self, unpatch_all: bool = True) -> None:
+        self.partially_unload(self.offload_device)
+
+
+def managed(module: torch.nn.Module, device: torch.device) -> ManagedModel:
+    """The one `ManagedModel` of `module`, loading onto `device`."""
+    patcher = _MANAGED.get(module)
+    if patcher is None:
+        patcher = _MANAGED[module] = ManagedModel(module, device)
+    patcher.load_device = device
+    return patcher
+
+
+def load_on_device(module: torch.nn.Module, device: torch.device, memory_required: int = 0) -> torch.nn.Module:
+    """Put `module` on `device` through the host's memory manager (which first frees room by unloading other models,
+    ours and other packs'); a CPU device is not managed."""
+    if device.type == "cpu":
+        module.to(device)
+        return module
+    host.load_models_gpu([managed(module, device)], memory_required=memory_required)
+    return module

@@ -1,0 +1,71 @@
+"""Small-card paths that only exist on CUDA: block swap with its side stream and pinned masters, GGUF dequantization
+on the GPU, the memory manager loading a DiT over budget. Skipped on machines without CUDA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nodes.memory_manager import ManagedModel
+from wan_core.configs import DIT_CONFIGS
+from wan_core.dit.block_swap import disable_block_swap, enable_block_swap, module_bytes
+from wan_core.dit.model import WanDiT, init_random_
+from wan_core.io.gguf_dequant import GGML_TYPES, dequantize
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+CFG = DIT_CONFIGS["tiny-t2v"].replace(dim=256, ffn_dim=1024, num_heads=2, num_layers=8)
+
+
+def _model() -> WanDiT:
+    return init_random_(WanDiT(CFG), torch.Generator().manual_seed(0)).to(torch.bfloat16).eval()
+
+
+def _inputs():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 16, 4, 16, 16, generator=gen).cuda()
+    return x, torch.tensor([800.0], device="cuda"), [torch.randn(7, 64, generator=gen).to("cuda", torch.bfloat16)]
+
+
+@pytest.mark.parametrize("resident", [0, 3])
+def test_block_swap_on_cuda_equals_resident_and_holds_less(resident):
+    model = _model().cuda()
+    with torch.no_grad():
+        expected = model(*_inputs())
+    swap = enable_block_swap(model, resident)
+    model.cuda()
+    torch.cuda.synchronize()
+    assert all(m.is_pinned() for m in swap.masters().values())
+    on_gpu = sum(t.numel() * t.element_size() for t in model.parameters() if t.is_cuda)
+    assert on_gpu < module_bytes(model) - (CFG.num_layers - resident - 1) * module_bytes(model.blocks[0])
+    with torch.no_grad():
+        for _ in range(3):
+            assert torch.equal(model(*_inputs()), expected)
+    disable_block_swap(model)
+
+
+def test_gguf_dequantization_on_cuda_equals_cpu():
+    rng = np.random.default_rng(0)
+    for qtype, (name, block, size) in GGML_TYPES.items():
+        raw = torch.from_numpy(rng.integers(0, 256, (4, 512 // block * size), dtype=np.uint8))
+        if name in ("F32", "F16", "BF16"):
+            raw = torch.randn(4, 512).to({"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[name])
+            raw = raw.view(torch.uint8)
+        cpu = dequantize(raw, qtype, (4, 512), torch.float32)
+        gpu = dequantize(raw.cuda(), qtype, (4, 512), torch.float32).cpu()
+        assert torch.equal(cpu.nan_to_num(), gpu.nan_to_num()), name
+
+
+def test_memory_manager_loads_a_dit_over_budget_with_block_swap():
+    model = _model()
+    patcher = ManagedModel(model, torch.device("cuda"))
+    patcher.activation_reserve = 0
+    block = module_bytes(model.blocks[0])
+    others = module_bytes(model) - CFG.num_layers * block
+    patcher.partially_load(torch.device("cuda"), others + 6 * block)
+    assert model.block_swap.swapped == [4, 5, 6, 7]
+    with torch.no_grad():
+        out = model(*_inputs())
+    patcher.detach()
+    assert patcher.loaded_size() == 0 and torch.isfinite(out).all()

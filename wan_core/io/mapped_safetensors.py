@@ -1,0 +1,62 @@
+"""A safetensors file memory-mapped as torch tensors: CPU tensors that are views of the file's pages.
+
+`safetensors.safe_open(...).get_tensor` copies every tensor into the process's own memory; a view of a private
+(copy-on-write) map does not: the pages are read from the file when used, count as reclaimable file cache rather than
+process memory, and can be handed back (`wan_core.ram.release_pages`) when the expert is not sampling. Writing to such
+a tensor (a LoRA merge) copies only the pages written.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import CorruptFileError
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
+    if hasattr(torch, _attr):
+        SAFETENSORS_DTYPES[_name] = getattr(torch, _attr)
+
+
+class MappedSafetensors:
+    """The tensors of one safetensors file as views of a copy-on-write memory map."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as handle:
+                (length,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(length))
+                self.map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError, struct.error) as err:
+            raise CorruptFileError(f"{self.path} cannot be memory-mapped as safetensors ({err}): download it "
+                                   "again.") from err
+        header.pop("__metadata__", None)
+        self._start = 8 + length
+        self._header = header
+
+    def keys(self) -> list[str]:
+        return list(self._header)
+
+    def get(self, key: str) -> torch.Tensor:
+        info = self._header[key]
+        begin, end = info["data_offsets"]
+        dtype = SAFETENSORS_DTYPES[info["dtype"]]
+        if end == begin:
+            return torch.empty(info["shape"], dtype=dtype)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*not writable.*")
+            raw = torch.frombuffer(self.map, dtype=torch.uint8, count=end - begin, offset=self._start + begin)
+        if (self._start + begin) % dtype.itemsize:  # unaligned (rare writers): a copy
+            raw = raw.clone()
+        return raw.view(dtype).view(info["shape"])

@@ -131,7 +131,7 @@ FRAMES = torch.rand(5, 32, 32, 3)
 
 
 def sampler(**changes: object) -> Callable[[Path], object]:
-    return lambda ws: Wan22DiTSampler().sample(DIT, COND, **{**SAMPLER, **changes})
+    return lambda ws: Wan22DiTSampler().sample(DIT, conditioning=COND, **{**SAMPLER, **changes})
 
 
 def batch(**changes: object) -> Callable[[Path], object]:
@@ -261,6 +261,8 @@ CASES = [
          r"guide_scale is inf"),
     Case("node-shift-nan", "nodes", "sampler `shift` NaN", sampler(shift=float("nan")),
          r"sample_shift nan must be a finite number"),
+    Case("node-denoise-nan", "nodes", "sampler `denoise` NaN", sampler(denoise=float("nan")),
+         r"denoise must be in \(0, 1\]; got nan"),
     Case("node-batch-cfg-nan", "nodes", "batch manager `cfg_high_noise` NaN", batch(cfg_high_noise=float("nan")),
          r"row 1: guide_scale is nan"),
     Case("node-batch-timeout-nan", "nodes", "batch manager `queue_timeout` NaN", batch(queue_timeout=float("nan")),

@@ -210,10 +210,11 @@ def test_save_video_checks_its_folder_before_the_graph_runs(tmp_path, monkeypatc
     monkeypatch.setenv(host.OUTPUT_DIR_ENV, str(tmp_path))
     assert Wan22SaveVideo.VALIDATE_INPUTS("wan22/video") is True
     assert list(tmp_path.rglob("*.*")) == []  # the probe file is gone again
-    (tmp_path / "taken").write_bytes(b"a file where the folder should be")
-    verdict = Wan22SaveVideo.VALIDATE_INPUTS("taken/video")
-    assert verdict.startswith(f"Save Video: cannot write into {tmp_path / 'taken'}: ")
     assert "must be a relative name" in Wan22SaveVideo.VALIDATE_INPUTS("../up")
+    (tmp_path / "taken").write_bytes(b"a file where the output folder should be")
+    monkeypatch.setenv(host.OUTPUT_DIR_ENV, str(tmp_path / "taken" / "output"))
+    verdict = Wan22SaveVideo.VALIDATE_INPUTS("wan22/video")
+    assert verdict == f"Save Video: cannot write into {tmp_path / 'taken' / 'output'}: Not a directory"
 
 
 def test_a_failed_node_decode_keeps_the_latents_for_its_latents_file_input(tmp_path, monkeypatch):

@@ -72,10 +72,10 @@ class Wan22VAEDecode:
     def decode(
         self,
         vae: VAEHandle,
-        tiled: bool,
-        tile_size: int,
-        tile_overlap: int,
         latent: dict | None = None,
+        tiled: bool = False,
+        tile_size: int = 256,
+        tile_overlap: int = 64,
         latents_file: str = "",
         unique_id: str | None = None,
     ) -> tuple:

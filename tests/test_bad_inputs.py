@@ -139,7 +139,7 @@ def batch(**changes: object) -> Callable[[Path], object]:
 
 
 def vae_decode(latent: object = None, latents_file: str = "") -> Callable[[Path], object]:
-    return lambda ws: Wan22VAEDecode().decode(VAE, False, 256, 64, latent=latent, latents_file=latents_file)
+    return lambda ws: Wan22VAEDecode().decode(VAE, latent=latent, latents_file=latents_file)
 
 
 def save_node(**changes: object) -> Callable[[Path], object]:

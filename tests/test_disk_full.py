@@ -16,7 +16,7 @@ import imageio_ffmpeg
 import pytest
 
 from wan_core.demo import ensure_demo_checkpoint
-from wan_core.generate import main
+from wan_core.generate import PROG, main
 from wan_core.kept_latents import load_latents
 
 TESTS = Path(__file__).resolve().parent
@@ -39,7 +39,7 @@ def _start(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
 
 
 def _error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.startswith("wan22-generate: error:")]
+    lines = [line for line in stderr.splitlines() if line.startswith(f"{PROG}: error:")]
     assert len(lines) == 1, stderr
     return lines[0]
 

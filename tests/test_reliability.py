@@ -171,8 +171,7 @@ def test_kept_latents_decode_in_the_vae_decode_node(tmp_path, monkeypatch):
     torch.testing.assert_close(load_latents(kept)[0], latents)
 
     handles.MODEL_CACHE.clear()
-    (images,) = Wan22VAEDecode().decode(handles.VAEHandle(path=str(vae_file)), False, 256, 64,
-                                        latents_file=kept.name)
+    (images,) = Wan22VAEDecode().decode(handles.VAEHandle(path=str(vae_file)), latents_file=kept.name)
     with torch.no_grad():
         expected = vae.decode(latents[None])[0]
     assert images.shape == (5, 32, 32, 3)
@@ -230,7 +229,7 @@ def test_a_failed_node_decode_keeps_the_latents_for_its_latents_file_input(tmp_p
     handles.MODEL_CACHE.clear()
     node_handle = handles.VAEHandle(path=str(vae_file))
     with pytest.raises(LatentsKeptError, match=r"out of memory even in .* The latents are kept in .*latents_file"):
-        Wan22VAEDecode().decode(node_handle, False, 256, 64, latent={"samples": samples})
+        Wan22VAEDecode().decode(node_handle, latent={"samples": samples})
     handles.MODEL_CACHE.clear()
     kept = next(tmp_path.glob("wan22_decode_failed_*.latents.safetensors"))
     latents, task = load_latents(kept)

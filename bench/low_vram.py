@@ -232,6 +232,8 @@ def run_group(cases: list[Case], args: argparse.Namespace, device: torch.device)
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = set(wanted) - {c.name for c in CASES}
     if unknown:

@@ -18,8 +18,10 @@ def smooth_frames(count: int, height: int, width: int) -> torch.Tensor:
     """Gradients that shift a little per frame: small fp16 flow errors change little (unlike random pixels)."""
     y = torch.linspace(0, 1, height)[:, None]
     x = torch.linspace(0, 1, width)[None, :]
-    frames = [torch.stack([(x + 0.02 * k) % 1, y.expand(height, width), (0.5 * x + 0.5 * y) % 1], dim=-1)
-              for k in range(count)]
+    frames = [
+        torch.stack([((x + 0.02 * k) % 1).expand(height, width), y.expand(height, width), (0.5 * x + 0.5 * y) % 1], -1)
+        for k in range(count)
+    ]
     return torch.stack(frames)
 
 

@@ -17,6 +17,7 @@ class Measured:
 
 PERF_FACTS = "H100, peak minus weights of one forward (docs: shared perf facts)"
 ESTIMATE = "estimate (not measured yet)"
+LOW_VRAM_BENCH = "bench/low_vram.py, H200, 2026-11-25: uncapped peak allocated minus weights"
 
 # Activations of one DiT forward (CFG runs the two passes one after the other): the forward's peak GPU memory minus
 # the weights on the GPU, by (model, compute, resolution); compute "fp8" = fp8 matmuls, "bf16" = everything else
@@ -24,10 +25,10 @@ ESTIMATE = "estimate (not measured yet)"
 ACTIVATIONS: dict[tuple[str, str, str], Measured] = {
     ("A14B", "bf16", "480p"): Measured(3.4, PERF_FACTS),
     ("A14B", "bf16", "720p"): Measured(8.4, PERF_FACTS),
-    ("A14B", "fp8", "480p"): Measured(3.3, PERF_FACTS),
-    ("A14B", "fp8", "720p"): Measured(6.7, PERF_FACTS),
-    ("5B", "bf16", "720p"): Measured(6.0, ESTIMATE + ": A14B 480p scaled by tokens x width + fp32 modulation"),
-    ("5B", "fp8", "720p"): Measured(6.0, ESTIMATE + ": as bf16"),
+    ("A14B", "fp8", "480p"): Measured(3.8, LOW_VRAM_BENCH),
+    ("A14B", "fp8", "720p"): Measured(8.2, LOW_VRAM_BENCH),
+    ("5B", "bf16", "720p"): Measured(2.6, LOW_VRAM_BENCH + " of the fp8 run"),
+    ("5B", "fp8", "720p"): Measured(2.6, LOW_VRAM_BENCH + " (121 frames)"),
 }
 
 # VAE decode of the whole video: Wan2.1 VAE at 720p x 81 frames (A14B), Wan2.2 VAE at 1280x704 x 121 frames (5B).
@@ -35,7 +36,11 @@ VAE_DECODE = {"A14B": Measured(10.0, ESTIMATE), "5B": Measured(16.0, ESTIMATE)}
 TILED_VAE_DECODE = Measured(3.0, ESTIMATE)
 
 # CUDA context, cuBLAS workspaces, allocator fragmentation.
-RESERVE = Measured(2.0, ESTIMATE)
+RESERVE = Measured(1.0, "bench/low_vram.py, H200, 2026-11-25: reserved minus allocated, 22.87 - 21.92 GiB at 720p")
 
 # s/step with block swap over s/step all resident (bench/low_vram.py "slowdown"), by (model, resolution).
-BLOCK_SWAP_SLOWDOWN: dict[tuple[str, str], Measured] = {}
+# (Measured.gib holds the ratio here.)
+BLOCK_SWAP_SLOWDOWN: dict[tuple[str, str], Measured] = {
+    ("A14B", "480p"): Measured(1.0, "bench/low_vram.py, H200, 2026-11-25: 20 of 40 blocks swapped, 4.67 vs 4.69 s/step"),
+    ("5B", "720p"): Measured(1.0, "bench/low_vram.py, H200, 2026-11-25: 25 of 30 blocks swapped, 1.57 vs 1.58 s/step"),
+}

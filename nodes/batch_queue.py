@@ -19,7 +19,9 @@ from wan_core.batch.ledger import JobLedger, JobState
 from wan_core.batch.scheduler import BatchScheduler, BatchSummary, ProgressEvent, Worker
 from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings, StagesRunner
 from wan_core.errors import InputError
+from wan_core.io.atomic import probe_writable
 from wan_core.pipeline.denoise import StepInfo
+from wan_core.pipeline.finite import check_finite_number
 from wan_core.pipeline.tasks import get_task
 from wan_core.styles import NO_STYLE, STYLES_DIR, load_styles, style_prompt
 
@@ -217,6 +219,7 @@ class Wan22BatchQueueManager:
         if task.needs_image:
             raise InputError(f"The batch manager makes text-to-video; {task.name} needs a start image per video. "
                              "Load a t2v-A14B or ti2v-5B model, or use the DiT sampler with Load Image.")
+        check_finite_number("queue_timeout", queue_timeout)
         styles = load_styles(STYLES_DIR)
 
         settings = SamplingSettings(task, solver, shift, (cfg_low_noise, cfg_high_noise), dit.runtime())
@@ -259,6 +262,7 @@ class Wan22BatchQueueManager:
                 node_id=unique_id, auto_clear_cache=auto_clear_cache, defrag_every=defrag_every,
             )
             if pending:
+                probe_writable(output_dir, "Batch Queue Manager")  # before any model loads
                 _load_models(workers, with_vae=wait_for_vae_load)
             summary = scheduler.run(jobs)
         host.raise_if_interrupted()  # ComfyUI shows "interrupted"; the ledger keeps what finished

@@ -73,7 +73,9 @@ class Wan22FrameInterpolate:
         unique_id: str | None = None,
     ) -> dict:
         from wan_core.interpolate import interpolate_frames, resolve_weights
+        from wan_core.pipeline.finite import check_finite_number
 
+        check_finite_number("fps", fps)
         weights = resolve_weights(rife_model, [Path(folder) for folder in rife_folders()])
         bar = host.Progress(max(1, images.shape[0] - 1), unique_id)
 

@@ -18,10 +18,10 @@ from types import ModuleType
 from typing import Any
 
 from wan_core.errors import MissingFileError
+from wan_core.io.state_dict import WEIGHT_SUFFIXES
 
 LOG = logging.getLogger("comfyui-wan22")
 
-MODEL_EXTENSIONS = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
 # Model files that ComfyUI's own folder lists leave out (its loaders cannot read them), listed by walking the folders.
 EXTRA_MODEL_EXTENSIONS = (".gguf",)
 MODELS_DIR_ENV = "WAN22_MODELS_DIR"
@@ -63,7 +63,13 @@ def register_model_kind(kind: str, extra_folders: list[str] | tuple[str, ...] = 
 def _walk_models(kind: str, extensions: tuple[str, ...]) -> set[str]:
     names: set[str] = set()
     for folder in model_folders(kind):
-        for parent, _dirs, files in os.walk(folder, followlinks=True):
+        seen: set[str] = set()
+        for parent, dirs, files in os.walk(folder, followlinks=True):
+            real = os.path.realpath(parent)
+            if real in seen:  # a symlink back into a folder already listed (a loop, or a second link)
+                dirs.clear()
+                continue
+            seen.add(real)
             for file in files:
                 if file.lower().endswith(extensions):
                     names.add(os.path.relpath(os.path.join(parent, file), folder).replace(os.sep, "/"))
@@ -75,7 +81,7 @@ def list_models(kind: str) -> list[str]:
     folder_paths = _host("folder_paths")
     if folder_paths is not None:
         return sorted(set(folder_paths.get_filename_list(kind)) | _walk_models(kind, EXTRA_MODEL_EXTENSIONS))
-    return sorted(_walk_models(kind, MODEL_EXTENSIONS + EXTRA_MODEL_EXTENSIONS))
+    return sorted(_walk_models(kind, WEIGHT_SUFFIXES + EXTRA_MODEL_EXTENSIONS))
 
 
 def model_path(kind: str, name: str) -> str:

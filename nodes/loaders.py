@@ -19,6 +19,12 @@ NO_MODEL = "none"
 _OFFICIAL_SHARD_STEM = "diffusion_pytorch_model"
 
 
+def check_choice(name: str, value: object, choices: list[str] | tuple[str, ...] | dict) -> None:
+    """InputError naming the valid choices when `value` is not one of them (an API prompt may send anything)."""
+    if value not in choices:
+        raise InputError(f"Unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}.")
+
+
 # Diffusion models live in `diffusion_models` and, for GGUF conversions by habit, in the legacy `unet` folder.
 DIFFUSION_MODEL_KINDS = ("diffusion_models", "unet")
 
@@ -90,8 +96,9 @@ class Wan22ModelLoader:
         self, task: str, model: str, low_noise_model: str, weight_dtype: str, attention: str, offload: bool,
         blocks_on_gpu: str = "all",
     ) -> tuple:
-        if task not in TASKS:
-            raise InputError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+        check_choice("task", task, TASKS)
+        check_choice("weight_dtype", weight_dtype, DIT_WEIGHT_FORMATS)
+        check_choice("attention", attention, ATTENTION_BACKENDS)
         two_experts = TASKS[task].is_moe
         if two_experts and low_noise_model == NO_MODEL:
             raise InputError(f"{task} has two experts: choose the low-noise model file in 'low_noise_model'.")
@@ -127,6 +134,7 @@ class Wan22T5Loader:
     CATEGORY = CATEGORY
 
     def load(self, t5_name: str, weight_dtype: str) -> tuple:
+        check_choice("weight_dtype", weight_dtype, COMPUTE_DTYPES)
         return (T5Handle(path=host.model_path("text_encoders", t5_name), weight_dtype=weight_dtype),)
 
 
@@ -148,4 +156,5 @@ class Wan22VAELoader:
     CATEGORY = CATEGORY
 
     def load(self, vae_name: str, weight_dtype: str) -> tuple:
+        check_choice("weight_dtype", weight_dtype, COMPUTE_DTYPES)
         return (VAEHandle(path=host.model_path("vae", vae_name), weight_dtype=weight_dtype),)

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 
 from wan_core.errors import InputError
+from wan_core.io.atomic import OutputWriteError, describe_message, probe_writable, reserve_numbered
+from wan_core.pipeline.finite import check_finite_number
 from wan_core.video_io import save_video
 
 from . import host
@@ -45,13 +47,6 @@ def resolve_prefix(output_dir: str, prefix: str) -> tuple[Path, str]:
     return folder, PurePosixPath(cleaned).name
 
 
-def next_counter(folder: Path, stem: str) -> int:
-    """1 + the highest `<stem>_NNNNN` already in `folder` (so nothing is overwritten)."""
-    pattern = re.compile(rf"^{re.escape(stem)}_(\d{{5}})")
-    found = [int(m.group(1)) for name in os.listdir(folder) if (m := pattern.match(name))] if folder.is_dir() else []
-    return max(found, default=0) + 1
-
-
 def workflow_metadata(prompt: Any, extra_pnginfo: Any) -> dict[str, str]:
     """MP4 tags as ComfyUI's SaveVideo writes them (`prompt`, `workflow`, ...) plus a `comment` holding both, the form
     VideoHelperSuite reads. Values are JSON text. None when ComfyUI runs with `--disable-metadata`."""
@@ -77,14 +72,16 @@ def embed_metadata(path: Path, tags: dict[str, str]) -> None:
         meta_file = Path(scratch) / "metadata.txt"
         meta_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
         tagged = Path(scratch) / path.name
-        subprocess.run(
+        result = subprocess.run(
             [
                 imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(path), "-i", str(meta_file),
                 "-map", "0", "-map_metadata", "1", "-c", "copy", "-movflags", "use_metadata_tags", str(tagged),
             ],
-            check=True,
             capture_output=True,
         )
+        if result.returncode != 0:
+            cause = describe_message(result.stderr.decode("utf-8", "replace"))
+            raise OutputWriteError(f"cannot embed the workflow into {path}: {cause}")
         os.replace(tagged, path)
 
 
@@ -105,6 +102,17 @@ class Wan22SaveVideo:
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix: str) -> bool | str:
+        """Run by ComfyUI before the graph executes: a bad prefix or an unwritable output folder is reported
+        before any model works, not after the whole generation."""
+        try:
+            resolve_prefix(host.output_directory(), filename_prefix)  # %tokens% are filled in later
+            probe_writable(host.output_directory(), "Save Video")
+        except (InputError, OutputWriteError) as error:
+            return str(error)
+        return True
+
     RETURN_TYPES = ()
     OUTPUT_NODE = True
     FUNCTION = "save"
@@ -122,16 +130,18 @@ class Wan22SaveVideo:
         unique_id: str | None = None,
     ) -> dict:
         output_dir = host.output_directory()
+        check_finite_number("fps", fps)
         prefix = expand_filename_tokens(filename_prefix, int(images.shape[2]), int(images.shape[1]))
         folder, stem = resolve_prefix(output_dir, prefix)
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"{stem}_{next_counter(folder, stem):05d}"
-        path = folder / f"{name}.mp4"
-        frames_dir = folder / f"{name}_frames" if save_frames else None
-        save_video(path, images_to_video(images), fps, frames_dir=frames_dir)
+        path = reserve_numbered(folder, stem, ".mp4")  # an empty placeholder: concurrent saves get other numbers
+        frames_dir = folder / f"{path.stem}_frames" if save_frames else None
         tags = workflow_metadata(prompt, extra_pnginfo)
-        if tags:
-            embed_metadata(path, tags)
+        try:
+            save_video(path, images_to_video(images), fps, frames_dir=frames_dir,
+                       finalize=(lambda scratch: embed_metadata(scratch, tags)) if tags else None)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         subfolder = os.path.relpath(folder, Path(output_dir).resolve()).replace(os.sep, "/")
         saved = {"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}
         return {"ui": {"images": [saved], "animated": (True,)}, "result": ()}

@@ -36,6 +36,18 @@ SCRIPT = textwrap.dedent(
     ref = apply_rope(F.rms_norm(q, (D,), w, 1e-6).view(B, L, H, D // H), freqs).reshape(B, L, D)
     assert (kernels.rms_norm_rope(q, w, 1e-6, freqs, D // H) - ref).abs().max() < 1e-5
     assert (kernels.rms_norm_rope(q, w, 1e-6, None, D // H) - F.rms_norm(q, (D,), w, 1e-6)).abs().max() < 1e-5
+
+    # bf16 stores: float32 math, one rounding on the store, so within one bf16 ulp (2^-7 relative; the interpreter
+    # truncates where CUDA rounds to nearest)
+    def bf16_close(out, ref):
+        assert out.dtype == torch.bfloat16, out.dtype
+        assert ((out.float() - ref).abs() <= ref.abs() * 2**-7 + 1e-6).all(), (out.float() - ref).abs().max()
+    xb, qb = x.bfloat16(), q.bfloat16()
+    scale, shift, _ = cases["per-token"]
+    ref = F.layer_norm(xb.float(), (D,), eps=1e-6) * (1 + scale) + shift
+    bf16_close(kernels.modulated_layer_norm(xb, scale, shift, 1e-6, torch.bfloat16), ref)
+    ref = apply_rope(F.rms_norm(qb.float(), (D,), w, 1e-6).view(B, L, H, D // H), freqs).reshape(B, L, D)
+    bf16_close(kernels.rms_norm_rope(qb, w, 1e-6, freqs, D // H), ref)
     print("ok")
     """
 )

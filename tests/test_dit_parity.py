@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -14,8 +15,13 @@ from wan_core.dit.model import WanDiT
 
 diffusers = pytest.importorskip("diffusers")
 
-TOL = 1e-4
+# fp32 parity lands near 2e-6. Planted bugs on SENSITIVE below: RoPE base 10500 instead of 10000 gives ~1.3e-4,
+# exact instead of tanh GELU ~5e-5; both fail at this tolerance (checked by planting each in wan_core/dit).
+TOL = 1e-5
 GRID = (3, 8, 12)  # latent frames, height, width (patch 1x2x2 -> 3*4*6 = 72 tokens)
+# head_dim 64 (rotary parts of 24/20/20 dims) over 5*8*8 = 320 tokens: far positions make a wrong RoPE base show.
+SENSITIVE = dataclasses.replace(DIT_CONFIGS["tiny-t2v"], dim=64, num_heads=1, ffn_dim=256)
+SENSITIVE_GRID = (5, 16, 16)
 
 
 def _random_diffusers(cfg: WanDiTConfig, seed: int) -> torch.nn.Module:
@@ -89,6 +95,21 @@ def test_parity_ti2v_per_token_t(tmp_path):
 def test_parity_ti2v_uniform_per_token_t_matches_scalar_t(tmp_path):
     tokens = GRID[0] * (GRID[1] // 2) * (GRID[2] // 2)
     out, ref = _run_pair("tiny-ti2v", tmp_path, torch.full((1, tokens), 640.0), batch=1)
+    assert _rel(out, ref) < TOL
+
+
+def test_parity_with_long_rotary_positions_and_head_dim_64(tmp_path):
+    _random_diffusers(SENSITIVE, seed=7).save_pretrained(tmp_path / "transformer")
+    reference = diffusers.WanTransformer3DModel.from_pretrained(tmp_path / "transformer").eval()
+    ours = load_dit(tmp_path / "transformer")
+    assert ours.config.head_dim == 64
+    gen = torch.Generator().manual_seed(123)
+    x = torch.randn(1, 16, *SENSITIVE_GRID, generator=gen)
+    items, padded = _contexts(1, SENSITIVE.text_dim, gen)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        out = ours(x, t, items)
+        ref = reference(x, t, padded, return_dict=False)[0]
     assert _rel(out, ref) < TOL
 
 

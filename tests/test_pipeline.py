@@ -145,7 +145,7 @@ def test_request_validation_and_image_checks_run_before_any_model(text_encoder):
         ({"frame_num": 80}, "frame_num 80 is not 4k\\+1: use 81"),
         ({"steps": 0}, "sample_steps 0 must be at least 1"),
         ({"solver": "ddim"}, "unknown sample_solver 'ddim'"),
-        ({"shift": -1.0}, "sample_shift -1.0 must be a number above 0"),
+        ({"shift": -1.0}, "sample_shift -1.0 must be a finite number above 0"),
     ]:
         with pytest.raises(InputError, match=message):
             t2v(**kwargs)

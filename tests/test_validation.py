@@ -117,10 +117,10 @@ def test_solver_errors():
 
 
 def test_shift_errors():
-    fails(r"^sample_shift 0 must be a number above 0: use 12.0 \(the t2v-A14B default\)$", sample_shift=0)
-    fails(r"^sample_shift -1.0 must be a number above 0: use 5.0 \(the i2v-A14B default\)$", "i2v-A14B",
+    fails(r"^sample_shift 0 must be a finite number above 0: use 12.0 \(the t2v-A14B default\)$", sample_shift=0)
+    fails(r"^sample_shift -1.0 must be a finite number above 0: use 5.0 \(the i2v-A14B default\)$", "i2v-A14B",
           sample_shift=-1.0)  # fmt: skip
-    fails(r"^sample_shift 'x' must be a number above 0", sample_shift="x")
+    fails(r"^sample_shift 'x' must be a finite number above 0", sample_shift="x")
     ok(sample_shift=0.5)
 
 

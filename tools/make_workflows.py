@@ -338,7 +338,7 @@ def build_graph(
         sampler_inputs.update(vae=handles["vae"], start_image=["10", 0])
     nodes.append(Node(6, "Wan22DiTSampler", sampler_inputs, SAMPLE))
     nodes.append(Node(7, "Wan22VAEDecode", {"vae": handles["vae"], "latent": ["6", 0], "tiled": tiled,
-                                            "tile_size": 256, "tile_overlap": 64}, OUTPUT))
+                                            "tile_size": 256, "tile_overlap": 64, "latents_file": ""}, OUTPUT))
     nodes.append(Node(8, "Wan22SaveVideo", {"images": ["7", 0], "filename_prefix": save_prefix, "fps": fps,
                                             "save_frames": False}, OUTPUT))
     return Graph(name, title, nodes, dict(GROUP_TEXT))

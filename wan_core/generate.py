@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from .checkpoint_dir import LAYOUTS
+from .cli_outputs import check_cli_files, decode_and_write, decode_latents_file, write_outputs
 from .dit.attention import NAMES as ATTENTION_BACKENDS
-from .errors import CheckpointError, InputError
-from .interpolate.cli import add_interpolation_flags, interpolate_video
+from .errors import CheckpointError, InputError, WanError
+from .interpolate.cli import add_interpolation_flags
 from .lora.selection import parse_lora_spec, patches_per_expert
 from .memory import GPUOutOfMemoryError
 from .pipeline.conditioning import official_image_input
@@ -139,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--save_tensor", default=None, metavar="PATH", help="Also save the video as safetensors [3,F,H,W] in [-1,1]."
     )
     parser.add_argument("--save_frames", default=None, metavar="DIR", help="Also save every frame as a PNG in DIR.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace existing output files (refused otherwise).")
+    parser.add_argument(
+        "--decode_latents", default=None, metavar="FILE",
+        help="Only decode latents kept by a failed run (the error names the file) and write the outputs.",
+    )  # fmt: skip
     parser.add_argument(
         "--demo",
         action="store_true",
@@ -204,12 +210,6 @@ def _demo_image() -> PILImage:
     return Image.fromarray(pixels.numpy())
 
 
-def _check_writable(path: Path, flag: str) -> None:
-    if path.is_dir():
-        raise InputError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'video.mp4'}.")
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise InputError(f"{flag} {path}: {parent} is a file, not a folder.")
 
 
 def resolve_request(args: argparse.Namespace) -> Request:
@@ -249,11 +249,7 @@ def resolve_request(args: argparse.Namespace) -> Request:
     prompt = args.prompt if args.prompt is not None else EXAMPLE_PROMPTS[args.task]
     save_file = Path(args.save_file) if args.save_file else _default_save_file(args.task, width, height, prompt,
                                                                                  args.demo)
-    _check_writable(save_file, "--save_file")
-    if args.save_tensor:
-        _check_writable(Path(args.save_tensor), "--save_tensor")
-    if args.save_frames and Path(args.save_frames).is_file():
-        raise InputError(f"--save_frames {args.save_frames} is a file; give a folder for the PNG frames.")
+    check_cli_files(args, save_file)
     return Request(
         ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None,
         prompt=prompt,
@@ -289,7 +285,6 @@ def _say(message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .checkpoint_dir import load_pipeline
-    from .video_io import save_tensor, save_video
 
     request = resolve_request(args)
     check_chunk_args(args)
@@ -298,6 +293,8 @@ def run(args: argparse.Namespace) -> int:
 
         request.ckpt_dir = ensure_demo_checkpoint(request.task)
         _say(DEMO_WARNING.format(folder=request.ckpt_dir))
+    if args.decode_latents:
+        return decode_latents_file(request, args, _say)
 
     _say(f"Loading {request.task} from {request.ckpt_dir} onto {request.runtime.device} ...")
     started = time.perf_counter()
@@ -309,23 +306,17 @@ def run(args: argparse.Namespace) -> int:
     _say(f"Loaded in {time.perf_counter() - started:.1f}s. Generating {sampling.frame_num} frames at "
          f"{sampling.width}x{sampling.height}, {sampling.steps} {sampling.solver} steps, seed {sampling.seed}, "
          f"attention {request.runtime.attention.name}.")
-    chunked = args.chunks > 1
-    generate = chunked_generate(args, pipeline, ProgressBar, _say) if chunked else pipeline.generate
-    bar = None if chunked else ProgressBar(sampling.steps)
+    if args.chunks > 1:  # each chunk's video is kept by the chunk engine; a failed write is redone on resume
+        video = chunked_generate(args, pipeline, ProgressBar, _say)(request.prompt, sampling, image=request.image)
+        write_outputs(video, request, args, _say)
+        return 0
+    bar = ProgressBar(sampling.steps)
     try:
-        video = generate(request.prompt, sampling, image=request.image, progress=bar)
+        cond, uncond = pipeline.encode_prompts(request.prompt, None)
+        latents = pipeline.sample(cond, uncond, sampling, image=request.image, progress=bar)
     finally:
-        if bar is not None:
-            bar.close()
-
-    video, fps = interpolate_video(args, video, sampling.task.fps, request.runtime.device, _say)
-    save_video(request.save_file, video, fps, frames_dir=args.save_frames)
-    _say(f"Saved {request.save_file} ({video.shape[1]} frames, {video.shape[3]}x{video.shape[2]}, {fps:g} fps).")
-    if args.save_frames:
-        _say(f"Saved the frames as PNGs in {args.save_frames}.")
-    if args.save_tensor:
-        save_tensor(args.save_tensor, video)
-        _say(f"Saved the video tensor [3, F, H, W] in [-1, 1] to {args.save_tensor}.")
+        bar.close()
+    decode_and_write(pipeline, latents, request, args, _say)  # keeps the latents if decoding or writing fails
     return 0
 
 
@@ -338,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, CheckpointError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except GPUOutOfMemoryError as err:
+    except (GPUOutOfMemoryError, WanError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

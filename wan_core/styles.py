@@ -26,7 +26,10 @@ NO_STYLE = "none"
 PROMPT_PLACEHOLDER = "{prompt}"
 STYLES_DIR = Path(__file__).resolve().parent.parent / "styles"
 
-_STYLE_TAG = re.compile(r"[\[【]\s*(?:style|风格)\s*[:：]\s*([^\]】]+?)\s*[\]】]", re.IGNORECASE)
+# A tag name stops at the next bracket and is at most 100 characters, so matching stays linear in the prompt length.
+_STYLE_TAG = re.compile(r"[\[【]\s*(?:style|风格)\s*[:：]\s*([^\]】\[【]{1,100}?)\s*[\]】]", re.IGNORECASE)
+MAX_STYLE_TAGS = 16  # different styles per prompt (a repeated tag counts once)
+MAX_STYLE_FILE_BYTES = 4 * 1024 * 1024
 # Separators left dangling when a tag or an empty prompt is removed: "a, , b" -> "a, b".
 _DOUBLED_SEPARATOR = re.compile(r"\s*([,，、;；])(?:\s*[,，、;；])+")
 _EDGE_SEPARATORS = " \t\r\n,，、;；"
@@ -43,7 +46,9 @@ class Style:
         """(positive, negative): the prompt placed into the style's template (appended when the template has no
         `{prompt}`), and the style's negative followed by the given one."""
         if PROMPT_PLACEHOLDER in self.prompt:
-            positive = self.prompt.replace(PROMPT_PLACEHOLDER, prompt)
+            # The prompt goes into the first placeholder only: with two, each applied style would double it.
+            before, _, after = self.prompt.partition(PROMPT_PLACEHOLDER)
+            positive = before + prompt + after.replace(PROMPT_PLACEHOLDER, "")
         else:
             positive = join_prompts([prompt, self.prompt])
         return tidy_prompt(positive), join_prompts([self.negative_prompt, negative_prompt])
@@ -89,9 +94,16 @@ def load_styles(folder: str | Path = STYLES_DIR) -> dict[str, Style]:
 
 def _read_style_file(path: Path) -> list[Style]:
     try:
+        size = path.stat().st_size
+        if size > MAX_STYLE_FILE_BYTES:
+            raise InputError(f"{path} is {size} bytes; style files are read up to {MAX_STYLE_FILE_BYTES} bytes. "
+                             "Split it into several files.")
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path} is not a readable UTF-8 JSON file ({error}); fix or remove it.") from error
+    except RecursionError as error:
+        raise InputError(f"{path} is nested too deeply to be a style file (a flat list of objects); fix or remove "
+                         "it.") from error
     if not isinstance(data, list):
         raise InputError(f"{path} must hold a JSON list of {{name, prompt, negative_prompt}} objects.")
     styles = []
@@ -135,8 +147,11 @@ def style_prompt(
 
     Every name is checked before any is applied, so one typo reports at once."""
     text, tag_names = extract_style_tags(prompt)
-    names = ([] if style.casefold() == NO_STYLE else [style]) + tag_names
-    chosen = [find_style(styles, name) for name in names]
+    names = list(dict.fromkeys(([] if style.casefold() == NO_STYLE else [style]) + tag_names))
+    if len(names) > MAX_STYLE_TAGS:
+        raise InputError(f"The prompt asks for {len(names)} different styles; at most {MAX_STYLE_TAGS} apply to one "
+                         "prompt. Remove some [Style: ...] tags.")
+    chosen = list({id(entry): entry for entry in (find_style(styles, name) for name in names)}.values())
     positive, negative = text, tidy_prompt(negative_prompt)
     for entry in chosen:
         positive, negative = entry.apply(positive, negative)

@@ -5,13 +5,20 @@ Frames are converted to 8-bit one at a time, so writing never holds a second ful
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import errno
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import InputError
+from .io.atomic import OutputWriteError, atomic_target, describe_message, describe_os_error, write_safetensors_atomic
 
 VIDEO_TENSOR_KEY = "video"
 # imageio-ffmpeg's quality scale (0..10); 8 is what the official Wan2.2 `save_video` uses.
@@ -47,59 +54,115 @@ def save_video(
     fps: float,
     *,
     frames_dir: str | Path | None = None,
+    finalize: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write `video` ([3, F, H, W] in [-1, 1]) as an H.264 yuv420p MP4 at `fps`; also as PNGs into `frames_dir`.
 
-    H.264 with yuv420p needs even sizes: an odd width or height is padded by one pixel by ffmpeg.
+    The MP4 is encoded into a temporary file beside `path`, `finalize` (e.g. tagging) runs on it, ffmpeg's exit status
+    is checked and the file is read back (it must decode to F frames); only then is it renamed to `path`. On any
+    failure `path` is left as it was and `OutputWriteError` names the path and the cause (disk full, permission).
+    H.264 with yuv420p needs even sizes: an odd width or height is scaled up by one pixel by ffmpeg.
     """
-    import imageio_ffmpeg
-
     _check_video(video)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = int(video.shape[2]), int(video.shape[3])
     png_folder = None
     if frames_dir is not None:
         png_folder = Path(frames_dir)
-        png_folder.mkdir(parents=True, exist_ok=True)
+        try:
+            png_folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputWriteError(f"cannot write {png_folder}: {describe_os_error(error)}") from error
+    with atomic_target(path) as scratch:
+        _encode_mp4(scratch, video, fps, png_folder, target=path)
+        if finalize is not None:
+            finalize(scratch)
+        verify_mp4(scratch, int(video.shape[1]), target=path)
+    return path
 
-    writer = imageio_ffmpeg.write_frames(
-        str(path),
-        (width, height),
-        fps=fps,
-        codec="libx264",
-        pix_fmt_out="yuv420p",
-        quality=MP4_QUALITY,
-        macro_block_size=2,
-        ffmpeg_log_level="error",
-    )
-    writer.send(None)
+
+def _ffmpeg_command(path: Path, width: int, height: int, fps: float) -> list[str]:
+    """imageio-ffmpeg's `write_frames` command for libx264 at MP4_QUALITY, with macro block size 2."""
+    import imageio_ffmpeg
+
+    crf = int((1 - MP4_QUALITY / 10.0) * 51)
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
+        "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-",
+        "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf),
+    ]  # fmt: skip
+    if width % 2 or height % 2:
+        command += ["-vf", f"scale={width + width % 2}:{height + height % 2}"]
+    return command + ["-v", "error", str(path)]
+
+
+def _encode_mp4(path: Path, video: torch.Tensor, fps: float, png_folder: Path | None, *, target: Path) -> None:
+    height, width = int(video.shape[2]), int(video.shape[3])
+    process = subprocess.Popen(
+        _ffmpeg_command(path, width, height, fps), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
+    reader.start()
+    broken = False
     try:
         for index, frame in enumerate(iter_frames_uint8(video)):
-            writer.send(frame)
+            if not broken:
+                try:
+                    process.stdin.write(frame.tobytes())
+                except (BrokenPipeError, OSError):
+                    broken = True  # ffmpeg has died; its exit status and message say why
             if png_folder is not None:
                 _save_png(_png_path(png_folder, index), frame)
-    finally:
-        writer.close()
-    return path
+        with contextlib.suppress(BrokenPipeError, OSError):
+            process.stdin.close()
+        returncode = process.wait()
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    reader.join()
+    if returncode != 0 or broken:
+        message = b"".join(errors).decode("utf-8", "replace")
+        raise OutputWriteError(f"cannot write {target}: {_ffmpeg_cause(returncode, message)}")
+
+
+def _ffmpeg_cause(returncode: int, message: str) -> str:
+    if hasattr(signal, "SIGXFSZ") and returncode == -signal.SIGXFSZ:
+        return describe_os_error(OSError(errno.EFBIG, "File too large"))
+    if returncode < 0:
+        return f"ffmpeg was killed by signal {signal.Signals(-returncode).name}"
+    return f"ffmpeg failed (exit status {returncode}): {describe_message(message)}"
+
+
+def verify_mp4(path: Path, frames: int, *, target: Path | None = None) -> None:
+    """Raise `OutputWriteError` unless `path` decodes as a video of exactly `frames` frames."""
+    import imageio_ffmpeg
+
+    shown = target or path
+    try:
+        found, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+    except (RuntimeError, OSError) as error:
+        message = f"cannot write {shown}: the written file does not read back as a video ({error})"
+        raise OutputWriteError(message) from error
+    if found != frames:
+        raise OutputWriteError(f"cannot write {shown}: the written file holds {found} frames instead of {frames}")
 
 
 def _save_png(path: Path, frame: np.ndarray) -> None:
     from PIL import Image
 
-    Image.fromarray(frame).save(path)
+    try:
+        Image.fromarray(frame).save(path)
+    except OSError as error:
+        raise OutputWriteError(f"cannot write {path}: {describe_os_error(error)}") from error
 
 
 def save_tensor(path: str | Path, video: torch.Tensor) -> Path:
     """Save the decoded video as safetensors: one tensor `"video"`, shape [3, F, H, W], values in [-1, 1]."""
-    from safetensors.torch import save_file
-
     _check_video(video)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensor = video.detach().to("cpu").contiguous()
-    save_file({VIDEO_TENSOR_KEY: tensor}, str(path), metadata={"layout": "3,F,H,W", "range": "-1,1"})
-    return path
+    return write_safetensors_atomic(path, {VIDEO_TENSOR_KEY: tensor}, {"layout": "3,F,H,W", "range": "-1,1"})
 
 
 def load_tensor(path: str | Path) -> torch.Tensor:

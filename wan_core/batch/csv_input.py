@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from wan_core.batch.jobs import BatchJob, JobDefaults
 from wan_core.errors import InputError
+from wan_core.io.files import resolve_inside
+from wan_core.pipeline.validation import MAX_SEED
 
 REQUIRED_COLUMN = "prompt"
 TEXT_COLUMNS = ("negative_prompt", "style")
-INTEGER_COLUMNS = {"seed": 0, "width": 1, "height": 1, "frames": 1, "steps": 1}  # column -> smallest value allowed
+# column -> (smallest, largest) value allowed: the limits of the sampler node's widgets.
+INTEGER_COLUMNS = {"seed": (0, MAX_SEED), "width": (1, 4096), "height": (1, 4096), "frames": (1, 1001),
+                   "steps": (1, 200)}
 KNOWN_COLUMNS = (REQUIRED_COLUMN, *TEXT_COLUMNS, *INTEGER_COLUMNS)
-MAX_SEED = 2**64 - 1
 _MAX_LISTED_PROBLEMS = 20
 DEFAULTS = JobDefaults()
 
@@ -68,13 +71,7 @@ def resolve_input_file(name: str | Path, input_dir: str | Path) -> Path:
     Anything that ends up outside the input folder (`..`, an absolute path elsewhere, a symlink pointing out) is
     refused: a workflow shared by someone else must not read arbitrary files of this machine."""
     root = Path(input_dir).resolve()
-    candidate = Path(name)
-    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    if not resolved.is_relative_to(root):
-        raise InputError(
-            f"The CSV file {str(name)!r} is outside ComfyUI's input folder {root}; batch files are only read from "
-            "there. Copy the file into the input folder and give its name relative to it."
-        )
+    resolved = resolve_inside(name, root, "The CSV file", "ComfyUI's input folder")
     if not resolved.is_file():
         raise InputError(f"The CSV file {str(name)!r} was not found in the input folder {root}; check the name.")
     return resolved
@@ -92,8 +89,9 @@ def read_csv_jobs(
     problems = _Problems(f"The CSV file {path.name!r}")
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
-            jobs = _read_rows(csv.reader(handle), problems, defaults, validate_job)
-    except (UnicodeDecodeError, csv.Error) as error:
+            jobs = _read_rows(_strict_rows(csv.reader(handle, strict=True), problems), problems, defaults,
+                              validate_job)
+    except UnicodeDecodeError as error:
         raise InputError(f"The CSV file {path.name!r} cannot be read ({error}); save it as UTF-8 CSV.") from error
     problems.raise_if_any()
     if not jobs:
@@ -119,8 +117,36 @@ def load_batch_jobs(
     raise InputError("The batch is empty: write prompts one per line, or name a CSV file in the input folder.")
 
 
-def _read_rows(rows, problems: _Problems, defaults: JobDefaults, validate_job: JobValidator | None) -> list[BatchJob]:
-    header = next(rows, None)
+def _strict_rows(reader, problems: _Problems) -> Iterator[tuple[int, list[str]]]:
+    """(first line of the record, cells) of each CSV record; a malformed record ends the file with a problem naming
+    the line where that record starts (an unclosed quote would otherwise swallow every row after it)."""
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            problems.add(start, None, _csv_problem(str(error)))
+            return
+        yield start, cells
+
+
+def _csv_problem(message: str) -> str:
+    if "field larger than field limit" in message:
+        return (f"a cell is longer than {csv.field_size_limit()} characters (an unclosed quote can make one); "
+                "shorten it or close the quote")
+    if "unexpected end of data" in message or "EOF" in message:
+        return ("a quoted cell starts in this row but its closing quote is missing; close it (write \"\" for a "
+                "quote inside a quoted cell)")
+    return f"this row is not valid CSV ({message}); quote cells that contain commas or quotes, doubling inner quotes"
+
+
+def _read_rows(
+    rows: Iterator[tuple[int, list[str]]], problems: _Problems, defaults: JobDefaults,
+    validate_job: JobValidator | None,
+) -> list[BatchJob]:
+    _, header = next(rows, (1, None))
     if header is None or not any(cell.strip() for cell in header):
         problems.add(1, None, "the header row is missing; the first row must name the columns, e.g. 'prompt,seed'")
         return []
@@ -136,8 +162,7 @@ def _read_rows(rows, problems: _Problems, defaults: JobDefaults, validate_job: J
     if problems.lines:
         return []
     jobs: list[BatchJob] = []
-    for cells in rows:
-        row = rows.line_num
+    for row, cells in rows:
         if not any(cell.strip() for cell in cells):
             continue
         if len(cells) > len(columns):
@@ -166,10 +191,13 @@ def _add_job(
     for column in TEXT_COLUMNS:
         if cells.get(column, "").strip():
             values[column] = cells[column].strip()
-    for column, smallest in INTEGER_COLUMNS.items():
+    for column, limits in INTEGER_COLUMNS.items():
         text = cells.get(column, "").strip()
         if text:
-            values[column] = _parse_integer(text, smallest, row, column, problems)
+            values[column] = _parse_integer(text, limits, row, column, problems)
+    if len(problems.lines) == count_before and values["seed"] > MAX_SEED:  # the node's seed + the job's offset
+        problems.add(row, "seed", f"the job's seed {values['seed']} (the node's seed + {index - 1}) is above "
+                     f"{MAX_SEED}; lower the node's seed or give the row a seed")
     if len(problems.lines) > count_before:
         return
     job = BatchJob(index=index, prompt=prompt, **values)
@@ -182,15 +210,15 @@ def _add_job(
     jobs.append(job)
 
 
-def _parse_integer(text: str, smallest: int, row: int, column: str, problems: _Problems) -> int | None:
-    try:
-        value = int(text)
-    except ValueError:
-        problems.add(row, column, f"{text!r} is not a whole number; write digits only or leave the cell empty")
+def _parse_integer(
+    text: str, limits: tuple[int, int], row: int, column: str, problems: _Problems
+) -> int | None:
+    if len(text) > 30 or not text.lstrip("+-").isdigit():  # int() would also take '1_000', '٣' and huge numbers
+        problems.add(row, column, f"{text[:40]!r} is not a whole number; write digits only or leave the cell empty")
         return None
-    largest = MAX_SEED if column == "seed" else None
-    if value < smallest or (largest is not None and value > largest):
-        limit = f"between {smallest} and {largest}" if largest is not None else f"at least {smallest}"
-        problems.add(row, column, f"{value} is out of range; it must be {limit}")
+    value = int(text)
+    smallest, largest = limits
+    if not smallest <= value <= largest:
+        problems.add(row, column, f"{value} is out of range; it must be between {smallest} and {largest}")
         return None
     return value

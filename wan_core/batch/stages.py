@@ -7,7 +7,6 @@ are all done loads nothing, and the text encoder of a split worker loads while t
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 
 from wan_core.batch.jobs import BatchJob, output_path
 from wan_core.batch.scheduler import CancelCheck, DeviceContext, JobCancelled, JobStages, StepProgress
+from wan_core.kept_latents import keep_latents_on_failure
 from wan_core.pipeline.denoise import StepInfo
 from wan_core.pipeline.pipeline import WanPipeline
 from wan_core.pipeline.request import SamplingRequest
@@ -105,14 +105,19 @@ class PipelineStages:
         return pipeline.sample(positive, negative, request, progress=on_step, cancel=cancel)
 
     def decode(self, job: BatchJob, latents: torch.Tensor) -> Path:
-        video = self._pipeline(self.decode_device, vae=self.vae.get()).decode(latents.to(self.decode_device))
+        """Decode and write the job's video (verified, renamed into place only when whole). On a failure the
+        latents are kept in the output folder and the job fails; the ledger then runs it again on resume."""
         final = output_path(self.output_dir, self.batch, job.index)
-        partial = final.with_name(final.stem + ".partial.mp4")  # ffmpeg picks the container from the suffix
-        save_video(partial, video.cpu(), self.settings.task.fps)
-        if self.finish_video is not None:
-            self.finish_video(partial)
-        os.replace(partial, final)  # a killed job never leaves a truncated file under the final name
-        return final
+
+        def finish() -> Path:
+            video = self._pipeline(self.decode_device, vae=self.vae.get()).decode(latents.to(self.decode_device))
+            return save_video(final, video.cpu(), self.settings.task.fps, finalize=self.finish_video)
+
+        return keep_latents_on_failure(
+            finish, latents, folder=self.output_dir, task=self.settings.task.name, stem=final.stem,
+            how_to_decode=lambda kept: f"the job runs again when the batch is queued again (or decode {kept.name} "
+            "with the Wan2.2 VAE Decode node's latents_file input).",
+        )  # fmt: skip
 
     def _pipeline(self, device: str, **models: Any) -> WanPipeline:
         models = {"text_encoder": None, "vae": None, "high_noise_model": None, **models}

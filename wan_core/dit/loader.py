@@ -39,7 +39,8 @@ from ..io.gguf_file import GGUFFile
 from ..io.mapped_safetensors import SAFETENSORS_DTYPES as _SAFETENSORS_DTYPES
 from ..io.mapped_safetensors import MappedSafetensors
 from ..io.quant import dequantize
-from ..io.state_dict import FP8_DTYPES, read_safetensors_metadata, read_torch_file
+from ..io.state_dict import FP8_DTYPES, WEIGHT_SUFFIXES, is_torch_file, read_safetensors_metadata, read_torch_file
+from ..pipeline.finite import check_weight_dtypes, scan_weights
 from ..ram import check_ram
 from .gguf_linear import GGUFLinear
 from .keymap import diffusers_to_official_key, is_diffusers_layout
@@ -102,9 +103,7 @@ class _Checkpoint:
                 if len(singles) != 1:
                     raise
                 self.files = singles
-        elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-            self.files = [path]
-        elif path.suffix in (".safetensors", ".gguf"):
+        elif path.suffix.lower() in (*WEIGHT_SUFFIXES, ".gguf"):
             self.files = [path]
         else:
             raise CheckpointError(f"{path} is neither a folder, a .safetensors, .gguf nor a .pth file.")
@@ -117,7 +116,7 @@ class _Checkpoint:
             for key, tensor in self.gguf.tensors.items():
                 self.entries[key] = _Entry(file, tensor.stored_dtype, tensor.shape)
             return
-        if file.suffix != ".safetensors":
+        if is_torch_file(file):
             tensors = read_torch_file(file)
             self._torch_tensors = {**(self._torch_tensors or {}), **tensors}
             for key, value in tensors.items():
@@ -423,6 +422,8 @@ def load_dit(
     finally:
         reader.close()
 
+    check_weight_dtypes(state, {k: v.dtype for k, v in model.state_dict().items()}, where)
+    scan_weights(state, where)
     model.load_state_dict(state, strict=True, assign=True)
     for name, scale in scales.items():
         model.get_submodule(name[: -len(".weight")]).weight_scale = scale.to(device)

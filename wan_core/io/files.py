@@ -7,9 +7,24 @@ import json
 import re
 from pathlib import Path
 
-from ..errors import CorruptFileError, MissingFileError
+from ..errors import CorruptFileError, InputError, MissingFileError
 
 _SHARD = re.compile(r"^(?P<stem>.+?)-(?P<index>\d{5})-of-(?P<total>\d{5})(?P<tag>[-_.][\w.-]*?)?\.safetensors$")
+
+
+def resolve_inside(name: str | Path, root_dir: str | Path, what: str, folder: str) -> Path:
+    """`name` (relative to `root_dir`, or absolute) with symlinks resolved; InputError when it ends up outside
+    `root_dir` (`..`, an absolute path elsewhere, a symlink pointing out): a workflow shared by someone else must not
+    read arbitrary files of this machine. `what` and `folder` name the input and the folder in the message."""
+    root = Path(root_dir).resolve()
+    candidate = Path(name)
+    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if not resolved.is_relative_to(root):
+        raise InputError(
+            f"{what} {str(name)!r} is outside {folder} {root}; it is only read from there. Copy the file into "
+            f"{folder} and give its name relative to it."
+        )
+    return resolved
 
 
 def _shard_number(name: str) -> tuple[str, int, int] | None:

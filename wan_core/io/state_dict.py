@@ -9,6 +9,11 @@ import torch
 
 from ..errors import CorruptFileError, MissingFileError
 
+# The one list of weight-file suffixes the loaders accept and the model lists offer (`.sft` is ComfyUI's short
+# safetensors suffix); any other suffix is read as safetensors.
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + TORCH_SUFFIXES
 FP8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name))
 
 
@@ -84,10 +89,15 @@ def read_torch_file(path: str | Path, *, dtype: torch.dtype | None = None) -> di
     return {k: cast_floating(v, dtype) for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 
+def is_torch_file(path: str | Path) -> bool:
+    """True for a pickled torch file (`.pth`, `.pt`, `.bin`, `.ckpt`), read with weights_only; else safetensors."""
+    return Path(path).suffix.lower() in TORCH_SUFFIXES
+
+
 def read_weights(path: str | Path, *, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """A single weight file of either kind, chosen by its suffix."""
     path = Path(path)
-    if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+    if is_torch_file(path):
         return read_torch_file(path, dtype=dtype)
     return read_safetensors(path, dtype=dtype)
 

@@ -28,6 +28,7 @@ from ..ram import release_pages
 from ..runtime import Runtime, move_to
 from ..sampling import make_solver
 from . import conditioning
+from .finite import check_finite
 from .request import SamplingRequest
 from .strength import start_from_latents
 from .tasks import TaskConfig
@@ -183,6 +184,8 @@ def sample_latents(
                 expert, g = select_expert(i, t.item(), request)
                 model = experts[expert]
                 if expert != active:
+                    if active is not None:
+                        check_finite(latents, f"the latents after the {active} expert (step {i} of {total})")
                     if runtime.offload and active is not None and experts[active] is not model:
                         runtime.park(experts[active])
                     move_to(model, device)
@@ -217,4 +220,5 @@ def sample_latents(
     finally:
         if runtime.offload:
             runtime.park(*{id(m): m for m in experts.values() if m is not None}.values())
+    check_finite(latents, "the denoised latents")
     return latents

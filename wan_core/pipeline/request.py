@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..errors import InputError
 from .strength import first_step
 from .tasks import TaskConfig, get_task
-from .validation import validate_request
+from .validation import check_seed, validate_request
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,9 @@ class SamplingRequest:
         shift = task.sample_shift if shift is None else shift
         validate_request(
             task, width=width, height=height, frame_num=frame_num, sample_steps=steps, sample_solver=solver,
-            sample_shift=shift, has_image=has_image,
+            sample_shift=shift, has_image=has_image, guide_scale=guide_scale,
         )  # fmt: skip
+        check_seed("seed", seed)
         guide = as_guide_pair(task.guide_scale if guide_scale is None else guide_scale)
         if boundary_step is not None:
             if not task.is_moe:

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 
 from ..errors import InputError
 from ..sampling import SOLVERS
+from .finite import check_finite_number
 from .tasks import TaskConfig, get_task
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes seeds up to this
+
+
+def check_seed(name: str, seed: int) -> None:
+    """InputError when `seed` is above what torch's generators take (negative seeds mean random)."""
+    if seed > MAX_SEED:
+        raise InputError(f"{name} {seed} is too large: seeds go up to {MAX_SEED} (2^64-1); -1 picks a random one")
 
 
 def nearest_multiple(value: int, multiple: int) -> int:
@@ -61,10 +71,12 @@ def validate_request(
     sample_solver: str,
     sample_shift: float | None = None,
     has_image: bool | None = None,
+    guide_scale: float | tuple[float, float] | None = None,
 ) -> None:
     """Raise :class:`~wan_core.errors.InputError` if the request cannot run; return None if it can.
 
-    ``task`` is a task name or a :class:`TaskConfig`. ``sample_shift`` and ``has_image`` are checked when given.
+    ``task`` is a task name or a :class:`TaskConfig`. ``sample_shift``, ``has_image`` and ``guide_scale`` are checked
+    when given.
     """
     task = get_task(task)
     _check_side("width", width, task.size_multiple, task)
@@ -83,11 +95,14 @@ def validate_request(
     check_solver(sample_solver)
 
     if sample_shift is not None:
-        if not isinstance(sample_shift, numbers.Real) or isinstance(sample_shift, bool) or not sample_shift > 0:
+        real = isinstance(sample_shift, numbers.Real) and not isinstance(sample_shift, bool)
+        if not real or not 0 < sample_shift < math.inf:
             raise InputError(
-                f"sample_shift {sample_shift!r} must be a number above 0: use {task.sample_shift} "
+                f"sample_shift {sample_shift!r} must be a finite number above 0: use {task.sample_shift} "
                 f"(the {task.name} default)"
             )
+
+    check_finite_number("guide_scale", guide_scale)
 
     if has_image is not None:
         check_image_use(task, has_image)

@@ -34,8 +34,16 @@ from ..errors import (
 )
 from ..io.files import find_weight_files
 from ..io.quant import dequantize, is_quantized
-from ..io.state_dict import FP8_DTYPES, cast_floating, read_safetensors, read_safetensors_metadata, read_torch_file
+from ..io.state_dict import (
+    FP8_DTYPES,
+    cast_floating,
+    is_torch_file,
+    read_safetensors,
+    read_safetensors_metadata,
+    read_torch_file,
+)
 from ..memory import out_of_memory
+from ..pipeline.finite import check_weight_dtypes, scan_weights
 from .keymap import EMBED_TOKENS, SHARED, SPIECE_MODEL, to_transformers
 from .tokenizer import (
     TINY_UMT5_CONFIG,
@@ -387,8 +395,10 @@ def text_encoder_from_state_dict(
     if is_quantized(sd):
         sd = dequantize(sd, dtype, dict(metadata or {}))
     sd = to_transformers(sd)
+    check_weight_dtypes(sd, dict.fromkeys(sd, torch.float32), source)
     for key, value in sd.items():  # one tensor at a time: never a second full copy
         sd[key] = cast_floating(value, dtype)
+    scan_weights(sd, source)
 
     if isinstance(tokenizer, UMT5Tokenizer):
         tok = tokenizer
@@ -476,7 +486,7 @@ def load_text_encoder(
     path = Path(os.fspath(path)).expanduser()
     files, config_path = _resolve_weights(path)
     resolved = _resolve_dtype(dtype)
-    safetensors = all(f.suffix == ".safetensors" for f in files)
+    safetensors = not any(is_torch_file(f) for f in files)
     # The tokenizer is settled before the (large) weights are read, so that a missing one fails at once.
     tok: str | Path | UMT5Tokenizer | None = tokenizer
     if tok is None and not (safetensors and _carries_spiece(files)):

@@ -27,7 +27,8 @@ from ..errors import (
     describe_keys,
 )
 from ..io.files import find_weight_files
-from ..io.state_dict import read_safetensors, read_torch_file, strip_prefix
+from ..io.state_dict import is_torch_file, read_safetensors, read_torch_file, strip_prefix
+from ..pipeline.finite import check_weight_dtypes, scan_weights
 from .config import VAEConfig, published_stats
 from .keymap import detect_layout, diffusers_to_official, official_structure, official_to_diffusers_key
 from .model import WanVAE
@@ -69,7 +70,7 @@ def read_vae_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | 
     if path.is_dir():
         files = find_weight_files(path)  # raises MissingFileError listing what the folder holds
         return read_safetensors(files), _read_config_json(path), str(path)
-    if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+    if is_torch_file(path):
         return read_torch_file(path), None, str(path)
     return read_safetensors(path), None, str(path)
 
@@ -215,7 +216,9 @@ def load_vae_state_dict(
         net = WanVAENet(config)
     _check_keys(net, state_dict, source, layout)
     dtype = dtype or _default_dtype(state_dict)
+    check_weight_dtypes(state_dict, dict.fromkeys(state_dict, torch.float32), source)
     state_dict = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
+    scan_weights(state_dict, source)
     net.load_state_dict(state_dict, strict=True, assign=True)
     vae = WanVAE(config, network=net).to(device)
     return vae.eval().requires_grad_(False)

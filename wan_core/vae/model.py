@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
+from ..pipeline.finite import check_finite
 from .config import VAE_CONFIGS, VAEConfig, resolve_config
 from .network import WanVAENet
 from .tiling import DEFAULT_OVERLAP, latent_tiles, run_tiled
@@ -20,6 +21,7 @@ __all__ = ["VAE_CONFIGS", "VAEConfig", "WanVAE", "build_vae", "official_state_di
 # Tile size (pixels) used when an untiled pass runs out of CUDA memory; halved on each further failure down to
 # MIN_FALLBACK_TILE.
 FALLBACK_TILE = (256, 256)
+VAE_CAUSES = "a VAE weight file holding NaN/Inf, fp16 overflow in the VAE (use bf16 or fp32), or non-finite latents"
 MIN_FALLBACK_TILE = 64
 
 
@@ -175,6 +177,7 @@ class WanVAE(nn.Module):
             return run_tiled(self.model.decode_raw, z, lat, ov, ss, (z.shape[2] - 1) * st + 1, 3)
 
         video = self._run("decode", lambda: self.model.decode_raw(z), tiled, tile_size, tuple(latents.shape))
+        check_finite(video, "the VAE's decoded video", VAE_CAUSES)
         return video.float().clamp_(-1.0, 1.0)
 
 

@@ -42,4 +42,5 @@ def test_known_translation_on_cuda_puts_the_square_halfway(tile_size):
     assert "on cuda" in result.method
     for k in range(3):
         expected = moving_square(1, 0, start=8 + 8 * k + 4)[0]
-        torch.testing.assert_close(result.frames[2 * k + 1], expected, rtol=0, atol=2e-3)
+        # fp16 on the GPU: values within a few fp16 steps; a square one pixel off would differ by ~0.9 at its edges
+        torch.testing.assert_close(result.frames[2 * k + 1].float().cpu(), expected, rtol=0, atol=1e-2)

@@ -143,12 +143,13 @@ def test_runtime_on_device_parks_with_offload_only():
     assert moves == ["meta"]
 
 
-def test_runtime_autocast_is_cuda_only_and_compute_dtype_follows_the_weight_choice():
+def test_runtime_autocast_is_cuda_only_and_compute_dtype_follows_the_weight_choice(monkeypatch):
     assert not Runtime(device=torch.device("cpu")).autocast()._enabled
     runtime = handles.DiTHandle(task="ti2v-5B", high_noise_path="/m/x", weight_dtype="fp16", device="cpu").runtime()
     assert runtime.compute_dtype == torch.float16 and runtime.attention == SdpaAttention()
     compute = handles.DIT_COMPUTE_DTYPES
     assert compute["fp32"] is None and compute["fp8_e4m3fn_fast"] == compute["default"] == torch.bfloat16
+    monkeypatch.setattr(attention_module, "_sage_fn", lambda: None)  # as on a machine without SageAttention
     with pytest.raises(InputError, match="attention 'sage' was asked for, but it does not import here"):
         handles.DiTHandle(task="ti2v-5B", high_noise_path="/m/x", attention="sage", device="cpu").runtime()
 

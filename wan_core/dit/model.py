@@ -259,7 +259,7 @@ class WanAttentionBlock(nn.Module):
         shift, scale, gate = time.block_chunks(self.modulation, (0, 1, 2))
         y = self.self_attn(modulated_norm(x, shift, scale, self.eps, dtype), freqs, attention)
         x = x.addcmul_(y, gate) if inplace else x.addcmul(y, gate)
-        y = self.cross_attn(self._norm3(x, dtype), context, attention)
+        y = self.cross_attn(self._norm3(x, dtype), context, getattr(attention, "local", attention))
         x = x.add_(y) if inplace else x + y
         shift, scale, gate = time.block_chunks(self.modulation, (3, 4, 5))
         y = self.ffn(modulated_norm(x, shift, scale, self.eps, dtype))
@@ -429,9 +429,14 @@ class WanDiT(nn.Module):
         ctx = self._context(context, batch, dtype, device)
         freqs = self._rope(grid, device)
         attention = attention or _SDPA
+        sequence = getattr(attention, "sequence", None)  # sequence parallel (wan_core.parallel): this rank's tokens
+        if sequence is not None:
+            hidden, time, freqs = sequence.split(hidden, time, freqs)
         for block in self.blocks:
             hidden = block(hidden, time, ctx, freqs, attention)
         out = self.head(hidden, time)
+        if sequence is not None:
+            out = sequence.gather(out)
         return self.unpatchify(out, grid)
 
 

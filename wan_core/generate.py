@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 import time
@@ -30,6 +31,7 @@ from .sampling import SOLVERS
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
+    from .parallel.launch import DistributedRun
     from .pipeline.denoise import StepInfo
 
 PROG = "wan22-generate"
@@ -139,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ATTENTION_BACKENDS,
         help="Attention kernel. auto: the fastest installed (SageAttention 2, FlashAttention, else PyTorch SDPA).",
     )
+    parser.add_argument(
+        "--ulysses_size", type=int, default=1, help="Split one video over N processes (Ulysses sequence "
+        "parallelism; needs yunchang): torchrun --nproc_per_node=N -m wan_core.generate ... --ulysses_size N.",
+    )
+    parser.add_argument("--ring_size", type=int, default=1, help="Ring attention degree; only 1 is available.")
+    parser.add_argument("--dit_fsdp", action="store_true", help="Shard the DiT weights over the processes (FSDP2).")
+    parser.add_argument("--t5_fsdp", action="store_true", help="Shard the T5 weights over the processes (FSDP2).")
     return parser
 
 
@@ -269,14 +278,28 @@ def _say(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .parallel.launch import start as start_distributed
+
+    distributed = start_distributed(args.ulysses_size, args.ring_size, args.device)
+    try:
+        return _generate(args, distributed)
+    finally:
+        if distributed is not None:
+            distributed.close()
+
+
+def _generate(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
     from .checkpoint_dir import load_pipeline
     from .video_io import save_tensor, save_video
 
     request = resolve_request(args)
+    if distributed is not None:
+        request = distributed.adapt(request)
     if args.demo:
         from .demo import DEMO_WARNING, ensure_demo_checkpoint
 
-        request.ckpt_dir = ensure_demo_checkpoint(request.task)
+        with distributed.main_first() if distributed is not None else contextlib.nullcontext():
+            request.ckpt_dir = ensure_demo_checkpoint(request.task)
         _say(DEMO_WARNING.format(folder=request.ckpt_dir))
 
     _say(f"Loading {request.task} from {request.ckpt_dir} onto {request.runtime.device} ...")
@@ -288,11 +311,14 @@ def run(args: argparse.Namespace) -> int:
     _say(f"Loaded in {time.perf_counter() - started:.1f}s. Generating {sampling.frame_num} frames at "
          f"{sampling.width}x{sampling.height}, {sampling.steps} {sampling.solver} steps, seed {sampling.seed}, "
          f"attention {request.runtime.attention.name}.")
-    bar = ProgressBar(sampling.steps)
+    bar = ProgressBar(sampling.steps) if distributed is None or distributed.is_main else None
     try:
         video = pipeline.generate(request.prompt, sampling, image=request.image, progress=bar)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+    if distributed is not None and not distributed.is_main:
+        return 0  # rank 0 writes the outputs
 
     fps = sampling.task.fps
     save_video(request.save_file, video, fps, frames_dir=args.save_frames)

@@ -1,5 +1,6 @@
 """Set Device "all GPUs (one video)": the sampler node's kept worker processes (2 CPU processes, gloo) give the
-latents of the in-process sampler; progress comes back per step; a dead worker gives a clear error, not a hang."""
+latents of the in-process sampler; progress comes back per step; an interrupt stops them and keeps them; a dead
+worker gives a clear error, not a hang."""
 
 from __future__ import annotations
 
@@ -63,6 +64,16 @@ def test_all_gpus_workers_give_the_in_process_latents(experts, cpu_workers):
     assert ((split - single).norm() / single.norm()).item() < 1e-5
 
     pool = all_gpus._pool
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(info):
+        raise Interrupted()
+
+    with pytest.raises(Interrupted):  # the host's interrupt, raised from the progress callback: the workers stop
+        pool.sample(all_gpus._job(on_all, _request(), conditioning, None, None), interrupt)
+    assert not pool.closed
     steps = []
     again = pool.sample(all_gpus._job(on_all, _request(), conditioning, None, None), steps.append)
     assert torch.equal(again, split[0])  # the kept workers, same job, same latents

@@ -44,9 +44,14 @@ def test_head_count_that_does_not_split_names_the_sizes_that_do(tmp_path):
     assert "3 attention heads over 2 ranks" in message and "1, 3" in message
 
 
-def test_ulysses_size_without_torchrun_says_how_to_launch(capsys):
-    assert main(["--demo", "--device", "cpu", "--ulysses_size", "2"]) == 2
-    assert "torchrun --nproc_per_node=2" in capsys.readouterr().err
+@pytest.mark.parametrize("flags, message", [
+    (["--ulysses_size", "2"], "torchrun --nproc_per_node=2"),
+    (["--ring_size", "2"], "ring attention is not available"),
+    (["--dit_fsdp"], "FSDP2) are not available"),
+])
+def test_parallel_flags_that_cannot_run_say_what_to_do(capsys, flags, message):
+    assert main(["--demo", "--device", "cpu", *flags]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_cli_on_two_processes_writes_the_video_of_one_process(tmp_path, monkeypatch):

@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         "parallelism; needs yunchang): torchrun --nproc_per_node=N -m wan_core.generate ... --ulysses_size N.",
     )
     parser.add_argument("--ring_size", type=int, default=1, help="Ring attention degree; only 1 is available.")
-    parser.add_argument("--dit_fsdp", action="store_true", help="Shard the DiT weights over the processes (FSDP2).")
-    parser.add_argument("--t5_fsdp", action="store_true", help="Shard the T5 weights over the processes (FSDP2).")
+    parser.add_argument("--dit_fsdp", action="store_true", help="Shard the DiT weights (FSDP2): not available yet.")
+    parser.add_argument("--t5_fsdp", action="store_true", help="Shard the T5 weights (FSDP2): not available yet.")
     return parser
 
 
@@ -280,7 +280,7 @@ def _say(message: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from .parallel.launch import start as start_distributed
 
-    distributed = start_distributed(args.ulysses_size, args.ring_size, args.device)
+    distributed = start_distributed(args.ulysses_size, args.ring_size, args.device, args.dit_fsdp or args.t5_fsdp)
     try:
         return _generate(args, distributed)
     finally:

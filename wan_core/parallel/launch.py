@@ -64,9 +64,14 @@ class DistributedRun:
             dist.destroy_process_group()
 
 
-def start(ulysses_size: int, ring_size: int, device: str | None) -> DistributedRun | None:
+def start(ulysses_size: int, ring_size: int, device: str | None, fsdp: bool = False) -> DistributedRun | None:
     """The process group of a `torchrun` launch with `--ulysses_size` > 1 (None for a plain one-process run)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if fsdp:
+        raise InputError(
+            "--dit_fsdp / --t5_fsdp (weights sharded with FSDP2) are not available yet: every process holds the "
+            "whole model. Drop the flags; with little GPU memory add --offload_model True (and --t5_cpu)."
+        )
     if ring_size != 1:
         raise InputError(
             f"--ring_size {ring_size}: ring attention is not available yet; split over the attention heads with "

@@ -442,15 +442,16 @@ class WanDiT(nn.Module):
 
 def init_random_(model: WanDiT, generator: torch.Generator | None = None, std: float = 1.0) -> WanDiT:
     """Fill every parameter with random values of a sensible scale (tests and benchmarks)."""
+    device = generator.device if generator is not None else None  # a CUDA generator fills CUDA weights
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dtype not in (torch.float32, torch.float16, torch.bfloat16):
                 continue
             if p.dim() >= 2 and "modulation" not in name:
                 fan_in = math.prod(p.shape[1:])
-                p.copy_(torch.randn(p.shape, generator=generator) * (std / fan_in**0.5))
+                p.copy_(torch.randn(p.shape, generator=generator, device=device) * (std / fan_in**0.5))
             elif name.endswith("norm_q.weight") or name.endswith("norm_k.weight") or name.endswith("norm3.weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=generator))
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=generator, device=device))
             else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+                p.copy_(0.1 * torch.randn(p.shape, generator=generator, device=device))
     return model

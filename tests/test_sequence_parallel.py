@@ -47,21 +47,23 @@ def test_head_count_that_does_not_split_names_the_sizes_that_do(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--ulysses_size", "2"], "torchrun --nproc_per_node=2"),
     (["--ring_size", "2"], "ring attention is not available"),
-    (["--dit_fsdp"], "FSDP2) are not available"),
+    (["--t5_fsdp"], "--t5_fsdp (the text encoder sharded with FSDP2) is not available"),
+    (["--dit_fsdp"], "start them with torchrun"),
 ])
 def test_parallel_flags_that_cannot_run_say_what_to_do(capsys, flags, message):
     assert main(["--demo", "--device", "cpu", *flags]) == 2
     assert message in capsys.readouterr().err
 
 
-def test_cli_on_two_processes_writes_the_video_of_one_process(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fsdp", [[], ["--dit_fsdp"]], ids=["ulysses", "ulysses+dit_fsdp"])
+def test_cli_on_two_processes_writes_the_video_of_one_process(tmp_path, monkeypatch, fsdp):
     # 112*80, 9 frames: 3 x 5 x 7 = 105 tokens, an odd count, so rank 1 carries a padded token.
     monkeypatch.setenv("WAN22_DEMO_DIR", str(tmp_path / "demo"))
     flags = ["--demo", "--device", "cpu", "--base_seed", "3", "--size", "112*80", "--sample_steps", "4"]
     assert main([*flags, "--save_file", str(tmp_path / "one.mp4"), "--save_tensor", str(tmp_path / "one.st")]) == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "wan_core.generate", *flags, "--ulysses_size", "2",
+           "wan_core.generate", *flags, "--ulysses_size", "2", *fsdp,
            "--save_file", str(tmp_path / "two.mp4"), "--save_tensor", str(tmp_path / "two.st")]  # fmt: skip
     done = subprocess.run(two, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]

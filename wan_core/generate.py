@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "parallelism; needs yunchang): torchrun --nproc_per_node=N -m wan_core.generate ... --ulysses_size N.",
     )
     parser.add_argument("--ring_size", type=int, default=1, help="Ring attention degree; only 1 is available.")
-    parser.add_argument("--dit_fsdp", action="store_true", help="Shard the DiT weights (FSDP2): not available yet.")
+    parser.add_argument("--dit_fsdp", action="store_true", help="Shard the DiT weights over the processes (FSDP2).")
     parser.add_argument("--t5_fsdp", action="store_true", help="Shard the T5 weights (FSDP2): not available yet.")
     return parser
 
@@ -280,7 +280,7 @@ def _say(message: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from .parallel.launch import start as start_distributed
 
-    distributed = start_distributed(args.ulysses_size, args.ring_size, args.device, args.dit_fsdp or args.t5_fsdp)
+    distributed = start_distributed(args.ulysses_size, args.ring_size, args.device, args.dit_fsdp, args.t5_fsdp)
     try:
         return _generate(args, distributed)
     finally:
@@ -294,7 +294,7 @@ def _generate(args: argparse.Namespace, distributed: DistributedRun | None) -> i
 
     request = resolve_request(args)
     if distributed is not None:
-        request = distributed.adapt(request)
+        request = distributed.adapt(request, fsdp=args.dit_fsdp)
     if args.demo:
         from .demo import DEMO_WARNING, ensure_demo_checkpoint
 
@@ -307,6 +307,8 @@ def _generate(args: argparse.Namespace, distributed: DistributedRun | None) -> i
     pipeline = load_pipeline(
         request.task, request.ckpt_dir, request.runtime, convert_model_dtype=args.convert_model_dtype
     )
+    if args.dit_fsdp:
+        distributed.shard_experts(pipeline)
     sampling = request.sampling
     _say(f"Loaded in {time.perf_counter() - started:.1f}s. Generating {sampling.frame_num} frames at "
          f"{sampling.width}x{sampling.height}, {sampling.steps} {sampling.solver} steps, seed {sampling.seed}, "

@@ -53,25 +53,48 @@ class DistributedRun:
     def _comm_device(self) -> torch.device:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
-    def adapt(self, request: Any) -> Any:
-        """The CLI's resolved request for this rank: its device, the Ulysses attention, rank 0's seed."""
+    def adapt(self, request: Any, fsdp: bool = False) -> Any:
+        """The CLI's resolved request for this rank: its device, the Ulysses attention, rank 0's seed; with `fsdp`
+        the experts load into CPU RAM (offload) until `shard_experts` spreads them over the devices."""
         runtime = request.runtime.replace(device=self.device, attention=UlyssesAttention(request.runtime.attention))
+        if fsdp:
+            runtime = runtime.replace(offload=True)
         return replace(request, runtime=runtime, sampling=request.sampling.replace(seed=self.shared_seed(
             request.sampling.seed)))
+
+    def shard_experts(self, pipeline: Any) -> None:
+        """FSDP2 (`fully_shard`): each DiT expert's weights split over the ranks (per block, the rest at the root),
+        so a device holds 1/N of them; the shards go from CPU RAM (where `adapt(fsdp=True)` had them loaded) to the
+        rank's device, and sampling then runs without offload."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        experts = (pipeline.high_noise_model, pipeline.low_noise_model)
+        for model in {id(m): m for m in experts if m is not None}.values():
+            for block in model.blocks:
+                fully_shard(block, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+        pipeline.runtime = pipeline.runtime.replace(offload=False)
 
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def start(ulysses_size: int, ring_size: int, device: str | None, fsdp: bool = False) -> DistributedRun | None:
+def start(
+    ulysses_size: int, ring_size: int, device: str | None, dit_fsdp: bool = False, t5_fsdp: bool = False
+) -> DistributedRun | None:
     """The process group of a `torchrun` launch with `--ulysses_size` > 1 (None for a plain one-process run)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if fsdp:
+    if t5_fsdp:
         raise InputError(
-            "--dit_fsdp / --t5_fsdp (weights sharded with FSDP2) are not available yet: every process holds the "
-            "whole model. Drop the flags; with little GPU memory add --offload_model True (and --t5_cpu)."
+            "--t5_fsdp (the text encoder sharded with FSDP2) is not available yet; drop it. With little GPU memory "
+            "run the text encoder on the CPU (--t5_cpu)."
         )
+    if dit_fsdp and world_size == 1:
+        raise InputError("--dit_fsdp shards the DiT over several processes: start them with torchrun "
+                         "--nproc_per_node=N ... --ulysses_size N --dit_fsdp.")
     if ring_size != 1:
         raise InputError(
             f"--ring_size {ring_size}: ring attention is not available yet; split over the attention heads with "

@@ -51,7 +51,6 @@ class Job:
     uncond: torch.Tensor
     y: torch.Tensor | None = None
     first_frame_latent: torch.Tensor | None = None
-    progress: bool = True
 
 
 @dataclass
@@ -167,7 +166,7 @@ def _serve(rank: int, devices: tuple[torch.device, ...], init_file: str, jobs: A
     while True:
         job = jobs.get()
         try:
-            latents = _run(job, device, models, results if rank == 0 and job.progress else None, cancel)
+            latents = _run(job, device, models, results if rank == 0 else None, cancel)
             if rank == 0:
                 results.put(("done", latents.cpu()))
         except GenerationCancelled as err:

@@ -17,6 +17,7 @@ from . import host
 
 AUTO = "auto"
 CPU = "cpu"
+ALL_GPUS = "all GPUs (one video)"  # the DiT only: one video split over every GPU (nodes/all_gpus.py)
 _GPU_PATTERN = re.compile(r"^(?:gpu|cuda):(\d+)$")
 LOG = logging.getLogger("comfyui-wan22")
 
@@ -26,14 +27,14 @@ def gpu_count() -> int:
 
 
 def list_devices() -> list[str]:
-    """`auto`, `cpu` and one `gpu:N` per GPU of this machine."""
-    return [AUTO, CPU] + [f"gpu:{index}" for index in range(gpu_count())]
+    """`auto`, `cpu`, one `gpu:N` per GPU of this machine, and `all GPUs (one video)` where there are several."""
+    return [AUTO, CPU] + [f"gpu:{index}" for index in range(gpu_count())] + ([ALL_GPUS] if gpu_count() > 1 else [])
 
 
 def check_device_name(name: str) -> None:
     """Raise InputError for a string that is not a device name at all (an absent GPU is fine: it falls back)."""
-    if name not in (AUTO, CPU) and not _GPU_PATTERN.match(name):
-        raise InputError(f"Unknown device {name!r}; use 'auto', 'cpu' or 'gpu:N' (N = 0, 1, ...).")
+    if name not in (AUTO, CPU, ALL_GPUS) and not _GPU_PATTERN.match(name):
+        raise InputError(f"Unknown device {name!r}; use 'auto', 'cpu', 'gpu:N' (N = 0, 1, ...) or {ALL_GPUS!r}.")
 
 
 def default_device() -> torch.device:
@@ -48,7 +49,7 @@ def resolve_device(name: str, *, warn: bool = True) -> torch.device:
     """The torch device for a device string; a GPU this machine lacks falls back to the default (with a warning
     unless `warn` is False: the node that chose the device warns once, its consumers resolve quietly)."""
     check_device_name(name)
-    if name == AUTO:
+    if name in (AUTO, ALL_GPUS):  # all GPUs: the host's device (the workers take every GPU)
         return default_device()
     if name == CPU:
         return torch.device(CPU)

@@ -10,8 +10,9 @@ from wan_core.pipeline.denoise import SINGLE, StepInfo
 from wan_core.pipeline.tasks import TASKS, TaskConfig
 
 from . import host
+from .all_gpus import sample_on_all_gpus
 from .conditioning import WanConditioning, conditioning_from_comfy
-from .devices import announce_device, device_label
+from .devices import ALL_GPUS, announce_device, device_label
 from .handles import DiTHandle, VAEHandle, release_to_cpu, require_handle
 from .latents import latent_input, latent_output, reject_noise_mask
 
@@ -194,7 +195,8 @@ class Wan22DiTSampler:
         device = runtime.device
         label = device_label(device)
         announce_device(unique_id, device)
-        high, low = dit.load()
+        all_gpus = dit.device == ALL_GPUS
+        high, low = (None, None) if all_gpus else dit.load()  # all GPUs: the workers load the experts
         vae_module = require_handle(vae, VAEHandle, "vae").load() if vae is not None else None
         pipeline = WanPipeline(
             request.task, text_encoder=None, vae=vae_module, high_noise_model=high, low_noise_model=low, runtime=runtime
@@ -208,10 +210,16 @@ class Wan22DiTSampler:
 
         cond = conditioning.to(device)
         try:
-            latents = pipeline.sample(
-                list(cond.positive), list(cond.negative), request, image=image, progress=on_step,
-                cancel=host.interrupted, init_latents=init_latents,
-            )
+            if all_gpus:
+                if init_latents is not None:
+                    raise InputError("Video-to-video ('latent' input) runs on one GPU: set the DiT's device to a "
+                                     "single GPU, or drop the latent.")
+                latents = sample_on_all_gpus(dit, pipeline, cond, request, image, on_step, host.interrupted)
+            else:
+                latents = pipeline.sample(
+                    list(cond.positive), list(cond.negative), request, image=image, progress=on_step,
+                    cancel=host.interrupted, init_latents=init_latents,
+                )
         except GenerationCancelled:
             host.raise_if_interrupted()  # ComfyUI's own exception: shown as "interrupted", not as an error
             raise

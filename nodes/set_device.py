@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from wan_core.errors import InputError
 
-from .devices import announce_device, check_device_name, list_devices, resolve_device
-from .handles import ModelHandle
+from .devices import ALL_GPUS, announce_device, check_device_name, list_devices, resolve_device
+from .handles import DiTHandle, ModelHandle
 
 CATEGORY = "Wan2.2"
 # One node for every handle type: a comma list is a union type in ComfyUI (an output connects where any matches).
@@ -20,7 +20,8 @@ class Wan22SetDevice:
                 "model": (ANY_HANDLE, {"tooltip": "A Wan2.2 DiT, T5 or VAE handle."}),
                 "device": (list_devices(), {
                     "default": "auto",
-                    "tooltip": "auto = ComfyUI's main device. A GPU this machine lacks falls back to auto (warning).",
+                    "tooltip": "auto = ComfyUI's main device. A GPU this machine lacks falls back to auto (warning). "
+                               f"{ALL_GPUS}: the DiT samples one video on every GPU together.",
                 }),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
@@ -45,5 +46,7 @@ class Wan22SetDevice:
     def set_device(self, model: ModelHandle, device: str, unique_id: str | None = None) -> tuple:
         if not isinstance(model, ModelHandle):
             raise InputError(f"Wan22SetDevice takes a Wan2.2 model, T5 or VAE handle, got {type(model).__name__}.")
+        if device == ALL_GPUS and not isinstance(model, DiTHandle):
+            raise InputError(f"'{ALL_GPUS}' is for the DiT (Model Loader); put the T5 and the VAE on one device.")
         announce_device(unique_id, resolve_device(device))
         return (model.bind(device),)

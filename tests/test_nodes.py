@@ -153,7 +153,7 @@ def test_devices_listed_at_run_time_and_missing_gpu_falls_back(caplog, monkeypat
     monkeypatch.setattr(devices, "gpu_count", lambda: 0)
     assert devices.list_devices() == ["auto", "cpu"]
     monkeypatch.setattr(devices, "gpu_count", lambda: 2)
-    assert devices.list_devices() == ["auto", "cpu", "gpu:0", "gpu:1"]
+    assert devices.list_devices() == ["auto", "cpu", "gpu:0", "gpu:1", devices.ALL_GPUS]
     monkeypatch.setattr(devices, "gpu_count", lambda: 0)
     with caplog.at_level(logging.WARNING, logger="comfyui-wan22"):
         assert devices.resolve_device("gpu:1") == torch.device("cpu")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 import time
@@ -34,6 +35,7 @@ from .sampling import SOLVERS
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
+    from .parallel.launch import DistributedRun
     from .pipeline.denoise import StepInfo
 
 PROG = "python -m wan_core.generate"
@@ -160,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_interpolation_flags(parser)
     add_chunk_flags(parser)
+    parser.add_argument(
+        "--ulysses_size", type=int, default=1, help="Split one video over N processes (Ulysses sequence "
+        "parallelism; needs yunchang): torchrun --nproc_per_node=N -m wan_core.generate ... --ulysses_size N.",
+    )
+    parser.add_argument("--ring_size", type=int, default=1, help="Ring attention degree; only 1 is available.")
+    parser.add_argument("--dit_fsdp", action="store_true", help="Shard the DiT weights over the processes (FSDP2).")
+    parser.add_argument("--t5_fsdp", action="store_true", help="Shard the T5 weights (FSDP2): not available yet.")
     return parser
 
 
@@ -284,14 +293,30 @@ def _say(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .parallel.launch import start as start_distributed
+
+    distributed = start_distributed(args.ulysses_size, args.ring_size, args.device, args.dit_fsdp, args.t5_fsdp)
+    try:
+        return _generate(args, distributed)
+    finally:
+        if distributed is not None:
+            distributed.close()
+
+
+def _generate(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
     from .checkpoint_dir import load_pipeline
 
     request = resolve_request(args)
     check_chunk_args(args)
+    if distributed is not None:
+        if args.chunks > 1:
+            raise InputError("--chunks runs on one GPU; drop --ulysses_size (or run the chunks without torchrun).")
+        request = distributed.adapt(request, fsdp=args.dit_fsdp)
     if args.demo:
         from .demo import DEMO_WARNING, ensure_demo_checkpoint
 
-        request.ckpt_dir = ensure_demo_checkpoint(request.task)
+        with distributed.main_first() if distributed is not None else contextlib.nullcontext():
+            request.ckpt_dir = ensure_demo_checkpoint(request.task)
         _say(DEMO_WARNING.format(folder=request.ckpt_dir))
     if args.decode_latents:
         return decode_latents_file(request, args, _say)
@@ -302,6 +327,8 @@ def run(args: argparse.Namespace) -> int:
         request.task, request.ckpt_dir, request.runtime, convert_model_dtype=args.convert_model_dtype,
         patches=request.patches,
     )
+    if args.dit_fsdp:
+        distributed.shard_experts(pipeline)
     sampling = request.sampling
     _say(f"Loaded in {time.perf_counter() - started:.1f}s. Generating {sampling.frame_num} frames at "
          f"{sampling.width}x{sampling.height}, {sampling.steps} {sampling.solver} steps, seed {sampling.seed}, "
@@ -310,12 +337,15 @@ def run(args: argparse.Namespace) -> int:
         video = chunked_generate(args, pipeline, ProgressBar, _say)(request.prompt, sampling, image=request.image)
         write_outputs(video, request, args, _say)
         return 0
-    bar = ProgressBar(sampling.steps)
+    bar = ProgressBar(sampling.steps) if distributed is None or distributed.is_main else None
     try:
         cond, uncond = pipeline.encode_prompts(request.prompt, None)
         latents = pipeline.sample(cond, uncond, sampling, image=request.image, progress=bar)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+    if distributed is not None and not distributed.is_main:
+        return 0  # rank 0 decodes and writes the outputs
     decode_and_write(pipeline, latents, request, args, _say)  # keeps the latents if decoding or writing fails
     return 0
 

@@ -259,7 +259,7 @@ class WanAttentionBlock(nn.Module):
         shift, scale, gate = time.block_chunks(self.modulation, (0, 1, 2))
         y = self.self_attn(modulated_norm(x, shift, scale, self.eps, dtype), freqs, attention)
         x = x.addcmul_(y, gate) if inplace else x.addcmul(y, gate)
-        y = self.cross_attn(self._norm3(x, dtype), context, attention)
+        y = self.cross_attn(self._norm3(x, dtype), context, getattr(attention, "local", attention))
         x = x.add_(y) if inplace else x + y
         shift, scale, gate = time.block_chunks(self.modulation, (3, 4, 5))
         y = self.ffn(modulated_norm(x, shift, scale, self.eps, dtype))
@@ -429,23 +429,29 @@ class WanDiT(nn.Module):
         ctx = self._context(context, batch, dtype, device)
         freqs = self._rope(grid, device)
         attention = attention or _SDPA
+        sequence = getattr(attention, "sequence", None)  # sequence parallel (wan_core.parallel): this rank's tokens
+        if sequence is not None:
+            hidden, time, freqs = sequence.split(hidden, time, freqs)
         for block in self.blocks:
             hidden = block(hidden, time, ctx, freqs, attention)
         out = self.head(hidden, time)
+        if sequence is not None:
+            out = sequence.gather(out)
         return self.unpatchify(out, grid)
 
 
 def init_random_(model: WanDiT, generator: torch.Generator | None = None, std: float = 1.0) -> WanDiT:
     """Fill every parameter with random values of a sensible scale (tests and benchmarks)."""
+    device = generator.device if generator is not None else None  # a CUDA generator fills CUDA weights
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dtype not in (torch.float32, torch.float16, torch.bfloat16):
                 continue
             if p.dim() >= 2 and "modulation" not in name:
                 fan_in = math.prod(p.shape[1:])
-                p.copy_(torch.randn(p.shape, generator=generator) * (std / fan_in**0.5))
+                p.copy_(torch.randn(p.shape, generator=generator, device=device) * (std / fan_in**0.5))
             elif name.endswith("norm_q.weight") or name.endswith("norm_k.weight") or name.endswith("norm3.weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=generator))
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=generator, device=device))
             else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+                p.copy_(0.1 * torch.randn(p.shape, generator=generator, device=device))
     return model

@@ -1,0 +1,74 @@
+"""Ulysses sequence parallelism on the CPU (gloo, 2 processes): the split DiT equals the one-process DiT, and the
+CLI under torch.distributed.run writes the same video as one process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from wan_core.generate import main
+from wan_core.video_io import load_tensor
+
+pytest.importorskip("yunchang")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def run_two_ranks(tmp_path: Path, check: str) -> dict:
+    from sequence_parallel_checks import run_in_group
+
+    results = mp.Manager().dict()
+    mp.spawn(run_in_group, args=(2, str(tmp_path / "pg"), check, results), nprocs=2)
+    return dict(results)
+
+
+def test_split_dit_equals_one_process_with_padding_and_per_token_time(tmp_path):
+    results = run_two_ranks(tmp_path, "ti2v_uneven")
+    for rank in (0, 1):
+        single, split = results[rank]
+        assert split.shape == single.shape == (1, 48, 3, 6, 10)
+        assert relative_error(split, single) < 1e-5
+
+
+def test_head_count_that_does_not_split_names_the_sizes_that_do(tmp_path):
+    message = run_two_ranks(tmp_path, "heads")[0]
+    assert "3 attention heads over 2 ranks" in message and "1, 3" in message
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ulysses_size", "2"], "torchrun --nproc_per_node=2"),
+    (["--ring_size", "2"], "ring attention is not available"),
+    (["--t5_fsdp"], "--t5_fsdp (the text encoder sharded with FSDP2) is not available"),
+    (["--dit_fsdp"], "start them with torchrun"),
+])
+def test_parallel_flags_that_cannot_run_say_what_to_do(capsys, flags, message):
+    assert main(["--demo", "--device", "cpu", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fsdp", [[], ["--dit_fsdp"]], ids=["ulysses", "ulysses+dit_fsdp"])
+def test_cli_on_two_processes_writes_the_video_of_one_process(tmp_path, monkeypatch, fsdp):
+    # 112*80, 9 frames: 3 x 5 x 7 = 105 tokens, an odd count, so rank 1 carries a padded token.
+    monkeypatch.setenv("WAN22_DEMO_DIR", str(tmp_path / "demo"))
+    flags = ["--demo", "--device", "cpu", "--base_seed", "3", "--size", "112*80", "--sample_steps", "4"]
+    assert main([*flags, "--save_file", str(tmp_path / "one.mp4"), "--save_tensor", str(tmp_path / "one.st")]) == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "wan_core.generate", *flags, "--ulysses_size", "2", *fsdp,
+           "--save_file", str(tmp_path / "two.mp4"), "--save_tensor", str(tmp_path / "two.st")]  # fmt: skip
+    done = subprocess.run(two, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "attention ulysses2:sdpa" in done.stdout
+    assert done.stdout.count("Saved the video tensor") == 1  # rank 0 alone writes
+    one, two_ranks = load_tensor(tmp_path / "one.st"), load_tensor(tmp_path / "two.st")
+    assert two_ranks.shape == one.shape == (3, 9, 80, 112)
+    assert relative_error(two_ranks, one) < 1e-4

@@ -1,0 +1,129 @@
+"""The `torchrun` side of the CLI: one process per device, all sampling the same video with the DiT split over them.
+
+    torchrun --nproc_per_node=2 -m wan_core.generate --task t2v-A14B --ckpt_dir ... --ulysses_size 2
+
+Every rank loads the models, encodes the prompt and runs the whole denoising loop on the same noise (the seed is
+rank 0's, broadcast); only the DiT's tokens are split (`UlyssesAttention`), and its output is gathered on every rank,
+so every rank holds the same latents. Rank 0 writes the outputs; the other ranks print nothing to stdout. NCCL on
+CUDA (rank r on `cuda:LOCAL_RANK`), gloo on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..errors import InputError
+from .ulysses import UlyssesAttention, require_yunchang
+
+
+@dataclass(frozen=True)
+class DistributedRun:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (e.g. builds the demo checkpoint), the others after it."""
+        if not self.is_main:
+            dist.barrier()
+        yield
+        if self.is_main:
+            dist.barrier()
+
+    def shared_seed(self, seed: int) -> int:
+        """Rank 0's seed on every rank (a random seed is drawn per process)."""
+        value = torch.tensor([seed], dtype=torch.int64, device=self._comm_device)
+        dist.broadcast(value, src=0)
+        return int(value.item())
+
+    @property
+    def _comm_device(self) -> torch.device:
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def adapt(self, request: Any, fsdp: bool = False) -> Any:
+        """The CLI's resolved request for this rank: its device, the Ulysses attention, rank 0's seed; with `fsdp`
+        the experts load into CPU RAM (offload) until `shard_experts` spreads them over the devices."""
+        runtime = request.runtime.replace(device=self.device, attention=UlyssesAttention(request.runtime.attention))
+        if fsdp:
+            runtime = runtime.replace(offload=True)
+        return replace(request, runtime=runtime, sampling=request.sampling.replace(seed=self.shared_seed(
+            request.sampling.seed)))
+
+    def shard_experts(self, pipeline: Any) -> None:
+        """FSDP2 (`fully_shard`): each DiT expert's weights split over the ranks (per block, the rest at the root),
+        so a device holds 1/N of them; the shards go from CPU RAM (where `adapt(fsdp=True)` had them loaded) to the
+        rank's device, and sampling then runs without offload."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        experts = (pipeline.high_noise_model, pipeline.low_noise_model)
+        for model in {id(m): m for m in experts if m is not None}.values():
+            for block in model.blocks:
+                fully_shard(block, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+        pipeline.runtime = pipeline.runtime.replace(offload=False)
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def start(
+    ulysses_size: int, ring_size: int, device: str | None, dit_fsdp: bool = False, t5_fsdp: bool = False
+) -> DistributedRun | None:
+    """The process group of a `torchrun` launch with `--ulysses_size` > 1 (None for a plain one-process run)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if t5_fsdp:
+        raise InputError(
+            "--t5_fsdp (the text encoder sharded with FSDP2) is not available yet; drop it. With little GPU memory "
+            "run the text encoder on the CPU (--t5_cpu)."
+        )
+    if dit_fsdp and world_size == 1:
+        raise InputError("--dit_fsdp shards the DiT over several processes: start them with torchrun "
+                         "--nproc_per_node=N ... --ulysses_size N --dit_fsdp.")
+    if ring_size != 1:
+        raise InputError(
+            f"--ring_size {ring_size}: ring attention is not available yet; split over the attention heads with "
+            "--ulysses_size N (N = the number of processes) and leave --ring_size at 1."
+        )
+    if ulysses_size < 1:
+        raise InputError(f"--ulysses_size must be 1 or more, got {ulysses_size}.")
+    if ulysses_size == 1 and world_size == 1:
+        return None
+    if ulysses_size != world_size:
+        raise InputError(
+            f"--ulysses_size {ulysses_size} with {world_size} process(es): start one process per GPU and give their "
+            f"count, e.g. torchrun --nproc_per_node={ulysses_size} -m wan_core.generate ... --ulysses_size "
+            f"{ulysses_size}."
+        )
+    require_yunchang()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise InputError(f"local rank {local_rank}, but this machine has {torch.cuda.device_count()} GPU(s): "
+                             "start at most one process per GPU.")
+        run_device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(run_device)
+        dist.init_process_group("nccl", device_id=run_device)
+    else:
+        run_device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    run = DistributedRun(rank=dist.get_rank(), world_size=world_size, device=run_device)
+    if not run.is_main:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - one line per rank would repeat every message
+    return run

@@ -86,6 +86,15 @@ class Wan22DiTSampler:
             "optional": {
                 "vae": ("WAN22_VAE", {"tooltip": "Needed with start_image (it encodes the picture)."}),
                 "start_image": ("IMAGE", {"tooltip": "i2v / ti2v: the first frame."}),
+                "cache": (["off", "easycache", "magcache"], {
+                    "default": "off",
+                    "tooltip": "Step cache: skip forwards predictable from the last one (easycache: adaptive, "
+                               "magcache: Wan2.2 magnitude ratios). Faster, slightly different video.",
+                }),
+                "cache_threshold": ("FLOAT", {
+                    "default": 0.05, "min": 0.0, "max": 1.0, "step": 0.005,
+                    "tooltip": "Higher skips more; 0 never skips. The papers use 0.05 (easycache), 0.06 (magcache).",
+                }),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -112,6 +121,8 @@ class Wan22DiTSampler:
         vae: VAEHandle | None = None,
         start_image: torch.Tensor | None = None,
         unique_id: str | None = None,
+        cache: str = "off",
+        cache_threshold: float = 0.05,
     ) -> tuple:
         from wan_core.pipeline.denoise import GenerationCancelled
         from wan_core.pipeline.pipeline import WanPipeline
@@ -123,6 +134,7 @@ class Wan22DiTSampler:
         request = SamplingRequest.create(
             dit.task, width=width, height=height, frame_num=frames, seed=seed, solver=solver, steps=steps,
             shift=shift, guide_scale=(cfg_low_noise, cfg_high_noise), has_image=start_image is not None,
+            cache=cache, cache_threshold=cache_threshold,
         )  # fmt: skip
         image = None
         if start_image is not None:

@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 
 from ..errors import InputError
+from .step_cache import check_cache
 from .tasks import TaskConfig, get_task
 from .validation import validate_request
 
@@ -29,6 +30,10 @@ class SamplingRequest:
     guide_scale: tuple[float, float]  # official order: (low_noise, high_noise)
     # The first step of the low-noise expert (Lightning: 2 of 4); None: the task's timestep boundary decides.
     boundary_step: int | None = None
+    # Step caching (`step_cache.py`): "off" | "easycache" | "magcache"; thresholds (low_noise, high_noise), None
+    # when off (the method's default fills in when not given).
+    cache: str = "off"
+    cache_threshold: tuple[float, float] | None = None
 
     @classmethod
     def create(
@@ -45,6 +50,8 @@ class SamplingRequest:
         guide_scale: float | tuple[float, float] | list[float] | None = None,
         boundary_step: int | None = None,
         has_image: bool | None = None,
+        cache: str = "off",
+        cache_threshold: float | tuple[float, float] | list[float] | None = None,
     ) -> SamplingRequest:
         """The request with the task's defaults where a value is None; raises `InputError` naming the nearest valid
         value. A negative seed draws a random one (as the official code); ``has_image`` is checked when given."""
@@ -68,9 +75,11 @@ class SamplingRequest:
                     f"boundary_step {boundary_step!r} must be a whole number from 0 to the step count ({steps}): "
                     f"the first step of the low-noise expert, e.g. {steps // 2}"
                 )
+        threshold = None if cache_threshold is None else as_guide_pair(cache_threshold, "cache_threshold")
         return cls(
             task=task, width=int(width), height=int(height), frame_num=int(frame_num), seed=resolve_seed(seed),
             solver=solver, steps=int(steps), shift=float(shift), guide_scale=guide, boundary_step=boundary_step,
+            cache=cache, cache_threshold=check_cache(cache, threshold),
         )  # fmt: skip
 
     def replace(self, **changes: object) -> SamplingRequest:
@@ -83,13 +92,16 @@ class SamplingRequest:
         return self.task.latent_shape(self.width, self.height, self.frame_num)
 
 
-def as_guide_pair(guide_scale: float | tuple[float, float] | list[float]) -> tuple[float, float]:
-    """A guide scale as the official ``(low_noise, high_noise)`` pair (a single number is used for both)."""
+def as_guide_pair(
+    guide_scale: float | tuple[float, float] | list[float], what: str = "guide_scale"
+) -> tuple[float, float]:
+    """A guide scale (or another per-expert value, named `what`) as the official ``(low_noise, high_noise)`` pair
+    (a single number is used for both)."""
     if isinstance(guide_scale, (int, float)) and not isinstance(guide_scale, bool):
         return float(guide_scale), float(guide_scale)
     pair = tuple(float(g) for g in guide_scale)
     if len(pair) != 2:
-        raise InputError(f"guide_scale takes one number or two (low_noise, high_noise), got {guide_scale!r}")
+        raise InputError(f"{what} takes one number or two (low_noise, high_noise), got {guide_scale!r}")
     return pair  # type: ignore[return-value]
 
 

@@ -1,5 +1,6 @@
 """The model forwards of one denoising step: the conditional and (with CFG) the unconditional prediction, as two
-forwards or, with `Runtime.cfg_batch`, one forward of batch 2 (the same math; fewer, larger kernels).
+forwards or, with `Runtime.cfg_batch`, one forward of batch 2 (the same math; fewer, larger kernels). With
+`Runtime.compile` the model's blocks are compiled on their first use (`wan_core.dit.compiled`).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..dit.compiled import compilable, compile_blocks
 from ..runtime import Runtime
 
 
@@ -22,6 +24,9 @@ def step_forwards(
     """The float32 flow ``[C, F, H, W]`` for each context in ``contexts`` (cond, then uncond) at latents ``x``
     ``[1, C, F, H, W]`` and ``timestep`` (``[1]`` or per token ``[1, L]``)."""
     attention = runtime.attention
+    if runtime.compile:
+        compile_blocks(model)
+        attention = compilable(attention)
     if runtime.cfg_batch and len(contexts) > 1:
         n = len(contexts)
         batch_t = timestep.expand(n, *timestep.shape[1:])

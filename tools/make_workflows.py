@@ -292,7 +292,7 @@ def build_graph(
 def sampler_settings(*, width: int, height: int, frames: int, steps: int, shift: float, cfg: tuple[float, float],
                      seed: int = 42) -> dict:
     return {"width": width, "height": height, "frames": frames, "steps": steps, "solver": "unipc", "shift": shift,
-            "cfg_high_noise": cfg[0], "cfg_low_noise": cfg[1], "seed": seed}
+            "cfg_high_noise": cfg[0], "cfg_low_noise": cfg[1], "seed": seed, "cache": "off", "cache_threshold": 0.05}
 
 
 T2V = sampler_settings(width=832, height=480, frames=81, steps=40, shift=12.0, cfg=(4.0, 3.0))

@@ -277,7 +277,8 @@ def build_graph(
     nodes.insert(3, Node(4, "Wan22PromptStyler", {"prompt": prompt, "style": "Cinematic Lighting",
                                                   "negative_prompt": DEFAULT_NEGATIVE_PROMPT}, PROMPT))
     nodes.append(Node(5, "Wan22T5Encode", {"t5": handles["t5"], "positive": ["4", 0], "negative": ["4", 1]}, PROMPT))
-    sampler_inputs = {"model": handles["dit"], "conditioning": ["5", 0], **sampler}
+    sampler_inputs = {"model": handles["dit"], "conditioning": ["5", 0], **sampler, "cache": "off",
+                      "cache_threshold": 0.05}
     if start_image is not None:
         nodes.append(Node(10, "LoadImage", {"image": start_image}, SAMPLE))
         sampler_inputs.update(vae=handles["vae"], start_image=["10", 0])
@@ -292,7 +293,7 @@ def build_graph(
 def sampler_settings(*, width: int, height: int, frames: int, steps: int, shift: float, cfg: tuple[float, float],
                      seed: int = 42) -> dict:
     return {"width": width, "height": height, "frames": frames, "steps": steps, "solver": "unipc", "shift": shift,
-            "cfg_high_noise": cfg[0], "cfg_low_noise": cfg[1], "seed": seed, "cache": "off", "cache_threshold": 0.05}
+            "cfg_high_noise": cfg[0], "cfg_low_noise": cfg[1], "seed": seed}
 
 
 T2V = sampler_settings(width=832, height=480, frames=81, steps=40, shift=12.0, cfg=(4.0, 3.0))

@@ -7,16 +7,16 @@ from collections.abc import Callable
 
 import torch
 
-ATTENTION = ("fmha", "flash", "attn", "attention", "sdpa", "qk_int8", "sage")
+# SageAttention's own q/k quantization kernels (int8, mean/scale, transpose-pad) count as attention
+ATTENTION = ("fmha", "flash", "attn", "attention", "sdpa", "sage", "int8", "meanscale", "transposepad")
 MATMUL = ("gemm", "nvjet", "xmma", "cutlass", "scaled_mm", "cublas", "matmul", "sm90_", "sm89_")
-QUANT = ("quantize", "_modulated_ln_kernel")  # our fp8 producers: the norm kernel counts here only with fp8 rows
 
 
 def kind(name: str) -> str:
     low = name.lower()
     if any(k in low for k in ATTENTION):
         return "attention"
-    if "quantize_rows" in low:
+    if "quantize_rows" in low:  # our one-pass fp8 quantization (the norm kernels that write fp8 count as other)
         return "fp8_quant"
     if any(k in low for k in MATMUL):
         return "matmul"

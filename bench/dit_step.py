@@ -20,6 +20,7 @@ they fit on one 80 GB GPU; the fp8 phase drops the bf16 block weights first. Com
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import gc
 import json
@@ -168,6 +169,14 @@ def share_weights(model: WanDiT) -> WanDiT:
     return twin.eval()
 
 
+def twin_for_compile(model: WanDiT) -> WanDiT:
+    """`model` with block objects of its own over the same layers (bf16 or fp8), to compile without touching it."""
+    twin = copy.copy(model)
+    twin._modules = dict(model._modules)
+    twin.blocks = torch.nn.ModuleList(copy.copy(block) for block in model.blocks)
+    return twin
+
+
 def available_backends(names: list[str], device: torch.device) -> tuple[list[str], dict]:
     ok, notes = [], {}
     for name in names:
@@ -260,7 +269,7 @@ def main() -> None:
 
     def phase(label: str, model: WanDiT, reference_model: torch.nn.Module | None) -> dict:
         variants = {}
-        compiled = compile_blocks(share_weights(model)) if args.compile else None
+        compiled = compile_blocks(twin_for_compile(model)) if args.compile else None
         for backend in backends:
             variants[f"ours_{label}_{backend}"] = ours_variant(model, backend)
             if reference_model is not None:

@@ -107,6 +107,8 @@ def main() -> None:
             "skipped_steps": [i.step for i, before in zip(infos, counts, strict=False) if i.skipped_forwards > before],
             "peak_gib": peak_gib(device),
         }
+        if args.json:  # after every run, so a run cut short by a time limit still leaves its numbers
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         return latents
 
     with torch.no_grad():

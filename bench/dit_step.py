@@ -1,9 +1,17 @@
-"""One DiT forward: wan_core's WanDiT against diffusers' WanTransformer3DModel, same random weights, same process.
+"""One DiT forward: wan_core's WanDiT against ComfyUI native's WanModel (and diffusers' WanTransformer3DModel where
+installed), same random weights, same process.
 
-Default shapes are the A14B expert (dim 5120, 40 layers) at 480p 81 frames (latent 21x60x104 -> 32,760 tokens),
-batch 1, 512 text tokens, bf16. A bf16 8192^3 matmul is measured as the ceiling. Prints one JSON object.
+Default shapes are the A14B expert (dim 5120, 40 layers) at 480p 81 frames (latent 21x60x104 -> 32,760 tokens;
+720p: --latent 21,90,160 -> 75,600), batch 1, 512 text tokens, bf16. A bf16 8192^3 matmul is measured as the
+ceiling. Variants: ours / ComfyUI for each attention backend in --backends (SDPA, SageAttention 2 where it imports),
+bf16 then (--fp8) fp8 (ours: fp8 compute with rowwise scales; ComfyUI: fp8 weights + fp8 matmul), (--compile) ours
+with compiled blocks. Every variant is warmed up once, then timed in --runs rounds, the order reversed every other
+round; the median is reported with the output's relative L2 distance to ours bf16 and (--profile) the GPU time split
+into matmul / attention / fp8 quantization / other. `summary` holds the issue's target ratios. Prints one JSON object.
 
-The two models share the weight tensors (diffusers' names are only a renaming of ours), so both fit on one 80 GB GPU.
+The models share the weight tensors (ComfyUI's and diffusers' names are the official ones or a renaming of them), so
+they fit on one 80 GB GPU; the fp8 phase drops the bf16 block weights first. ComfyUI's comfy/ package comes from
+.comfyui/ (bench/export_comfyui.sh), skipped with a note where absent.
 
     python bench/dit_step.py                                   # GPU, real shapes
     python bench/dit_step.py --device cpu --layers 2 --dim 256 --ffn-dim 512 --heads 2 --latent 3,8,8 --text-dim 64
@@ -12,6 +20,7 @@ The two models share the weight tensors (diffusers' names are only a renaming of
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import gc
 import json
@@ -25,12 +34,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from comfy_native import build_comfy, comfy_forward, load_comfy, set_attention  # noqa: E402
+from profile_split import profile_split  # noqa: E402
 
 from wan_core.configs import WanDiTConfig  # noqa: E402
-from wan_core.dit import kernels  # noqa: E402
 from wan_core.dit.attention import get_backend  # noqa: E402
+from wan_core.dit.compiled import compilable, compile_blocks  # noqa: E402
+from wan_core.dit.fp8 import to_fp8_compute  # noqa: E402
 from wan_core.dit.keymap import official_to_diffusers_key  # noqa: E402
-from wan_core.dit.model import FP8, FP8Linear, WanDiT, fp8_capable, keeps_fp32  # noqa: E402
+from wan_core.dit.model import WanDiT, keeps_fp32  # noqa: E402
+from wan_core.errors import InputError  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,13 +57,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=40)
     p.add_argument("--text-dim", type=int, default=4096)
     p.add_argument("--text-len", type=int, default=512)
-    p.add_argument("--latent", default="21,60,104", help="latent frames,height,width (patch 1x2x2)")
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--backend", default="sdpa", help="our attention backend")
-    p.add_argument("--also-backend", default="", help="also time ours with this attention backend (e.g. flash_attn)")
+    p.add_argument("--latent", default="21,60,104", help="latent frames,height,width (patch 1x2x2); 720p: 21,90,160")
+    p.add_argument("--runs", type=int, default=3, help="timed rounds; each round runs every variant, order alternated")
+    p.add_argument("--backends", default="sdpa,sage", help="attention backends to time (missing ones are noted)")
+    p.add_argument("--fp8", action="store_true", help="also time fp8 compute (ours) and fp8 weights + matmul (ComfyUI)")
+    p.add_argument("--compile", action="store_true", help="also time ours with torch.compile'd blocks")
+    p.add_argument("--skip-comfy", action="store_true", help="leave out ComfyUI native (.comfyui/)")
     p.add_argument("--skip-diffusers", action="store_true")
-    p.add_argument("--fp8", action="store_true", help="also time ours with fp8 weights + fp8 matmuls")
-    p.add_argument("--profile", default="", help="write the top kernels of one forward of each model here")
+    p.add_argument("--profile", action="store_true", help="GPU time split (matmul / attention / quant / other)")
     p.add_argument("--json", default="", help="also write the JSON here")
     return p.parse_args()
 
@@ -144,33 +160,63 @@ def build_diffusers(ours: WanDiT, device: torch.device, dtype: torch.dtype):
     return model.eval()
 
 
-def to_fp8(model: WanDiT) -> None:
-    """Swap the block Linears for FP8Linear (per-tensor scaled e4m3 weights), freeing the bf16 weights."""
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, torch.nn.Linear) or not fp8_capable(name + ".weight"):
-            continue
-        w = module.weight
-        scale = (w.float().abs().amax() / torch.finfo(FP8).max).clamp(min=1e-12)
-        new = FP8Linear(module.in_features, module.out_features, bias=True).to(w.device)
-        new.weight = torch.nn.Parameter((w.float() / scale).to(FP8), requires_grad=False)
-        new.bias = torch.nn.Parameter(module.bias.data, requires_grad=False)
-        new.weight_scale = scale.float()
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, new)
+def share_weights(model: WanDiT) -> WanDiT:
+    """A second WanDiT over the same weight tensors (to compile or convert without touching `model`)."""
+    with torch.device("meta"):
+        twin = WanDiT(model.config)
+    twin.requires_grad_(False)
+    twin.load_state_dict(model.state_dict(), strict=True, assign=True)
+    return twin.eval()
 
 
-def profile_table(fn, device: torch.device, rows: int = 15) -> str:
-    from torch.profiler import ProfilerActivity, profile
+def twin_for_compile(model: WanDiT) -> WanDiT:
+    """`model` with block objects of its own over the same layers (bf16 or fp8), to compile without touching it."""
+    twin = copy.copy(model)
+    twin._modules = dict(model._modules)
+    twin.blocks = torch.nn.ModuleList(copy.copy(block) for block in model.blocks)
+    return twin
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        fn()
+
+def available_backends(names: list[str], device: torch.device) -> tuple[list[str], dict]:
+    ok, notes = [], {}
+    for name in names:
+        try:
+            get_backend(name, device)
+            ok.append(name)
+        except InputError as err:
+            notes[name] = str(err)
+    return ok, notes
+
+
+def time_variants(variants: dict, device: torch.device, runs: int, flops: float, profile: bool) -> dict:
+    """Warm each variant up once (compiles happen here), then `runs` rounds over all of them, the order reversed
+    every other round; the median per variant. Outputs stay for the error comparison."""
+    results, outputs = {}, {}
+    for name, fn in variants.items():
+        peak_reset(device)
+        start = time.perf_counter()
+        outputs[name] = fn().float()
         sync(device)
-    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    try:
-        return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
-    except Exception as err:  # a profiler quirk must not cost the measurement
-        return f"(profile table failed: {err})"
+        results[name] = {"first_call_seconds": time.perf_counter() - start, "all_seconds": []}
+        results[name]["peak_gib"] = peak_gib(device)
+    names = list(variants)
+    for round_ in range(runs):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            sync(device)
+            start = time.perf_counter()
+            variants[name]()
+            sync(device)
+            results[name]["all_seconds"].append(time.perf_counter() - start)
+    for name, entry in results.items():
+        entry["seconds"] = statistics.median(entry["all_seconds"])
+        entry["tflops"] = flops / entry["seconds"] / 1e12
+        if profile:
+            entry["profile"] = profile_split(variants[name], device)
+    return results, outputs
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
 
 
 def main() -> None:
@@ -191,96 +237,109 @@ def main() -> None:
                   "dtype": str(dtype).replace("torch.", "")},
         "pflop_per_forward": flops / 1e15,
         "runs": args.runs,
+        "notes": {},
     }
     torch.manual_seed(0)
     result["matmul_ceiling_tflops"] = matmul_ceiling(device)
+    backends, result["notes"]["backends"] = available_backends(args.backends.split(","), device)
 
     gen = torch.Generator(device=device).manual_seed(1)
     x = torch.randn(1, 16, f, h, w, device=device, generator=gen)
     t = torch.tensor([500.0], device=device)
     context = torch.randn(1, args.text_len, cfg.text_dim, device=device, generator=gen).to(dtype)
-
     ours = build_ours(cfg, device, dtype)
-    attention = {"backend": get_backend(args.backend, device)}
     result["weights_gib"] = sum(p.numel() * p.element_size() for p in ours.parameters()) / 2**30
 
-    def run_ours():
+    comfy, comfy_note = (None, "--skip-comfy") if args.skip_comfy else load_comfy(device)
+    if comfy is None:
+        result["notes"]["comfyui"] = f"ComfyUI native not timed: {comfy_note}"
+    else:
+        result["comfyui_version"] = comfy_note
+
+    def ours_variant(model: WanDiT, backend: str):
+        attention = get_backend(backend, device)
+        attention = compilable(attention) if getattr(model, "_blocks_compiled", False) else attention
+        return lambda: model(x, t, context, attention=attention)
+
+    def comfy_variant(model: torch.nn.Module, backend: str):
+        def run():
+            set_attention(comfy, backend)
+            return comfy_forward(model, x, t, context, dtype)
+        return run
+
+    def phase(label: str, model: WanDiT, reference_model: torch.nn.Module | None) -> dict:
+        variants = {}
+        compiled = compile_blocks(twin_for_compile(model)) if args.compile else None
+        for backend in backends:
+            variants[f"ours_{label}_{backend}"] = ours_variant(model, backend)
+            if reference_model is not None:
+                variants[f"comfy_{label}_{backend}"] = comfy_variant(reference_model, backend)
+            if compiled is not None:
+                variants[f"ours_{label}_{backend}_compiled"] = ours_variant(compiled, backend)
         with torch.inference_mode():
-            return ours(x, t, context, attention=attention["backend"])
+            return time_variants(variants, device, args.runs, flops, args.profile)
 
-    peak_reset(device)
-    times, out_ours = timed(run_ours, device, args.runs)
-    sec = statistics.median(times)
-    result["ours"] = {"seconds": sec, "all_seconds": times, "tflops": flops / sec / 1e12,
-                      "peak_gib": peak_gib(device), "attention_backend": args.backend}
-    out_ours = out_ours.float()
-    result["ours"]["fused_kernels"] = kernels.usable(x)
-    if kernels.usable(x):  # A/B: the same model with PyTorch ops instead of the fused Triton kernels
-        kernels.ENABLED = False
-        peak_reset(device)
-        times, out_plain = timed(run_ours, device, args.runs)
-        kernels.ENABLED = True
-        psec = statistics.median(times)
-        result["ours_without_fused_kernels"] = {
-            "seconds": psec, "all_seconds": times, "tflops": flops / psec / 1e12, "peak_gib": peak_gib(device),
-            "output_rel_l2_vs_fused": ((out_plain.float() - out_ours).norm() / out_ours.norm()).item()}
-        del out_plain
-    if args.also_backend:  # A/B: the same model and inputs with another attention backend
-        attention["backend"] = get_backend(args.also_backend, device)
-        peak_reset(device)
-        times, out_other = timed(run_ours, device, args.runs)
-        attention["backend"] = get_backend(args.backend, device)
-        osec = statistics.median(times)
-        result[f"ours_{args.also_backend}"] = {
-            "seconds": osec, "all_seconds": times, "tflops": flops / osec / 1e12, "peak_gib": peak_gib(device),
-            f"speedup_vs_{args.backend}": sec / osec,
-            "output_rel_l2_vs_default": ((out_other.float() - out_ours).norm() / out_ours.norm()).item()}
-        del out_other
-    profiles = []
-    if args.profile:
-        profiles.append("== wan_core WanDiT ==\n" + profile_table(run_ours, device))
-
+    timings, outputs = phase("bf16", ours, None if comfy is None else build_comfy(comfy, ours, dtype, fp8=False))
+    reference = outputs[f"ours_bf16_{backends[0]}"]
     if not args.skip_diffusers:
-        reference = build_diffusers(ours, device, dtype)
-
-        def run_diffusers():
+        try:
+            diffusers_model = build_diffusers(ours, device, dtype)
+        except ImportError as err:
+            result["notes"]["diffusers"] = f"diffusers not timed: {err}"
+        else:
             with torch.inference_mode():
-                return reference(x.to(dtype), t, context, return_dict=False)[0]
-
-        peak_reset(device)
-        times, out_ref = timed(run_diffusers, device, args.runs)
-        dsec = statistics.median(times)
-        out_ref = out_ref.float()
-        result["diffusers"] = {"seconds": dsec, "all_seconds": times, "tflops": flops / dsec / 1e12,
-                               "peak_gib": peak_gib(device)}
-        result["speedup_vs_diffusers"] = dsec / sec
-        diff = (out_ours - out_ref).float()
-        result["output_rel_l2_vs_diffusers"] = (diff.norm() / out_ref.norm()).item()
-        result["output_rel_max_vs_diffusers"] = (diff.abs().max() / out_ref.abs().max()).item()
-        if args.profile:
-            profiles.append("== diffusers WanTransformer3DModel ==\n" + profile_table(run_diffusers, device))
-        del reference, run_diffusers
-        gc.collect()
-
-    if args.fp8 and FP8 is not None:
-        to_fp8(ours)
+                more, more_out = time_variants(
+                    {"diffusers_bf16_sdpa": lambda: diffusers_model(x.to(dtype), t, context, return_dict=False)[0]},
+                    device, args.runs, flops, args.profile)
+            timings.update(more)
+            outputs.update(more_out)
+            del diffusers_model
+    gc.collect()
+    if args.fp8:
+        comfy_fp8 = None if comfy is None else build_comfy(comfy, ours, dtype, fp8=True)
+        ours_fp8 = to_fp8_compute(share_weights(ours))
+        del ours
         gc.collect()
         peak_reset(device)
-        times, out_fp8 = timed(run_ours, device, args.runs)
-        fsec = statistics.median(times)
-        result["ours_fp8"] = {"seconds": fsec, "all_seconds": times, "tflops": flops / fsec / 1e12,
-                              "peak_gib": peak_gib(device),
-                              "weights_gib": sum(p.numel() * p.element_size() for p in ours.parameters()) / 2**30,
-                              "output_rel_l2_vs_bf16": ((out_fp8.float() - out_ours).norm() / out_ours.norm()).item()}
-
-    result["ours"]["fraction_of_matmul_ceiling"] = result["ours"]["tflops"] / result["matmul_ceiling_tflops"]
+        more, more_out = phase("fp8", ours_fp8, comfy_fp8)
+        timings.update(more)
+        outputs.update(more_out)
+    for name, entry in timings.items():
+        entry["output_rel_l2_vs_ours_bf16"] = rel_l2(outputs[name], reference)
+    result["variants"] = timings
+    result["summary"] = summarize(timings)
     text = json.dumps(result, indent=2)
-    if args.profile:
-        Path(args.profile).write_text("\n\n".join(profiles))
-        print("\n\n".join(profiles))
     if args.json:
         Path(args.json).write_text(text + "\n")
     print(text)
+
+
+def summarize(timings: dict) -> dict:
+    """The issue's target ratios (each > 1 means ours is faster)."""
+    def best(prefix: str) -> tuple[str, float] | None:
+        found = [(v["seconds"], k) for k, v in timings.items() if k.startswith(prefix)]
+        return (min(found)[1], min(found)[0]) if found else None
+
+    out: dict = {}
+    ours_best, comfy_best = best("ours_"), best("comfy_")
+    if ours_best and comfy_best:
+        out["best_vs_best"] = {"ours": ours_best[0], "comfy": comfy_best[0], "speedup": comfy_best[1] / ours_best[1],
+                               "target": 1.25}
+    if "comfy_bf16_sdpa" in timings:
+        base = timings["comfy_bf16_sdpa"]["seconds"]
+        ours = ("ours_bf16_sdpa", "ours_bf16_sdpa_compiled")
+        out["bf16_sdpa_vs_comfy"] = {k: base / timings[k]["seconds"] for k in ours if k in timings}
+        out["bf16_sdpa_vs_comfy"]["target"] = 1.15
+    for name, entry in timings.items():
+        twin = name.replace("_fp8_", "_bf16_")
+        if name.startswith("ours_fp8_") and "profile" in entry and entry["profile"] and twin in timings:
+            bf16, fp8 = timings[twin]["profile"]["seconds"], entry["profile"]["seconds"]
+            out.setdefault("fp8_matmul_speedup", {})[name] = {
+                "matmul_only": bf16["matmul"] / max(fp8["matmul"], 1e-12),
+                "matmul_plus_quant": bf16["matmul"] / max(fp8["matmul"] + fp8["fp8_quant"], 1e-12),
+                "target": 1.5,
+            }
+    return out
 
 
 if __name__ == "__main__":

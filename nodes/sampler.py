@@ -134,6 +134,15 @@ class Wan22DiTSampler:
                     "tooltip": "A14B: the first step of the low-noise expert (Lightning: 2 of 4); -1: the task's "
                     "noise-level boundary.",
                 }),
+                "cache": (["off", "easycache", "magcache"], {
+                    "default": "off",
+                    "tooltip": "Step cache: skip forwards predictable from the last one (easycache: adaptive, "
+                               "magcache: Wan2.2 magnitude ratios). Faster, slightly different video.",
+                }),
+                "cache_threshold": ("FLOAT", {
+                    "default": 0.05, "min": 0.0, "max": 1.0, "step": 0.005,
+                    "tooltip": "Higher skips more; 0 never skips. The papers use 0.05 (easycache), 0.06 (magcache).",
+                }),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -165,6 +174,8 @@ class Wan22DiTSampler:
         denoise: float = 1.0,
         boundary_step: int = -1,
         unique_id: str | None = None,
+        cache: str = "off",
+        cache_threshold: float = 0.05,
     ) -> tuple:
         from wan_core.pipeline.denoise import GenerationCancelled
         from wan_core.pipeline.pipeline import WanPipeline
@@ -184,6 +195,7 @@ class Wan22DiTSampler:
             dit.task, width=width, height=height, frame_num=frames, seed=seed, solver=solver, steps=steps,
             shift=shift, guide_scale=(cfg_low_noise, cfg_high_noise), denoise=denoise,
             boundary_step=None if boundary_step < 0 else boundary_step, has_image=start_image is not None,
+            cache=cache, cache_threshold=cache_threshold,
         )  # fmt: skip
         image = None
         if start_image is not None:

@@ -94,3 +94,102 @@ def test_fused_kernel_path_matches_diffusers_on_cuda(tmp_path):
         torch.backends.cuda.matmul.allow_tf32 = tf32
     assert max_rel(out, ref) < 10 * TOL  # GPU reductions differ in order from the CPU's
     assert _rel(out_bf16.float(), ref) < 0.02  # norm-relative: bf16 keeps 8 bits
+
+
+# --- issue 14: rowwise fp8, attention backends, compiled blocks on CUDA -------------------------------------------
+
+def _tiny_pair(fp8_compute: bool = False):
+    """The GPU_CONFIG DiT in bf16 (fp8 block Linears with `fp8_compute`) and its float32 twin, on CUDA."""
+    from wan_core.dit.fp8 import to_fp8_compute
+    from wan_core.dit.model import init_random_
+
+    torch.manual_seed(0)
+    reference = init_random_(WanDiT(GPU_CONFIG), torch.Generator().manual_seed(0)).eval().cuda()
+    model = WanDiT(GPU_CONFIG).eval()
+    model.load_state_dict(reference.state_dict())
+    model = model.bfloat16().cuda()
+    return (to_fp8_compute(model) if fp8_compute else model), reference
+
+
+def _inputs():
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(1, 16, 3, 16, 16, device="cuda", generator=gen)
+    return x, torch.tensor([700.0], device="cuda"), [torch.randn(20, 64, device="cuda", generator=gen)]
+
+
+def _fp8_rows_capable() -> bool:
+    from wan_core.dit.fp8 import rowwise_supported
+
+    return rowwise_supported(torch.device("cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="fp8 tensor cores (sm_89+)")
+def test_fused_fp8_kernels_match_their_pytorch_definition():
+    import torch.nn.functional as F
+
+    from wan_core.dit import kernels
+    from wan_core.dit.fp8 import FP8_MAX
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 300, 5120, device="cuda") * 3 + 1
+    scale, shift = torch.randn(2, 1, 5120, device="cuda"), torch.randn(2, 1, 5120, device="cuda")
+    want = F.layer_norm(x, (5120,), eps=1e-6) * (1 + scale) + shift
+    data, row_scale = kernels.modulated_layer_norm_fp8(x, scale, shift, 1e-6)
+    torch.testing.assert_close(row_scale, want.abs().amax(-1, keepdim=True) / FP8_MAX, rtol=1e-5, atol=0)
+    error = (data.float() * row_scale - want).abs()
+    assert (error <= want.abs() / 16 + row_scale * 2**-9 + 1e-6).all()
+    y = want.bfloat16()
+    data, row_scale = kernels.quantize_rows(y)
+    reference = (y.float() / row_scale).to(data.dtype)
+    assert (data.float() == reference.float()).float().mean() > 0.999
+
+
+@pytest.mark.parametrize("fp8_compute", [False, True], ids=["bf16", "fp8-rowwise"])
+def test_tiny_dit_on_cuda_within_tolerance_of_float32(fp8_compute):
+    if fp8_compute and not _fp8_rows_capable():
+        pytest.skip("rowwise fp8 needs sm_89+")
+    model, reference = _tiny_pair(fp8_compute)
+    x, t, context = _inputs()
+    with torch.no_grad():
+        want = reference(x, t, context)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = model(x, t, [c.bfloat16() for c in context])
+    assert _rel(got, want) < (0.04 if fp8_compute else 0.01)
+
+
+@pytest.mark.parametrize("backend", ["flash_attn", "sage"])
+def test_attention_backends_within_tolerance_of_sdpa(backend):
+    from wan_core.dit.attention import BACKENDS, get_backend
+
+    if not BACKENDS[backend].available():
+        pytest.skip(f"{backend} is not installed")
+    model, _ = _tiny_pair()
+    x, t, context = _inputs()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        want = model(x, t, context, attention=get_backend("sdpa", "cuda"))
+        got = model(x, t, context, attention=get_backend(backend, "cuda"))
+    assert _rel(got, want) < (0.05 if backend == "sage" else 0.01)  # sage: 8-bit q/k
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "sage"])
+def test_compiled_blocks_match_eager_on_cuda(backend):
+    import torch._dynamo
+
+    from wan_core.dit.attention import BACKENDS, get_backend
+    from wan_core.dit.compiled import compilable, compile_blocks
+
+    if not BACKENDS[backend].available():
+        pytest.skip(f"{backend} is not installed")
+    torch._dynamo.reset()
+    model, _ = _tiny_pair(fp8_compute=_fp8_rows_capable())
+    x, t, context = _inputs()
+    attention = compilable(get_backend(backend, "cuda"))
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = model(x, t, context, attention=attention)
+        compile_blocks(model)
+        compiled = model(x, t, context, attention=attention)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            model(x * 0.5, t * 0.5, context, attention=attention)
+    assert _rel(compiled, eager) < 0.02
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1

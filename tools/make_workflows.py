@@ -331,7 +331,8 @@ def build_graph(
     nodes.insert(3, Node(4, "Wan22PromptStyler", {"prompt": prompt, "style": "Cinematic Lighting",
                                                   "negative_prompt": DEFAULT_NEGATIVE_PROMPT}, PROMPT))
     nodes.append(Node(5, "Wan22T5Encode", {"t5": handles["t5"], "positive": ["4", 0], "negative": ["4", 1]}, PROMPT))
-    sampler_inputs = {"model": handles["dit"], "conditioning": ["5", 0], **sampler, "denoise": 1.0}
+    sampler_inputs = {"model": handles["dit"], "conditioning": ["5", 0], **sampler, "denoise": 1.0,
+                      "cache": "off", "cache_threshold": 0.05}
     sampler_inputs.setdefault("boundary_step", -1)  # the task's noise-level boundary
     if start_image is not None:
         nodes.append(Node(10, "LoadImage", {"image": start_image}, SAMPLE))

@@ -28,6 +28,7 @@ from .memory import GPUOutOfMemoryError
 from .pipeline.conditioning import official_image_input
 from .pipeline.long_video_cli import add_chunk_flags, check_chunk_args, chunked_generate
 from .pipeline.request import SamplingRequest
+from .pipeline.step_cache import METHODS as STEP_CACHES
 from .pipeline.tasks import TASKS, get_task, parse_size
 from .runtime import Runtime, pick_device
 from .sampling import SOLVERS
@@ -169,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ring_size", type=int, default=1, help="Ring attention degree; only 1 is available.")
     parser.add_argument("--dit_fsdp", action="store_true", help="Shard the DiT weights over the processes (FSDP2).")
     parser.add_argument("--t5_fsdp", action="store_true", help="Shard the T5 weights (FSDP2): not available yet.")
+    parser.add_argument(
+        "--cache", default="off", choices=STEP_CACHES,
+        help="Step cache: skip DiT forwards predictable from the last computed one (easycache: adaptive, no "
+        "calibration; magcache: the published Wan2.2 magnitude ratios). Faster; the video changes slightly.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cache_threshold", type=parse_guide_scale, default=None,
+        help="Step-cache threshold, one number or low,high per expert; higher skips more, 0 never. Default: "
+        "easycache 0.05, magcache 0.06.",
+    )  # fmt: skip
+    parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block (GPU).")
+    parser.add_argument(
+        "--cfg_batch", action="store_true", help="Run cond and uncond as one forward of batch 2 (more GPU memory)."
+    )
     return parser
 
 
@@ -245,6 +260,7 @@ def resolve_request(args: argparse.Namespace) -> Request:
         task, width=width, height=height, frame_num=frame_num, seed=args.base_seed, solver=args.sample_solver,
         steps=steps, shift=args.sample_shift, guide_scale=args.sample_guide_scale, has_image=image is not None,
         boundary_step=args.boundary_step,
+        cache=args.cache, cache_threshold=args.cache_threshold,
     )  # fmt: skip
     patches = patches_per_expert(task, args.lora, args.lora_high, args.lora_low)
 
@@ -254,6 +270,8 @@ def resolve_request(args: argparse.Namespace) -> Request:
         offload=args.offload_model if args.offload_model is not None else device.type != "cpu",
         t5_cpu=args.t5_cpu,
         attention=args.attention,
+        compile=args.compile,
+        cfg_batch=args.cfg_batch,
     )
     prompt = args.prompt if args.prompt is not None else EXAMPLE_PROMPTS[args.task]
     save_file = Path(args.save_file) if args.save_file else _default_save_file(args.task, width, height, prompt,

@@ -26,6 +26,8 @@ class Runtime:
     offload: bool = False  # models go back to CPU RAM after their stage; the idle expert waits there
     text_device: torch.device | None = None  # where the text encoder runs; None: `device`
     attention: AttentionBackend = field(default_factory=SdpaAttention)
+    compile: bool = False  # torch.compile each DiT block (regional; `wan_core.dit.compiled`)
+    cfg_batch: bool = False  # cond and uncond as one forward of batch 2 (more activation memory, fewer launches)
 
     @classmethod
     def create(
@@ -36,6 +38,8 @@ class Runtime:
         offload: bool = False,
         t5_cpu: bool = False,
         attention: str | AttentionBackend = "sdpa",
+        compile: bool = False,
+        cfg_batch: bool = False,
     ) -> Runtime:
         """A runtime with every choice resolved: `device` None is CUDA where present; `attention` `auto` picks the
         fastest backend for the device (an unavailable explicit backend raises, naming what to install)."""
@@ -46,6 +50,8 @@ class Runtime:
             offload=offload,
             text_device=torch.device("cpu") if t5_cpu else None,
             attention=get_backend(attention, device),
+            compile=compile,
+            cfg_batch=cfg_batch,
         )
 
     def replace(self, **changes: Any) -> Runtime:

@@ -2,11 +2,15 @@
 
 - `modulated_layer_norm`: `layer_norm(x) * (1 + scale) + shift` of the float32 residual, written once in the
   compute dtype (PyTorch: a float32 LayerNorm pass, then a cast pass).
+- `modulated_layer_norm_fp8` / `quantize_rows`: the same norm, or any activation, written as float8 e4m3 rows with
+  one float32 scale per row, the input of the rowwise-scaled fp8 matmuls (`fp8.py`), in the one pass.
 - `rms_norm_rope`: the RMSNorm over the whole projection times its weight, then the 3-D RoPE rotation of
   consecutive pairs, all in float32 registers, read once and written once in the compute dtype (PyTorch: an upcast,
   a norm, a complex multiply and a downcast, each a full pass).
 
-Set `WAN_CORE_TRITON=0` to turn them off. `TRITON_INTERPRET=1` runs them on CPU tensors (tests).
+Under `torch.compile` they are called as custom ops (`torch.ops.wan_core.*`), opaque to the compiler, so a
+compiled block has no graph break. Set `WAN_CORE_TRITON=0` to turn them off. `TRITON_INTERPRET=1` runs them on CPU
+tensors (tests).
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ def _warps(block: int) -> int:
 if triton is not None:
 
     @triton.jit
-    def _modulated_ln_kernel(X, OUT, SCALE, SHIFT, rows_per_mod, D, eps,
-                             PLUS_ONE: tl.constexpr, BLOCK: tl.constexpr):
+    def _modulated_ln_kernel(X, OUT, SCALE, SHIFT, ROW_SCALE, rows_per_mod, D, eps,
+                             PLUS_ONE: tl.constexpr, QUANT: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < D
@@ -54,6 +58,26 @@ if triton is not None:
         if PLUS_ONE:
             scale = scale + 1.0
         y = xc * rstd * scale + shift
+        if QUANT:
+            y, row_scale = _fp8_row(y, mask)
+            tl.store(ROW_SCALE + row, row_scale)
+        tl.store(OUT + row * D + cols, y.to(OUT.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _fp8_row(y, mask):
+        """`y / s` and `s = max|y| / 448` (e4m3's largest finite value): the row's fp8 values and scale."""
+        amax = tl.max(tl.where(mask, tl.abs(y), 0.0), axis=0)
+        row_scale = tl.maximum(amax / 448.0, 1e-12)
+        return y / row_scale, row_scale
+
+    @triton.jit
+    def _quantize_rows_kernel(X, OUT, ROW_SCALE, D, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < D
+        y = tl.load(X + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+        y, row_scale = _fp8_row(y, mask)
+        tl.store(ROW_SCALE + row, row_scale)
         tl.store(OUT + row * D + cols, y.to(OUT.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -86,6 +110,43 @@ def modulated_layer_norm(
 
     `x` `[B, L, D]`; `scale`/`shift` `[B, 1, D]` (per sample), `[B, L, D]` (per token) or `[D]` (shared).
     """
+    if torch.compiler.is_compiling():
+        return torch.ops.wan_core.modulated_layer_norm(x, scale, shift, eps, dtype, plus_one)
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    _launch_modulated_ln(x, scale, shift, eps, plus_one, out, None)
+    return out
+
+
+def modulated_layer_norm_fp8(
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float, plus_one: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`modulated_layer_norm` written as float8 e4m3 rows with one float32 scale per row (`[B, L, 1]`), for the
+    rowwise-scaled fp8 matmul that follows: the quantization costs no extra pass over the activation."""
+    if torch.compiler.is_compiling():
+        return torch.ops.wan_core.modulated_layer_norm_fp8(x, scale, shift, eps, plus_one)
+    out = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    row_scale = torch.empty(*x.shape[:-1], 1, dtype=torch.float32, device=x.device)
+    _launch_modulated_ln(x, scale, shift, eps, plus_one, out, row_scale)
+    return out, row_scale
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x` `[..., D]` as float8 e4m3 rows and float32 row scales `[..., 1]` (max|row| / 448), in one pass."""
+    if torch.compiler.is_compiling():
+        return torch.ops.wan_core.quantize_rows(x)
+    x = x.contiguous()
+    dim = x.shape[-1]
+    out = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    row_scale = torch.empty(*x.shape[:-1], 1, dtype=torch.float32, device=x.device)
+    block = triton.next_power_of_2(dim)
+    _quantize_rows_kernel[(x.numel() // dim,)](x, out, row_scale, dim, BLOCK=block, num_warps=_warps(block))
+    return out, row_scale
+
+
+def _launch_modulated_ln(
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float, plus_one: bool, out: torch.Tensor,
+    row_scale: torch.Tensor | None,
+) -> None:
     batch, seq, dim = x.shape
     x = x.contiguous()
     if scale.dim() == 1:
@@ -101,11 +162,10 @@ def modulated_layer_norm(
         scale2 = scale.expand(batch, seq, dim).reshape(batch * seq, dim)
         shift2 = shift.expand(batch, seq, dim).reshape(batch * seq, dim)
     scale2, shift2 = scale2.float().contiguous(), shift2.float().contiguous()
-    out = torch.empty(batch, seq, dim, dtype=dtype, device=x.device)
     block = triton.next_power_of_2(dim)
-    _modulated_ln_kernel[(batch * seq,)](x, out, scale2, shift2, rows_per_mod, dim, eps, PLUS_ONE=plus_one,
-                                         BLOCK=block, num_warps=_warps(block))
-    return out
+    quant = row_scale is not None
+    _modulated_ln_kernel[(batch * seq,)](x, out, scale2, shift2, row_scale if quant else out, rows_per_mod, dim, eps,
+                                         PLUS_ONE=plus_one, QUANT=quant, BLOCK=block, num_warps=_warps(block))
 
 
 def rms_norm_rope(
@@ -114,6 +174,8 @@ def rms_norm_rope(
     """RMSNorm of `x` `[B, L, D]` over D times `weight`, then (with `freqs`, complex64 `[L, head_dim/2]`) the RoPE
     rotation of each head's consecutive pairs; returned in `x.dtype`."""
     batch, seq, dim = x.shape
+    if torch.compiler.is_compiling():
+        return torch.ops.wan_core.rms_norm_rope(x, weight, eps, freqs, head_dim)
     x = x.contiguous()
     out = torch.empty_like(x)
     half = dim // 2
@@ -122,3 +184,42 @@ def rms_norm_rope(
     _rms_rope_kernel[(batch * seq,)](x, out, weight.float().contiguous(), table, seq, half, head_dim // 2, eps,
                                      HAS_ROPE=freqs is not None, BLOCK=block, num_warps=_warps(block))
     return out
+
+
+# torch.compile: the kernels as opaque custom ops (no graph break inside a compiled block); eager calls skip them.
+if triton is not None:
+
+    @torch.library.custom_op("wan_core::modulated_layer_norm", mutates_args=())
+    def _modulated_layer_norm_op(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float,
+                                 dtype: torch.dtype, plus_one: bool) -> torch.Tensor:
+        return modulated_layer_norm(x, scale, shift, eps, dtype, plus_one)
+
+    @_modulated_layer_norm_op.register_fake
+    def _(x, scale, shift, eps, dtype, plus_one):
+        return x.new_empty(x.shape, dtype=dtype)
+
+    @torch.library.custom_op("wan_core::modulated_layer_norm_fp8", mutates_args=())
+    def _modulated_layer_norm_fp8_op(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float,
+                                     plus_one: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return modulated_layer_norm_fp8(x, scale, shift, eps, plus_one)
+
+    @_modulated_layer_norm_fp8_op.register_fake
+    def _(x, scale, shift, eps, plus_one):
+        return x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty(*x.shape[:-1], 1, dtype=torch.float32)
+
+    @torch.library.custom_op("wan_core::quantize_rows", mutates_args=())
+    def _quantize_rows_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return quantize_rows(x)
+
+    @_quantize_rows_op.register_fake
+    def _(x):
+        return x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty(*x.shape[:-1], 1, dtype=torch.float32)
+
+    @torch.library.custom_op("wan_core::rms_norm_rope", mutates_args=())
+    def _rms_norm_rope_op(x: torch.Tensor, weight: torch.Tensor, eps: float, freqs: torch.Tensor | None,
+                          head_dim: int) -> torch.Tensor:
+        return rms_norm_rope(x, weight, eps, freqs, head_dim)
+
+    @_rms_norm_rope_op.register_fake
+    def _(x, weight, eps, freqs, head_dim):
+        return torch.empty_like(x)

@@ -42,6 +42,7 @@ from ..io.quant import dequantize
 from ..io.state_dict import FP8_DTYPES, WEIGHT_SUFFIXES, is_torch_file, read_safetensors_metadata, read_torch_file
 from ..pipeline.finite import check_weight_dtypes, scan_weights
 from ..ram import check_ram
+from .fp8 import quantize_weight
 from .gguf_linear import GGUFLinear
 from .keymap import diffusers_to_official_key, is_diffusers_layout
 from .model import FP8, FP8Linear, WanDiT, fp8_capable, keeps_fp32
@@ -411,9 +412,7 @@ def load_dit(
                     continue
                 if quantized:
                     tensor = _dequantize_layer(reader, raw, tensor, side, torch.float32, ckpt.metadata)
-                amax = tensor.float().abs().amax().clamp(min=1e-12)
-                scale = (amax / torch.finfo(FP8).max).float()
-                state[name], scales[name] = (tensor.float() / scale).to(FP8), scale
+                state[name], scales[name] = quantize_weight(tensor)  # one scale per output channel
                 continue
             if quantized:
                 state[name] = _dequantize_layer(reader, raw, tensor, side, want, ckpt.metadata)

@@ -29,11 +29,11 @@ import torch.nn.functional as F
 
 from ..configs import WanDiTConfig
 from ..errors import InputError, WanError
-from . import kernels
+from . import fp8, kernels
 from .attention import AttentionBackend, SdpaAttention
 from .rope import apply_rope, rope_freqs
 
-FP8 = getattr(torch, "float8_e4m3fn", None)
+FP8 = fp8.FP8
 _SDPA = SdpaAttention()
 
 # Parameters kept (and always computed) in float32, whatever the model's dtype.
@@ -55,18 +55,12 @@ def fp8_capable(name: str) -> bool:
     )
 
 
-def _scaled_mm_supported(device: torch.device) -> bool:
-    if device.type != "cuda" or FP8 is None or not hasattr(torch, "_scaled_mm"):
-        return False
-    return torch.cuda.get_device_capability(device) >= (8, 9)
-
-
 class FP8Linear(nn.Module):
-    """A Linear whose weight stays float8 e4m3 with a per-tensor float32 scale (`weight_scale`).
+    """A Linear whose weight stays float8 e4m3 with a float32 scale (`weight_scale`) per tensor or per channel.
 
-    With `scaled_mm`, on CUDA devices with fp8 tensor cores (compute capability 8.9+) the matmul is
-    `torch._scaled_mm` on the input quantized per tensor; otherwise (or elsewhere) the weight is dequantized for each
-    call: fp8 storage, full-precision math.
+    With `scaled_mm`, on CUDA devices with fp8 tensor cores (compute capability 8.9+) and bf16 compute the matmul is
+    `torch._scaled_mm` on the input quantized per row (`fp8.py`; the block hands over rows its norm kernel already
+    quantized); otherwise (or elsewhere) the weight is dequantized for each call: fp8 storage, full-precision math.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, scaled_mm: bool = True) -> None:
@@ -80,24 +74,22 @@ class FP8Linear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3, scaled_mm={self.scaled_mm}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
+    def takes_fp8_rows(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether an input on `device` in `dtype` runs as a rowwise-scaled fp8 matmul."""
+        return (
             self.scaled_mm
-            and _scaled_mm_supported(x.device)
-            and x.dtype in (torch.bfloat16, torch.float16)
+            and dtype == torch.bfloat16
             and self.in_features % 16 == 0
             and self.out_features % 16 == 0
-        ):
-            shape = x.shape
-            x2 = x.reshape(-1, shape[-1])
-            amax = x2.abs().amax().float().clamp_(min=1e-12)
-            scale_in = amax / 440.0  # under e4m3's 448: the bf16 rounding of x / scale cannot overflow it
-            xq = (x2 * (1.0 / scale_in).to(x2.dtype)).to(FP8)
-            bias = self.bias.to(x.dtype) if self.bias is not None else None
-            out = torch._scaled_mm(xq, self.weight.t(), scale_a=scale_in, scale_b=self.weight_scale.float(),
-                                   bias=bias, out_dtype=x.dtype)
-            return out.view(*shape[:-1], self.out_features)
-        weight = (self.weight.float() * self.weight_scale.float()).to(x.dtype)
+            and fp8.rowwise_supported(device)
+        )
+
+    def forward(self, x: torch.Tensor | fp8.Fp8Rows) -> torch.Tensor:
+        if self.takes_fp8_rows(x.device, x.dtype):
+            return fp8.rowwise_linear(x, self.weight, self.weight_scale, self.bias)
+        if isinstance(x, fp8.Fp8Rows):
+            x = x.dequantize()
+        weight = (self.weight.float() * self.weight_scale.float().reshape(-1, 1)).to(x.dtype)
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         return F.linear(x, weight, bias)
 
@@ -149,9 +141,13 @@ class TimeCond:
 
 
 def modulated_norm(
-    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, dtype: torch.dtype
-) -> torch.Tensor:
-    """`layer_norm(x) * (1 + scale) + shift` in float32, returned in `dtype`."""
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, dtype: torch.dtype, rows: bool = False
+) -> torch.Tensor | fp8.Fp8Rows:
+    """`layer_norm(x) * (1 + scale) + shift` in float32, returned in `dtype` (with `rows`: as fp8 rows)."""
+    if rows:
+        if kernels.usable(x):
+            return fp8.Fp8Rows(*kernels.modulated_layer_norm_fp8(x, scale, shift, eps), dtype)
+        return fp8.quantize_rows(modulated_norm(x, shift, scale, eps, dtype))
     if kernels.usable(x):
         return kernels.modulated_layer_norm(x, scale, shift, eps, dtype)
     batch, seq, dim = x.shape
@@ -240,7 +236,18 @@ class WanAttentionBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def _norm3(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def _takes_fp8_rows(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
+        """Whether the block's Linears take fp8 rows (the loader makes all of them FP8Linear or none)."""
+        q = self.self_attn.q
+        return isinstance(q, FP8Linear) and q.takes_fp8_rows(x.device, dtype)
+
+    def _norm3(self, x: torch.Tensor, dtype: torch.dtype, rows: bool) -> torch.Tensor | fp8.Fp8Rows:
+        if rows:
+            if kernels.usable(x) and isinstance(self.norm3, nn.LayerNorm):
+                data, scale = kernels.modulated_layer_norm_fp8(x, self.norm3.weight, self.norm3.bias, self.eps,
+                                                               plus_one=False)
+                return fp8.Fp8Rows(data, scale, dtype)
+            return fp8.quantize_rows(self._norm3(x, dtype, rows=False))
         if isinstance(self.norm3, nn.LayerNorm):
             if kernels.usable(x):
                 return kernels.modulated_layer_norm(x, self.norm3.weight, self.norm3.bias, self.eps, dtype,
@@ -256,13 +263,14 @@ class WanAttentionBlock(nn.Module):
         """`x`: float32 residual stream `[B, L, dim]`; `context`: embedded text `[B, text_len, dim]`."""
         dtype = context.dtype
         inplace = not torch.is_grad_enabled()
+        rows = self._takes_fp8_rows(x, dtype)
         shift, scale, gate = time.block_chunks(self.modulation, (0, 1, 2))
-        y = self.self_attn(modulated_norm(x, shift, scale, self.eps, dtype), freqs, attention)
+        y = self.self_attn(modulated_norm(x, shift, scale, self.eps, dtype, rows), freqs, attention)
         x = x.addcmul_(y, gate) if inplace else x.addcmul(y, gate)
-        y = self.cross_attn(self._norm3(x, dtype), context, getattr(attention, "local", attention))
+        y = self.cross_attn(self._norm3(x, dtype, rows), context, getattr(attention, "local", attention))
         x = x.add_(y) if inplace else x + y
         shift, scale, gate = time.block_chunks(self.modulation, (3, 4, 5))
-        y = self.ffn(modulated_norm(x, shift, scale, self.eps, dtype))
+        y = self.ffn(modulated_norm(x, shift, scale, self.eps, dtype, rows))
         return x.addcmul_(y, gate) if inplace else x.addcmul(y, gate)
 
 

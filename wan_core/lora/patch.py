@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..dit.fp8 import quantize_weight
 from ..dit.model import FP8, FP8Linear
 from ..errors import InputError
 from ..patching import PatchedWeights
@@ -38,6 +39,12 @@ def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(e4m3 values, float32 per-tensor scale) of a float weight: the scale maps its largest magnitude to e4m3's max."""
     scale = weight.abs().amax().float().clamp(min=1e-12) / torch.finfo(FP8).max
     return (weight / scale).to(FP8), scale
+
+
+def dequantize_fp8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """float32 weights of e4m3 `values` `[N, K]` with a per-tensor `[]` or per-channel `[N]` scale."""
+    scale = scale.float()
+    return values.float() * (scale.reshape(-1, 1) if scale.ndim else scale)
 
 
 def _weight_name(model: torch.nn.Module, module: str, where: str) -> tuple[str, torch.nn.Module | None]:
@@ -74,7 +81,7 @@ def merge_layer(
         name, owner = _weight_name(model, layer.module, where)
         current = weights.get(name)
         fp8 = isinstance(owner, FP8Linear) and current.dtype == FP8
-        merged = current.float() * owner.weight_scale.float() if fp8 else current.float()
+        merged = dequantize_fp8(current, owner.weight_scale) if fp8 else current.float()
         rows = current.shape[0]
         if layer.down is not None:
             down = layer.down.to(current.device, torch.float32).flatten(1)
@@ -86,7 +93,7 @@ def merge_layer(
             _check_shape(f"{layer.module}.diff", layer.diff.shape, current.shape, where)
             merged = merged.add_(layer.diff.to(current.device, torch.float32), alpha=strength)
         if fp8:
-            values, scale = quantize_fp8(merged)
+            values, scale = quantize_fp8(merged) if owner.weight_scale.ndim == 0 else quantize_weight(merged)
             weights.set(name, values)
             weights.set(layer.module + ".weight_scale", scale)
         else:

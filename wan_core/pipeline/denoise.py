@@ -29,7 +29,9 @@ from ..runtime import Runtime, move_to
 from ..sampling import make_solver
 from . import conditioning
 from .finite import check_finite
+from .forwards import step_forwards
 from .request import SamplingRequest
+from .step_cache import make_step_cache
 from .strength import start_from_latents
 from .tasks import TaskConfig
 
@@ -48,6 +50,7 @@ class StepInfo:
     timestep: int
     latents: torch.Tensor  # the current x0 estimate [z, F', H', W'] (float32, on the sampling device), for previews
     seconds: float  # wall time of this step
+    skipped_forwards: int = 0  # forwards the step cache has skipped so far in this run (`request.cache`)
 
 
 ProgressCallback = Callable[[StepInfo], None]
@@ -175,6 +178,7 @@ def sample_latents(
 
     total = solver.steps
     active = None
+    cache = make_step_cache(request.cache, request.cache_threshold, total, (HIGH_NOISE, LOW_NOISE, SINGLE))
     try:
         with torch.no_grad(), runtime.autocast():
             for i, t in enumerate(solver.timesteps[first:], first):
@@ -196,11 +200,14 @@ def sample_latents(
                 timestep = torch.stack([t]).to(device)
                 if token_mask is not None:
                     timestep = conditioning.per_token_timesteps(token_mask, timestep, seq_len, task.patch_size)
-                x = latents[None]
-                flow = model(x, timestep, context, y=y_batch, attention=runtime.attention)[0].float()
-                if g != 1.0:
-                    uncond_flow = model(x, timestep, context_null, y=y_batch, attention=runtime.attention)[0].float()
-                    flow = cfg(flow, uncond_flow, g)
+                contexts = [context] if g == 1.0 else [context, context_null]
+                if cache is None or cache.should_compute(i, expert, latents, len(contexts)):
+                    flows = step_forwards(model, latents[None], timestep, contexts, y_batch, runtime)
+                    if cache is not None:
+                        cache.update(latents, flows)
+                else:
+                    flows = cache.reuse(latents)
+                flow = flows[0] if len(flows) == 1 else cfg(flows[0], flows[1], g)
 
                 x0 = solver.predict_x0(flow, latents) if progress is not None else None
                 latents = solver.step(flow, latents)
@@ -211,13 +218,17 @@ def sample_latents(
                 if progress is not None:
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
-                    progress(StepInfo(i + 1, total, expert, int(t.item()), x0, time.perf_counter() - start))
+                    progress(StepInfo(i + 1, total, expert, int(t.item()), x0, time.perf_counter() - start,
+                                      cache.skipped_forwards if cache is not None else 0))
     except torch.cuda.OutOfMemoryError as err:
         if isinstance(err, GPUOutOfMemoryError):
             raise
         fixes = denoise_memory_fixes(task, latent_shape, runtime.offload, [high_noise_model, low_noise_model])
         raise out_of_memory("denoising", device, fixes) from err
     finally:
+        if cache is not None:
+            log.info("step cache %s: skipped %d forwards (steps %s)", cache.method, cache.skipped_forwards,
+                     cache.skipped_steps)
         if runtime.offload:
             runtime.park(*{id(m): m for m in experts.values() if m is not None}.values())
     check_finite(latents, "the denoised latents")

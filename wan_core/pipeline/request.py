@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 
 from ..errors import InputError
+from .step_cache import check_cache
 from .strength import first_step
 from .tasks import TaskConfig, get_task
 from .validation import check_seed, validate_request
@@ -31,6 +32,10 @@ class SamplingRequest:
     # The first step of the low-noise expert (Lightning: 2 of 4); None: the task's timestep boundary decides.
     boundary_step: int | None = None
     denoise: float = 1.0  # video-to-video strength: < 1 starts from given latents, noised (pipeline.strength)
+    # Step caching (`step_cache.py`): "off" | "easycache" | "magcache"; thresholds (low_noise, high_noise), None
+    # when off (the method's default fills in when not given).
+    cache: str = "off"
+    cache_threshold: tuple[float, float] | None = None
 
     @classmethod
     def create(
@@ -48,6 +53,8 @@ class SamplingRequest:
         boundary_step: int | None = None,
         denoise: float = 1.0,
         has_image: bool | None = None,
+        cache: str = "off",
+        cache_threshold: float | tuple[float, float] | list[float] | None = None,
     ) -> SamplingRequest:
         """The request with the task's defaults where a value is None; raises `InputError` naming the nearest valid
         value. A negative seed draws a random one (as the official code); ``has_image`` is checked when given."""
@@ -73,10 +80,11 @@ class SamplingRequest:
                     f"the first step of the low-noise expert, e.g. {steps // 2}"
                 )
         first_step(steps, denoise)  # raises for a strength outside (0, 1]
+        threshold = None if cache_threshold is None else as_guide_pair(cache_threshold, "cache_threshold")
         return cls(
             task=task, width=int(width), height=int(height), frame_num=int(frame_num), seed=resolve_seed(seed),
             solver=solver, steps=int(steps), shift=float(shift), guide_scale=guide, boundary_step=boundary_step,
-            denoise=float(denoise),
+            denoise=float(denoise), cache=cache, cache_threshold=check_cache(cache, threshold),
         )  # fmt: skip
 
     def replace(self, **changes: object) -> SamplingRequest:
@@ -89,13 +97,16 @@ class SamplingRequest:
         return self.task.latent_shape(self.width, self.height, self.frame_num)
 
 
-def as_guide_pair(guide_scale: float | tuple[float, float] | list[float]) -> tuple[float, float]:
-    """A guide scale as the official ``(low_noise, high_noise)`` pair (a single number is used for both)."""
+def as_guide_pair(
+    guide_scale: float | tuple[float, float] | list[float], what: str = "guide_scale"
+) -> tuple[float, float]:
+    """A guide scale (or another per-expert value, named `what`) as the official ``(low_noise, high_noise)`` pair
+    (a single number is used for both)."""
     if isinstance(guide_scale, (int, float)) and not isinstance(guide_scale, bool):
         return float(guide_scale), float(guide_scale)
     pair = tuple(float(g) for g in guide_scale)
     if len(pair) != 2:
-        raise InputError(f"guide_scale takes one number or two (low_noise, high_noise), got {guide_scale!r}")
+        raise InputError(f"{what} takes one number or two (low_noise, high_noise), got {guide_scale!r}")
     return pair  # type: ignore[return-value]
 
 

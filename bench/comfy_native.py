@@ -1,0 +1,86 @@
+"""ComfyUI native's `comfy.ldm.wan.model.WanModel`, built in this process over our weight tensors, for side-by-side
+timing in bench/dit_step.py.
+
+ComfyUI is not a dependency: its `comfy/` package is exported from a Comfy-Org/ComfyUI snapshot into `.comfyui/`
+(ignored by git, never committed; see `export_comfyui.sh`) and carried to the GPU machine. Where it is absent the
+comparison is skipped with a note. Its parameter names are the official ones, so our state dict loads as is.
+
+Settings, as a ComfyUI user has them: bf16 weights (`disable_weight_init` ops); fp8 weights + fp8 matmul (`--fast`
+/ `fp8_e4m3fn` weight dtype: `fp8_ops`, block Linear weights cast to e4m3 without scale, activations clamped and
+cast, `torch._scaled_mm` per tensor); attention `attention_pytorch` (SDPA) or `attention_sage` (SageAttention).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1] / ".comfyui"
+
+
+def load_comfy(device: torch.device) -> tuple[object, str] | tuple[None, str]:
+    """`(comfy module namespace, version)` or `(None, why not)`."""
+    if not (ROOT / "comfy" / "ldm" / "wan" / "model.py").exists():
+        return None, f"ComfyUI's comfy/ package is not in {ROOT} (run bench/export_comfyui.sh GIT_DIR and carry it)"
+    sys.path.insert(0, str(ROOT))
+    argv = sys.argv
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing()
+        sys.argv = [argv[0]] + (["--cpu"] if device.type == "cpu" else [])
+        import comfy.ldm.modules.attention as attention
+        import comfy.ldm.wan.model as wan
+        import comfy.ops as ops
+    except Exception as err:  # a ComfyUI import problem must not cost our measurement
+        return None, f"ComfyUI's comfy/ package does not import: {type(err).__name__}: {err}"
+    finally:
+        sys.argv = argv
+    try:
+        from comfyui_version import __version__ as version
+    except ImportError:
+        version = "unknown"
+    return {"wan": wan, "ops": ops, "attention": attention}, version
+
+
+def build_comfy(comfy: dict, ours: torch.nn.Module, dtype: torch.dtype, fp8: bool) -> torch.nn.Module:
+    """ComfyUI's WanModel over our weights (all in `dtype`, as ComfyUI loads them); with `fp8` the block Linear
+    weights are cast to e4m3 (new tensors) and the layers run ComfyUI's fp8 ops."""
+    from wan_core.dit.model import FP8, fp8_capable
+
+    cfg = ours.config
+    operations = comfy["ops"].fp8_ops if fp8 else comfy["ops"].disable_weight_init
+    with torch.device("meta"):
+        model = comfy["wan"].WanModel(
+            model_type="t2v", patch_size=cfg.patch_size, text_len=cfg.text_len, in_dim=cfg.in_dim, dim=cfg.dim,
+            ffn_dim=cfg.ffn_dim, freq_dim=cfg.freq_dim, text_dim=cfg.text_dim, out_dim=cfg.out_dim,
+            num_heads=cfg.num_heads, num_layers=cfg.num_layers, qk_norm=cfg.qk_norm,
+            cross_attn_norm=cfg.cross_attn_norm, eps=cfg.eps, dtype=dtype, operations=operations,
+        )  # fmt: skip
+    state = {}
+    for name, tensor in ours.state_dict().items():
+        if fp8 and fp8_capable(name):
+            state[name] = tensor.to(FP8)
+        else:
+            state[name] = tensor if tensor.dtype == dtype else tensor.to(dtype)
+    model.load_state_dict(state, strict=False, assign=True)
+    model.requires_grad_(False)
+    device = ours.device
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.device.type == "meta":  # ComfyUI-only buffers (e.g. fp8 scales None -> none), rope tables
+            raise RuntimeError(f"ComfyUI WanModel parameter {name} has no weight in our state dict")
+    return model.to(device).eval()
+
+
+def set_attention(comfy: dict, backend: str) -> None:
+    """Point ComfyUI's Wan model at SDPA (`sdpa`) or SageAttention (`sage`), as `--use-sage-attention` does."""
+    attention = comfy["attention"]
+    comfy["wan"].optimized_attention = attention.attention_sage if backend == "sage" else attention.attention_pytorch
+
+
+def comfy_forward(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """One forward as ComfyUI's model_base calls it: latents and text in the model dtype, `[B]` timesteps."""
+    return model(x.to(dtype), t, context.to(dtype))

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from comfy_native import build_comfy, comfy_forward, load_comfy, set_attention  # noqa: E402
+from dit_shape import add_shape_args, shape_config  # noqa: E402
 from profile_split import profile_split  # noqa: E402
 
 from wan_core.configs import WanDiTConfig  # noqa: E402
@@ -50,13 +51,7 @@ from wan_core.errors import InputError  # noqa: E402
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--layers", type=int, default=40)
-    p.add_argument("--dim", type=int, default=5120)
-    p.add_argument("--ffn-dim", type=int, default=13824)
-    p.add_argument("--heads", type=int, default=40)
-    p.add_argument("--text-dim", type=int, default=4096)
-    p.add_argument("--text-len", type=int, default=512)
+    add_shape_args(p)
     p.add_argument("--latent", default="21,60,104", help="latent frames,height,width (patch 1x2x2); 720p: 21,90,160")
     p.add_argument("--runs", type=int, default=3, help="timed rounds; each round runs every variant, order alternated")
     p.add_argument("--backends", default="sdpa,sage", help="attention backends to time (missing ones are noted)")
@@ -224,8 +219,7 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     f, h, w = (int(v) for v in args.latent.split(","))
-    cfg = WanDiTConfig(model_type="t2v", dim=args.dim, ffn_dim=args.ffn_dim, num_heads=args.heads,
-                       num_layers=args.layers, in_dim=16, out_dim=16, text_dim=args.text_dim, text_len=args.text_len)
+    cfg = shape_config(args)
     tokens = f * (h // 2) * (w // 2)
     flops = forward_flops(cfg, tokens, args.text_len)
     result: dict = {

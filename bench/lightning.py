@@ -24,10 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dit_step import build_ours, sync, to_fp8  # noqa: E402
+from dit_shape import add_shape_args, shape_config  # noqa: E402
+from dit_step import build_ours, sync  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from wan_core.configs import WanDiTConfig  # noqa: E402
+from wan_core.dit.fp8 import to_fp8_compute  # noqa: E402
 from wan_core.dit.model import fp8_capable  # noqa: E402
 from wan_core.lora import LoraPatch  # noqa: E402
 from wan_core.patching import set_patches  # noqa: E402
@@ -39,12 +40,7 @@ from wan_core.runtime import Runtime  # noqa: E402
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--layers", type=int, default=40)
-    p.add_argument("--dim", type=int, default=5120)
-    p.add_argument("--ffn-dim", type=int, default=13824)
-    p.add_argument("--heads", type=int, default=40)
-    p.add_argument("--text-dim", type=int, default=4096)
+    add_shape_args(p)
     p.add_argument("--sizes", default="832*480,1280*720")
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--rank", type=int, default=64)
@@ -113,8 +109,7 @@ def main() -> None:
     started = time.perf_counter()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    cfg = WanDiTConfig(model_type="t2v", dim=args.dim, ffn_dim=args.ffn_dim, num_heads=args.heads,
-                       num_layers=args.layers, in_dim=16, out_dim=16, text_dim=args.text_dim)
+    cfg = shape_config(args)
     fp8 = not args.no_fp8
     runtime = Runtime.create(device, attention=args.attention)
     result: dict = {
@@ -129,7 +124,7 @@ def main() -> None:
     for name in (HIGH_NOISE, LOW_NOISE):
         model = build_ours(cfg, device, dtype)
         if fp8:
-            to_fp8(model)
+            to_fp8_compute(model)
         experts[name] = model
     result["weights_gib_per_expert"] = sum(
         t.numel() * t.element_size() for t in experts[HIGH_NOISE].state_dict().values()) / 2**30

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_interpolate import moving_square, rife47_state_dict, translating_ifnet
+from test_interpolate import moving_square, rife47_state_dict, square_center_x, translating_ifnet
 
 from wan_core.interpolate import interpolate_frames
 from wan_core.interpolate.rife import rife_interpolate
@@ -42,5 +42,9 @@ def test_known_translation_on_cuda_puts_the_square_halfway(tile_size):
     assert "on cuda" in result.method
     for k in range(3):
         expected = moving_square(1, 0, start=8 + 8 * k + 4)[0]
-        # fp16 on the GPU: values within a few fp16 steps; a square one pixel off would differ by ~0.9 at its edges
-        torch.testing.assert_close(result.frames[2 * k + 1].float().cpu(), expected, rtol=0, atol=1e-2)
+        got = result.frames[2 * k + 1].float().cpu()
+        # fp16 on the GPU: the square's centre within 0.1 px of halfway (one pixel off moves it by 1), and the frame
+        # within fp16 noise away from the picture border (the tiles' edge padding rounds differently there)
+        assert abs(square_center_x(got) - square_center_x(expected)) < 0.1
+        inner = (slice(None), slice(4, -4))
+        torch.testing.assert_close(got[inner], expected[inner], rtol=0, atol=2e-2)

@@ -43,6 +43,11 @@ class AttentionBackend:
     def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return sdpa(q, k, v)
 
+    @staticmethod
+    def available() -> bool:
+        """Whether the kernel imports here (SDPA always does)."""
+        return True
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
@@ -159,7 +164,7 @@ def get_backend(name: str | AttentionBackend, device: torch.device | str | None 
     cls = BACKENDS.get(name)
     if cls is None:
         raise InputError(f"Unknown attention backend {name!r}; choose one of {', '.join(NAMES)}.")
-    if cls is not SdpaAttention and not cls.available():
+    if not cls.available():
         raise InputError(
             f"attention {name!r} was asked for, but it does not import here. Install {cls.install_hint}, "
             "or use 'sdpa' or 'auto'."

@@ -86,15 +86,6 @@ def move_module(module: Any, device: torch.device) -> Any:
     return module
 
 
-def release_to_cpu(*modules: torch.nn.Module | None) -> None:
-    """Move `modules` to the CPU and hand the freed GPU memory back to the driver."""
-    for module in modules:
-        if module is not None:
-            move_module(module, torch.device("cpu"))
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 @dataclass(frozen=True, kw_only=True)
 class ModelHandle:
     """Base of the handles: a device string (`auto`, `cpu`, `gpu:N`) resolved only when the model is used."""

@@ -13,7 +13,7 @@ from . import host
 from .all_gpus import sample_on_all_gpus
 from .conditioning import WanConditioning, conditioning_from_comfy
 from .devices import ALL_GPUS, announce_device, device_label
-from .handles import DiTHandle, VAEHandle, release_to_cpu, require_handle
+from .handles import DiTHandle, VAEHandle, require_handle
 from .latents import latent_input, latent_output, reject_noise_mask
 
 CATEGORY = "Wan2.2"
@@ -236,6 +236,6 @@ class Wan22DiTSampler:
             host.raise_if_interrupted()  # ComfyUI's own exception: shown as "interrupted", not as an error
             raise
         except torch.cuda.OutOfMemoryError:
-            release_to_cpu(high, low)  # ComfyUI unloads only its own models: free ours for the retry
+            runtime.park(high, low)  # ComfyUI unloads only its own models: free ours for the retry
             raise
         return (latent_output(latents),)

@@ -87,11 +87,11 @@ def test_offloaded_experts_wait_in_cpu_ram(monkeypatch, offload):
     assert moves == [torch.device("cpu") if offload else torch.device("cuda", 1)] * 2
 
 
-def test_release_to_cpu_moves_modules_back():
+def test_park_moves_modules_back_to_cpu():
     module = torch.nn.Linear(2, 2).to(torch.device("meta"))
     moved = []
     module.to = lambda device: moved.append(torch.device(device)) or module
-    handles.release_to_cpu(module, None)
+    Runtime(device=torch.device("meta")).park(module, None)
     assert moved == [torch.device("cpu")]
 
 

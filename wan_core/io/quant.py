@@ -87,14 +87,20 @@ def dequantize(
     return out
 
 
+def quantize_per_tensor(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e4m3 values, float32 per-tensor scale) of a float weight: the scale maps its largest magnitude to e4m3's max."""
+    fp8 = torch.float8_e4m3fn
+    scale = weight.abs().amax().float().clamp(min=1e-12) / torch.finfo(fp8).max
+    return (weight.float() / scale).to(fp8), scale
+
+
 def quantize_fp8_scaled(state_dict: dict[str, torch.Tensor], *, new_format: bool = False) -> dict[str, torch.Tensor]:
     """The inverse, used to write ComfyUI-style fp8 test checkpoints: 2-D `.weight`s become e4m3 with a scale."""
     out: dict[str, torch.Tensor] = {}
     fp8 = torch.float8_e4m3fn
     for key, value in state_dict.items():
         if key.endswith(".weight") and value.dim() == 2 and value.is_floating_point():
-            scale = value.abs().max().float().clamp(min=1e-12) / torch.finfo(fp8).max
-            out[key] = (value.float() / scale).to(fp8)
+            out[key], scale = quantize_per_tensor(value)
             layer = key[: -len(".weight")]
             if new_format:
                 out[layer + ".weight_scale"] = scale

@@ -16,6 +16,7 @@ import torch
 from ..dit.fp8 import quantize_weight
 from ..dit.model import FP8, FP8Linear
 from ..errors import InputError
+from ..io.quant import quantize_per_tensor
 from ..patching import PatchedWeights
 from .files import read_lora
 from .formats import LoraLayer
@@ -33,12 +34,6 @@ class LoraPatch:
         where = f"the LoRA {lora.source} on the {expert} model"
         for layer in lora.layers.values():
             merge_layer(module, layer, self.strength, weights, where)
-
-
-def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(e4m3 values, float32 per-tensor scale) of a float weight: the scale maps its largest magnitude to e4m3's max."""
-    scale = weight.abs().amax().float().clamp(min=1e-12) / torch.finfo(FP8).max
-    return (weight / scale).to(FP8), scale
 
 
 def dequantize_fp8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -93,7 +88,7 @@ def merge_layer(
             _check_shape(f"{layer.module}.diff", layer.diff.shape, current.shape, where)
             merged = merged.add_(layer.diff.to(current.device, torch.float32), alpha=strength)
         if fp8:
-            values, scale = quantize_fp8(merged) if owner.weight_scale.ndim == 0 else quantize_weight(merged)
+            values, scale = quantize_per_tensor(merged) if owner.weight_scale.ndim == 0 else quantize_weight(merged)
             weights.set(name, values)
             weights.set(layer.module + ".weight_scale", scale)
         else:

@@ -141,6 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument(f"--{field}", type=int, default=getattr(defaults, field))
     for field in ("cfg", "shift"):
         parser.add_argument(f"--{field}", type=float, default=getattr(defaults, field))
+    parser.add_argument("--our-dit-weights", default=defaults.our_dit_weights, help="our Model Loader's weight_dtype")
     parser.add_argument("--batch-frames", type=int, help="frames of the batch runs (default --frames)")
     parser.add_argument("--batch-steps", type=int, help="steps of the batch runs (default --steps)")
     args = parser.parse_args(argv)
@@ -156,7 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     settings = BenchSettings(width=args.width, height=args.height, frames=args.frames, steps=args.steps,
-                             cfg=args.cfg, shift=args.shift, seed=args.seed)
+                             cfg=args.cfg, shift=args.shift, seed=args.seed, our_dit_weights=args.our_dit_weights)
     batch_settings = dataclasses.replace(settings, frames=args.batch_frames or settings.frames,
                                          steps=args.batch_steps or settings.steps)
     # In a child process: the files are made on the GPU, whose memory and context must not stay with this one.

@@ -33,6 +33,7 @@ from wan_core.dit.model import fp8_capable  # noqa: E402
 from wan_core.lora import LoraPatch  # noqa: E402
 from wan_core.patching import set_patches  # noqa: E402
 from wan_core.pipeline.denoise import HIGH_NOISE, LOW_NOISE, sample_latents  # noqa: E402
+from wan_core.pipeline.forwards import step_forwards  # noqa: E402
 from wan_core.pipeline.request import SamplingRequest  # noqa: E402
 from wan_core.pipeline.tasks import parse_size  # noqa: E402
 from wan_core.runtime import Runtime  # noqa: E402
@@ -46,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rank", type=int, default=64)
     p.add_argument("--attention", default="auto")
     p.add_argument("--no-fp8", action="store_true", help="bf16 weights and matmuls instead of fp8")
+    p.add_argument("--compile", action="store_true", help="torch.compile'd blocks (compiled in the warm-up)")
     p.add_argument("--json", default="", help="also write the JSON here")
     return p.parse_args()
 
@@ -88,8 +90,8 @@ def time_denoise(request: SamplingRequest, experts: dict, context: list, runtime
     device = runtime.device
     x = torch.randn(1, 16, *request.latent_shape[1:], device=device)
     with torch.inference_mode(), runtime.autocast():
-        for model in experts.values():
-            model(x, torch.tensor([500.0], device=device), context, attention=runtime.attention)
+        for model in experts.values():  # through the sampler's forward call, so --compile compiles here
+            step_forwards(model, x, torch.tensor([500.0], device=device), [context], None, runtime)
     calls = []
 
     def denoise() -> None:
@@ -111,13 +113,14 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = shape_config(args)
     fp8 = not args.no_fp8
-    runtime = Runtime.create(device, attention=args.attention)
+    runtime = Runtime.create(device, attention=args.attention, compile=args.compile)
     result: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         "torch": torch.__version__,
         "setting": {"weights": "fp8 e4m3 + fp8 matmuls (scaled_mm)" if fp8 else str(dtype).replace("torch.", ""),
-                    "attention": runtime.attention.name, "steps": "4 euler (2 high + 2 low), shift 5, CFG 1",
+                    "attention": runtime.attention.name, "compiled": args.compile,
+                    "steps": "4 euler (2 high + 2 low), shift 5, CFG 1",
                     "frames": args.frames, "lora_rank": args.rank, "layers": args.layers, "dim": args.dim},
     }
     experts = {}

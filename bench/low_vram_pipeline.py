@@ -24,7 +24,6 @@ onto the GPU). One JSON object.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import sys
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dit_step import sync  # noqa: E402  (bench/ is this script's folder)
 from host_models import T5_FILE, dit_specs, umt5_specs, vae_specs, write_streamed  # noqa: E402
-from low_vram import peaks, reset_peaks, set_cap  # noqa: E402
+from low_vram import bench_device, emit, peaks, report_head, reset_peaks, select_cases, set_cap  # noqa: E402
 
 from wan_core.dit.block_swap import enable_block_swap  # noqa: E402
 from wan_core.dit.loader import load_dit  # noqa: E402
@@ -211,29 +210,19 @@ def run_case(case: PipelineCase, args: argparse.Namespace, device: torch.device)
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = set(wanted) - {c.name for c in CASES}
-    if unknown:
-        raise SystemExit(f"unknown case(s) {sorted(unknown)}; cases: {[c.name for c in CASES]}")
+    device = bench_device(args.device)
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "date": datetime.date.today().isoformat(), "torch": torch.__version__, "tiny": args.tiny,
+        **report_head(device), "tiny": args.tiny,
         "note": "whole pipeline per case under the cap: load, T5 (dropped after encoding), both experts with the "
                 "MoE switch (offload_model, block swap as GPU Check recommends), VAE decode; random weights at "
                 "real shape read from files; peaks per stage",
         "cases": [],
     }
-    for case in (c for c in CASES if not wanted or c.name in wanted):
+    for case in select_cases(CASES, args.cases):
         result = run_case(case, args, device)
         report["cases"].append(result)
         print(json.dumps(result), file=sys.stderr, flush=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
+    emit(report, args.json)
     return report
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_block_swap import _run
 
 from wan_core.configs import DIT_CONFIGS
 from wan_core.dit.block_swap import GIB, enable_block_swap
@@ -16,16 +17,6 @@ from wan_core.hardware import MODELS, RESERVE, activation_gib, candidates
 from wan_core.io.writers import write_safetensors
 
 CFG = DIT_CONFIGS["tiny-t2v"].replace(num_layers=3)
-
-
-def _inputs():
-    gen = torch.Generator().manual_seed(2)
-    return torch.randn(1, 16, 2, 4, 4, generator=gen), torch.tensor([700.0]), [torch.randn(6, 64, generator=gen)]
-
-
-def _run(model: WanDiT) -> torch.Tensor:
-    with torch.no_grad():
-        return model(*_inputs())
 
 
 def _in_map(tensor: torch.Tensor, model: WanDiT) -> bool:

@@ -176,14 +176,14 @@ def _scaled_file(shapes: dict[str, tuple[int, ...]], quantized: Callable[[str, t
 # ------------------------------------------------------------------------------------------------ models
 
 
-def dit_shapes(scale: str) -> dict[str, tuple[int, ...]]:
-    """Official key -> shape of one T2V A14B expert (`scale="tiny"`: `TINY_DIT`)."""
+def dit_shapes(scale: str, config_name: str = "t2v-A14B") -> dict[str, tuple[int, ...]]:
+    """Official key -> shape of one expert of `config_name` (a T2V A14B one; `scale="tiny"`: `TINY_DIT`)."""
     import dataclasses
 
     from wan_core.configs import DIT_CONFIGS
     from wan_core.dit.model import WanDiT
 
-    config = DIT_CONFIGS["t2v-A14B"]
+    config = DIT_CONFIGS[config_name]
     if scale == "tiny":
         config = dataclasses.replace(config, **TINY_DIT)
     with torch.device("meta"):
@@ -191,8 +191,9 @@ def dit_shapes(scale: str) -> dict[str, tuple[int, ...]]:
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
-def dit_specs(scale: str) -> list[TensorSpec]:
-    return _scaled_file(dit_shapes(scale), lambda name, shape: name.endswith(".weight") and len(shape) == 2)
+def dit_specs(scale: str, config_name: str = "t2v-A14B") -> list[TensorSpec]:
+    return _scaled_file(dit_shapes(scale, config_name),
+                        lambda name, shape: name.endswith(".weight") and len(shape) == 2)
 
 
 def umt5_shapes(scale: str) -> dict[str, tuple[int, ...]]:
@@ -215,12 +216,12 @@ def umt5_specs(scale: str) -> list[TensorSpec]:
     return specs
 
 
-def vae_specs() -> list[TensorSpec]:
+def vae_specs(name: str = "wan2.1") -> list[TensorSpec]:
     from wan_core.vae import build_vae
     from wan_core.vae.model import official_state_dict
 
     with torch.device("meta"):
-        vae = build_vae("wan2.1")
+        vae = build_vae(name)
     return [_plain(name, tuple(t.shape)) for name, t in official_state_dict(vae).items()]
 
 

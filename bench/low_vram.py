@@ -229,19 +229,40 @@ def run_group(cases: list[Case], args: argparse.Namespace, device: torch.device)
     return results
 
 
-def main() -> None:
-    args = parse_args()
-    device = torch.device(args.device)
+def bench_device(name: str) -> torch.device:
+    device = torch.device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = set(wanted) - {c.name for c in CASES}
+    return device
+
+
+def select_cases(all_cases: tuple, names: str) -> list:
+    """The cases named in the comma-separated `names` (all when empty), in their order."""
+    wanted = [c.strip() for c in names.split(",") if c.strip()]
+    unknown = set(wanted) - {c.name for c in all_cases}
     if unknown:
-        raise SystemExit(f"unknown case(s) {sorted(unknown)}; cases: {[c.name for c in CASES]}")
-    cases = [c for c in CASES if not wanted or c.name in wanted]
+        raise SystemExit(f"unknown case(s) {sorted(unknown)}; cases: {[c.name for c in all_cases]}")
+    return [c for c in all_cases if not wanted or c.name in wanted]
+
+
+def report_head(device: torch.device) -> dict:
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "date": datetime.date.today().isoformat(), "torch": torch.__version__}
+
+
+def emit(report: dict, json_path: str) -> None:
+    text = json.dumps(report, indent=2)
+    print(text)
+    if json_path:
+        Path(json_path).write_text(text)
+
+
+def main() -> None:
+    args = parse_args()
+    device = bench_device(args.device)
+    cases = select_cases(CASES, args.cases)
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "date": datetime.date.today().isoformat(), "torch": torch.__version__, "steps": args.steps,
+        **report_head(device), "steps": args.steps,
         "note": "one expert, DiT steps only (T5 and VAE not included); s/step = 2 forwards (CFG); the uncapped "
                 "reference of each model runs before and after its capped runs; peak RAM and GPU per run",
         "cases": [],
@@ -253,10 +274,7 @@ def main() -> None:
         for result in run_group(group, args, device):
             report["cases"].append(result)
             print(json.dumps(result), file=sys.stderr, flush=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

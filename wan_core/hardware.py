@@ -35,17 +35,17 @@ class ModelShape:
     blocks: int
     block_params: float
     experts: int
+    other_gib: float  # the rest of the model as loaded (time embedding, modulation and head in float32, others bf16)
 
     def gib(self, weights: str, blocks: int | None = None) -> float:
         """GiB of one expert's weights with `blocks` of its blocks (None: all) on the GPU."""
         count = self.blocks if blocks is None else blocks
-        others = self.params - self.blocks * self.block_params
-        return (others * 2 + count * self.block_params * BYTES_PER_PARAM[weights]) / GIB
+        return self.other_gib + count * self.block_params * BYTES_PER_PARAM[weights] / GIB
 
 
 MODELS = {
-    "A14B": ModelShape(14.3e9, 40, 8 * 5120**2 + 2 * 5120 * 13824, experts=2),
-    "5B": ModelShape(5.0e9, 30, 8 * 3072**2 + 2 * 3072 * 14336, experts=1),
+    "A14B": ModelShape(14.3e9, 40, 8 * 5120**2 + 2 * 5120 * 13824, experts=2, other_gib=0.78),
+    "5B": ModelShape(5.0e9, 30, 8 * 3072**2 + 2 * 3072 * 14336, experts=1, other_gib=0.29),
 }
 RESOLUTIONS = {"A14B": ("480p", "720p"), "5B": ("720p",)}
 

@@ -1,7 +1,7 @@
 """Block swap: run a `WanDiT` whose transformer blocks do not all fit on the GPU.
 
-The first `resident` blocks stay on the GPU with the rest of the model; the other blocks keep their weights in (pinned)
-CPU memory, their master copy, and are copied to the GPU on a side CUDA stream just before they run: while block i
+The first `resident` blocks stay on the GPU with the rest of the model; the other blocks keep their weights in CPU
+memory, their master copy, and are copied to the GPU on a side CUDA stream just before they run: while block i
 computes, the copy of the next swapped block is already under way (an event orders its use after the copy), and the
 GPU copy of a block is dropped as soon as it has run. At most two swapped blocks are on the GPU at a time.
 
@@ -10,6 +10,12 @@ CPU when the model is moved (`model.to("cuda")` moves everything else), so the s
 working. Works with any block weights: bf16/fp16/fp32, `FP8Linear` (fp8 + scale buffer) and `GGUFLinear` (raw ggml
 blocks, 3-5x smaller transfers). LoRA merges: change the swapped blocks' master copies on the CPU (`swap.masters()`),
 or replace their parameters and call `swap.refresh()`.
+
+RAM: while the model is on the GPU the masters are pinned copies (packed by `host_buffers`, no power-of-two
+rounding); moved back to the CPU (offload_model parks the idle expert) they return to the tensors they came from (for
+a loaded expert, views of its memory-mapped file) and the pinned memory is freed, so only the sampling expert holds
+pinned RAM. A master patched while pinned (LoRA) is written back first. The file pages read while pinning and while
+moving the resident blocks are handed back block by block (`model.mapped_files`).
 
 On the CPU (tests) the "GPU copy" is a plain copy on the same device, and there are no streams or events.
 """
@@ -23,6 +29,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
+from ..ram import release_pages
+from .host_buffers import host_buffers
 from .model import WanDiT
 
 GIB = 1024**3
@@ -54,6 +62,8 @@ class _Slot:
 
     block: nn.Module
     masters: list[tuple[nn.Module, str, bool, torch.Tensor]] = field(default_factory=list)  # module, name, is_param
+    sources: list[torch.Tensor | None] = field(default_factory=list)  # the unpinned tensors the masters came from
+    versions: list[int] | None = None  # while pinned: the holders' version counters when pinned
     copies: list[torch.Tensor] | None = None
     ready: torch.cuda.Event | None = None
 
@@ -72,24 +82,81 @@ class BlockSwap:
         self._stream: torch.cuda.Stream | None = None
         self._hooks: list = []
         self.transfers = 0  # blocks copied to the device so far
+        self.pinned = False  # the masters are pinned copies of `sources`
         self.refresh()
 
     # --- master copies --------------------------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Take the swapped blocks' current tensors as their master copies (on the CPU, pinned where CUDA is)."""
+        """Take the swapped blocks' current tensors as their master copies (on the CPU; pinned copies while the rest
+        of the model is on a CUDA device and `pin`)."""
         self.drop_copies()
+        self.pinned = False
+        pin = self.pin and self._rest_on_device()
         for slot in self._slots.values():
-            slot.masters = []
+            slot.masters, slot.versions = [], None
             for module in slot.block.modules():
                 for table, is_param in ((module._parameters, True), (module._buffers, False)):
                     for name, tensor in table.items():
                         if tensor is None:
                             continue
-                        master = tensor.detach().to("cpu")
-                        if self.pin and not master.is_pinned():
-                            master = master.pin_memory()
+                        master = tensor.detach() if pin else tensor.detach().to("cpu")  # pinning copies it anyway
                         self._assign(module, name, is_param, master)
                         slot.masters.append((module, name, is_param, master))
+            # A tensor that was on the device has no CPU source: unpinning makes one.
+            slot.sources = [master if master.device.type == "cpu" else None for *_, master in slot.masters]
+        if pin:
+            self.pin_masters()
+
+    def _rest_on_device(self) -> bool:
+        """Whether the model's tensors outside the swapped blocks are on a non-CPU device."""
+        swapped = {id(t) for slot in self._slots.values() for t in _tensors(slot.block)}
+        return any(t.device.type != "cpu" for t in _tensors(self.model) if id(t) not in swapped)
+
+    def _release_file_pages(self) -> None:
+        release_pages(getattr(self.model, "mapped_files", ()))
+
+    def pin_masters(self) -> None:
+        """Masters become pinned copies of their sources (with `pin`); the file pages read are handed back block by
+        block."""
+        if self.pinned or not self.pin:
+            return
+        self.drop_copies()
+        pinned = iter(host_buffers([m for slot in self._slots.values() for *_, m in slot.masters],
+                                   pin=torch.cuda.is_available()))  # CPU tests: plain buffers
+        for slot in self._slots.values():
+            masters = []
+            for module, name, is_param, current in slot.masters:
+                master = next(pinned).copy_(current)
+                self._assign(module, name, is_param, master)
+                masters.append((module, name, is_param, master))
+            slot.masters = masters
+            slot.versions = [self._holder(module, name, is_param)._version for module, name, is_param, _ in masters]
+            self._release_file_pages()
+        self.pinned = True
+
+    def unpin_masters(self) -> None:
+        """Masters back to their sources (a master patched while pinned is written back first); the pinned memory
+        is freed."""
+        if not self.pinned:
+            return
+        self.drop_copies()
+        for slot in self._slots.values():
+            masters, sources = [], []
+            for (module, name, is_param, master), source, version in zip(
+                    slot.masters, slot.sources, slot.versions, strict=True):
+                if source is None:
+                    source = master.clone()
+                elif self._holder(module, name, is_param)._version != version:
+                    source.copy_(master)
+                self._assign(module, name, is_param, source)
+                masters.append((module, name, is_param, source))
+                sources.append(source)
+            slot.masters, slot.sources, slot.versions = masters, sources, None
+        self.pinned = False
+
+    @staticmethod
+    def _holder(module: nn.Module, name: str, is_param: bool) -> torch.Tensor:
+        return module._parameters[name] if is_param else module._buffers[name]
 
     def masters(self) -> dict[str, torch.Tensor]:
         """The CPU master copies of the swapped blocks' tensors by state-dict name (change them in place to patch)."""
@@ -194,10 +261,16 @@ class SwappedBlocks(nn.ModuleList):
             return super()._apply(fn, recurse)
         swap.drop_copies()
         moves_off_cpu = fn(torch.zeros(1)).device.type != "cpu"
+        if moves_off_cpu:
+            swap.pin_masters()
+        else:
+            swap.unpin_masters()
         for index, block in enumerate(self):
             if index in swap._slots and moves_off_cpu:
                 continue
             block._apply(fn)
+            if moves_off_cpu:
+                swap._release_file_pages()
         if not moves_off_cpu:
             swap.refresh()  # a dtype change on the CPU made new tensors
         return self

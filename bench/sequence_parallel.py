@@ -1,13 +1,18 @@
-"""One A14B-shape video on 1 and N GPUs: seconds per denoising step (cond + uncond forward) of the DiT with Ulysses
-sequence parallelism against one GPU, random weights, 480p and 720p 81 frames. Prints one JSON object (rank 0).
+"""One A14B-shape video on 1 and N GPUs: seconds per denoising step (cond + uncond forward) of the DiT with sequence
+parallelism (Ulysses, ring attention, or both compared) against one GPU, random weights, 480p and 720p 81 frames.
+Prints one JSON object (rank 0).
 
 It starts `torchrun --standalone --nproc_per_node=N` on itself. Inside, every rank builds the same random bf16 DiT
 (dim 5120, 40 layers, 40 heads); for each size the one-GPU step (rank 0 alone, the others wait) and the N-GPU step
-(all ranks, `UlyssesAttention` around the chosen backend) alternate in the same process, after one warm-up each.
-`rel_diff_to_1gpu` is the relative difference of the N-GPU flow prediction to the one-GPU one (bf16 rounding only).
+of each mode (all ranks) alternate in the same process, the order reversed every run, after one warm-up each.
+Modes: `ulysses` (`UlyssesAttention` around the chosen backend), `ring` (`RingAttention`, `--ulysses_size`
+N / ring_size x `--ring_size`, default ring_size N: pure ring; its blocks run PyTorch's SDPA flash kernel whatever
+`--attention` says). `rel_diff_to_1gpu` is the relative difference of the N-GPU flow prediction to the one-GPU one
+(bf16 rounding only).
 
-    python bench/sequence_parallel.py --gpus 2                         # two H100: about 4 minutes
-    python bench/sequence_parallel.py --gpus 2 --layers 2 --sizes 480p # smoke test
+    python bench/sequence_parallel.py --gpus 2                                  # two H100: about 4 minutes
+    python bench/sequence_parallel.py --gpus 2 --modes ulysses,ring             # ring vs Ulysses: about 6 minutes
+    python bench/sequence_parallel.py --gpus 2 --layers 2 --sizes 480p          # smoke test
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from wan_core.configs import WanDiTConfig  # noqa: E402
 from wan_core.dit.attention import get_backend  # noqa: E402
 from wan_core.dit.model import WanDiT, init_random_, keeps_fp32  # noqa: E402
+from wan_core.parallel.ring import RingAttention  # noqa: E402
 from wan_core.parallel.ulysses import UlyssesAttention  # noqa: E402
 
 LATENTS = {"480p": (21, 60, 104), "720p": (21, 90, 160)}  # 81 frames at 832x480 and 1280x720 (VAE stride 4, 8, 8)
@@ -42,6 +48,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=40)
     p.add_argument("--runs", type=int, default=2, help="timed steps per setting (alternating 1 GPU / N GPUs)")
     p.add_argument("--attention", default="auto", help="the backend inside the Ulysses wrapper")
+    p.add_argument("--modes", default="ulysses", help="comma list of ulysses, ring: the N-GPU settings timed")
+    p.add_argument("--ring_size", type=int, default=0, help="ring mode's ring degree (0: --gpus, pure ring)")
     p.add_argument("--text-len", type=int, default=512)
     p.add_argument("--json", default="", help="also write the JSON here")
     return p.parse_args()
@@ -78,42 +86,50 @@ def rank_main(args: argparse.Namespace) -> None:
     dist.init_process_group("nccl", device_id=device)
     model = build_model(args.layers, device)
     local = get_backend(args.attention, device)
-    ulysses = UlyssesAttention(local)
+    ring_size = args.ring_size or world
+    parallel = {"ulysses": lambda: UlyssesAttention(local),
+                "ring": lambda: RingAttention(local, world // ring_size, ring_size)}
+    backends = {mode: parallel[mode]() for mode in args.modes.split(",")}
     results = {}
     for size in args.sizes.split(","):
         generator = torch.Generator(device).manual_seed(1)
         x = torch.randn(1, 16, *LATENTS[size], device=device, generator=generator)
         text = [torch.randn(args.text_len, 4096, device=device, generator=generator) for _ in range(2)]
         inputs = (x, torch.tensor([900.0], device=device), text[:1], text[1:])
-        times = {"one": [], "all": []}
+        order = ["one", *backends]
+        times = {which: [] for which in order}
         outputs = {}
-        order = ["one", "all"]
         for run in range(args.runs + 1):  # run 0 warms up
             for which in order if run % 2 else order[::-1]:
                 if which == "one" and rank != 0:
                     dist.barrier()
                     continue
-                seconds, outputs[which] = timed_step(model, inputs, local if which == "one" else ulysses, device)
+                attention = local if which == "one" else backends[which]
+                seconds, outputs[which] = timed_step(model, inputs, attention, device)
                 if which == "one":
                     dist.barrier()
                 if run:
                     times[which].append(seconds)
         if rank == 0:
-            one, many = statistics.median(times["one"]), statistics.median(times["all"])
-            diff = ((outputs["all"] - outputs["one"]).norm() / outputs["one"].norm()).item()
+            one = statistics.median(times["one"])
             results[size] = {
                 "tokens": LATENTS[size][0] * LATENTS[size][1] * LATENTS[size][2] // 4,
-                "s_per_step_1gpu": round(one, 3), f"s_per_step_{world}gpu": round(many, 3),
-                "speedup": round(one / many, 3), "efficiency": round(one / many / world, 3),
-                "rel_diff_to_1gpu": diff, "runs_1gpu": [round(s, 3) for s in times["one"]],
-                f"runs_{world}gpu": [round(s, 3) for s in times["all"]],
+                "s_per_step_1gpu": round(one, 3), "runs_1gpu": [round(s, 3) for s in times["one"]],
             }  # fmt: skip
+            for mode, backend in backends.items():
+                many = statistics.median(times[mode])
+                diff = ((outputs[mode] - outputs["one"]).norm() / outputs["one"].norm()).item()
+                results[size][mode] = {
+                    "attention": backend.name, f"s_per_step_{world}gpu": round(many, 3),
+                    "speedup": round(one / many, 3), "efficiency": round(one / many / world, 3),
+                    "rel_diff_to_1gpu": diff, f"runs_{world}gpu": [round(s, 3) for s in times[mode]],
+                }  # fmt: skip
         del x, text, inputs, outputs
         torch.cuda.empty_cache()
     if rank == 0:
         report = {
             "bench": "sequence_parallel", "gpus": world, "gpu": torch.cuda.get_device_name(device),
-            "layers": args.layers, "attention": ulysses.name, "torch": torch.__version__,
+            "layers": args.layers, "attention": local.name, "torch": torch.__version__,
             "step": "cond + uncond forward, bf16 autocast, batch 1", "results": results,
         }  # fmt: skip
         text = json.dumps(report, indent=2)

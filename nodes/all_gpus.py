@@ -62,8 +62,13 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
-def _job(dit: DiTHandle, request: SamplingRequest, cond: object, y: torch.Tensor | None,
-         first_frame: torch.Tensor | None):  # -> Job
+def start_workers() -> object:
+    """The kept pool on every GPU (started here if it is not running): `SequenceParallelWorkers`."""
+    return _workers(worker_devices())
+
+
+def _job(dit: DiTHandle, request: SamplingRequest, positive: torch.Tensor, negative: torch.Tensor,
+         y: torch.Tensor | None, first_frame: torch.Tensor | None):  # -> Job
     from wan_core.parallel.workers import ExpertSource, Job
     from wan_core.pipeline.denoise import HIGH_NOISE, LOW_NOISE, SINGLE
 
@@ -76,8 +81,8 @@ def _job(dit: DiTHandle, request: SamplingRequest, cond: object, y: torch.Tensor
     runtime = {"compute_dtype": DIT_COMPUTE_DTYPES[dit.weight_dtype], "offload": dit.offload,
                "attention": dit.attention}
     cpu = torch.device("cpu")
-    return Job(experts=experts, runtime=runtime, request=request, cond=cond.positive[0].to(cpu),
-               uncond=cond.negative[0].to(cpu), y=None if y is None else y.to(cpu),
+    return Job(experts=experts, runtime=runtime, request=request, cond=positive.to(cpu), uncond=negative.to(cpu),
+               y=None if y is None else y.to(cpu),
                first_frame_latent=None if first_frame is None else first_frame.to(cpu))
 
 
@@ -92,8 +97,23 @@ def sample_on_all_gpus(
 ) -> torch.Tensor:
     """The sampler's latents `[z, F', H', W']`, denoised by the worker pool; the start image (if any) is encoded
     here first, by `pipeline`'s VAE on the host device."""
-    devices = worker_devices()
     y = first_frame = None
     if image is not None:
         y, first_frame = pipeline._image_condition(image, request)
-    return _workers(devices).sample(_job(dit, request, cond, y, first_frame), progress, cancel)
+    return denoise_on_all_gpus(dit, request, cond.positive[0], cond.negative[0], progress, cancel, y, first_frame)
+
+
+def denoise_on_all_gpus(
+    dit: DiTHandle,
+    request: SamplingRequest,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    progress: ProgressCallback | None,
+    cancel: CancelCheck | None,
+    y: torch.Tensor | None = None,
+    first_frame: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The latents `[z, F', H', W']` (CPU) of one request denoised by the kept pool on every GPU, from the text
+    embeddings (and the image conditioning, if any); the batch queue's one-job-on-all-GPUs denoiser too."""
+    job = _job(dit, request, positive, negative, y, first_frame)
+    return start_workers().sample(job, progress, cancel)

@@ -7,6 +7,7 @@ the scheduler's events to ComfyUI (progress bar with the node id passed explicit
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -25,8 +26,8 @@ from wan_core.pipeline.finite import check_finite_number
 from wan_core.pipeline.tasks import get_task
 from wan_core.styles import NO_STYLE, STYLES_DIR, load_styles, style_prompt
 
-from . import host
-from .devices import CPU, device_label, gpu_count
+from . import all_gpus, host
+from .devices import ALL_GPUS, CPU, device_label, gpu_count
 from .handles import MODEL_CACHE, DiTHandle, ModelCache, ModelHandle, T5Handle, VAEHandle, require_handle
 from .sampler import Wan22DiTSampler, send_progress
 from .save_video import embed_metadata, workflow_metadata
@@ -38,7 +39,7 @@ NO_CSV = "none"
 # The pack's example CSVs, offered in the csv_file list under this label so that a fresh install runs them as is.
 EXAMPLE_LABEL = "[example] "
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "batch_examples"
-AS_WIRED, REPLICA_PER_GPU = "as wired", "replica per GPU"
+AS_WIRED, REPLICA_PER_GPU, ALL_GPUS_PER_JOB = "as wired", "replica per GPU", "all GPUs per job"
 SAMPLER_WIDGETS = ("width", "height", "frames", "steps", "solver", "shift", "cfg_high_noise", "cfg_low_noise", "seed")
 FAILED_STATES = {JobState.FAILED.value, JobState.TIMED_OUT.value, JobState.CANCELLED.value}
 # Copies of the models on the other GPUs of a replica-per-GPU batch, kept between runs like MODEL_CACHE.
@@ -111,6 +112,8 @@ class _BatchProgress:
 def device_label_of(device: str) -> str:
     import torch
 
+    if device == ALL_GPUS:
+        return "all GPUs"
     return device_label(torch.device(device))
 
 
@@ -137,11 +140,12 @@ class Wan22BatchQueueManager:
                 "negative_prompt": ("STRING", {"multiline": True, "default": "",
                                                "tooltip": "Empty: Wan2.2's official negative prompt."}),
                 **{name: sampler[name] for name in SAMPLER_WIDGETS},
-                "gpu_mode": ([AS_WIRED, REPLICA_PER_GPU], {
+                "gpu_mode": ([AS_WIRED, REPLICA_PER_GPU, ALL_GPUS_PER_JOB], {
                     "default": AS_WIRED,
                     "tooltip": "as wired: the devices of the handles (T5 on another GPU than the DiT: the next job "
                     "is encoded and the last one decoded while one denoises). replica per GPU: every GPU holds all "
-                    "models and runs whole jobs side by side.",
+                    "models and runs whole jobs side by side. all GPUs per job: each job's denoising is split over "
+                    "every GPU (as Set Device 'all GPUs (one video)' on the DiT); T5 and VAE stay as wired.",
                 }),
                 "max_concurrent_jobs": ("INT", {
                     "default": 0, "min": 0, "max": 64,
@@ -238,13 +242,14 @@ class Wan22BatchQueueManager:
         progress = _BatchProgress(unique_id, jobs, set(done_before))
 
         def make_stages(dit: DiTHandle, t5: T5Handle, vae: VAEHandle, caches: dict[str, ModelCache]) -> PipelineStages:
+            on_all_gpus = dit.device == ALL_GPUS  # the workers load the experts; the pool starts with the models
             return PipelineStages(
                 settings=settings,
                 text_encoder=LazyModel(lambda: t5.load(caches["t5"])),
-                experts=LazyModel(lambda: dit.load(caches["dit"])),
+                experts=LazyModel(all_gpus.start_workers if on_all_gpus else lambda: dit.load(caches["dit"])),
                 vae=LazyModel(lambda: vae.load(caches["vae"])),
                 encode_device=str(t5.target_device()),
-                denoise_device=str(dit.target_device()),
+                denoise_device=ALL_GPUS if on_all_gpus else str(dit.target_device()),
                 decode_device=str(vae.target_device()),
                 output_dir=output_dir,
                 batch=batch,
@@ -252,6 +257,7 @@ class Wan22BatchQueueManager:
                 on_start=progress.job_started,
                 on_step=progress.denoise_step,
                 finish_video=(lambda path: embed_metadata(path, tags)) if tags else None,
+                denoiser=functools.partial(all_gpus.denoise_on_all_gpus, dit) if on_all_gpus else None,
             )
 
         tags = workflow_metadata(prompt, extra_pnginfo)  # as Save Video: the workflow in every MP4
@@ -277,7 +283,13 @@ def plan_workers(
     dit: DiTHandle, t5: T5Handle, vae: VAEHandle, gpu_mode: str, make_stages: StagesFactory
 ) -> list[Worker]:
     """The workers for the handles: one per GPU in `replica per GPU` mode; else one from the handles' devices, a
-    pipelined split worker when they differ (stages of different jobs overlap), a replica when they agree."""
+    pipelined split worker when they differ (stages of different jobs overlap), a replica when they agree. `all
+    GPUs per job` (or the DiT on Set Device 'all GPUs (one video)'): one pipelined worker whose denoising lane
+    feeds the kept worker processes on every GPU, text encoding and decoding in this process."""
+    if gpu_mode == ALL_GPUS_PER_JOB:
+        gpu_mode, dit = AS_WIRED, dit.bind(ALL_GPUS)
+    if dit.device == ALL_GPUS:
+        all_gpus.worker_devices()  # two or more GPUs, else a clear error before any model loads
     if gpu_mode == REPLICA_PER_GPU:
         workers = []
         for name in [f"gpu:{index}" for index in range(gpu_count())] or [CPU]:
@@ -287,7 +299,8 @@ def plan_workers(
             workers.append(Worker.replica(stages.denoise_device, StagesRunner(stages)))
         return workers
     if gpu_mode != AS_WIRED:
-        raise InputError(f"Unknown gpu_mode {gpu_mode!r}; use {AS_WIRED!r} or {REPLICA_PER_GPU!r}.")
+        raise InputError(f"Unknown gpu_mode {gpu_mode!r}; use {AS_WIRED!r}, {REPLICA_PER_GPU!r} or "
+                         f"{ALL_GPUS_PER_JOB!r}.")
     stages = make_stages(dit, t5, vae, {"dit": MODEL_CACHE, "t5": MODEL_CACHE, "vae": MODEL_CACHE})
     if stages.encode_device == stages.denoise_device == stages.decode_device:
         return [Worker.replica(stages.denoise_device, StagesRunner(stages))]

@@ -73,18 +73,22 @@ def test_all_gpus_workers_give_the_in_process_latents(experts, cpu_workers):
         raise Interrupted()
 
     with pytest.raises(Interrupted):  # the host's interrupt, raised from the progress callback: the workers stop
-        pool.sample(all_gpus._job(on_all, _request(), conditioning, None, None), interrupt)
+        pool.sample(_job(on_all, conditioning), interrupt)
     assert not pool.closed
     steps = []
-    again = pool.sample(all_gpus._job(on_all, _request(), conditioning, None, None), steps.append)
+    again = pool.sample(_job(on_all, conditioning), steps.append)
     assert torch.equal(latent_output(again)["samples"], split)  # the kept workers, same job, same latents
     assert [info.step for info in steps] == [1, 2, 3] and steps[-1].latents.shape == (16, 2, 10, 14)
 
     os.kill(pool._processes[1].pid, signal.SIGKILL)
     pool._processes[1].join()
     with pytest.raises(WanError, match="worker 1 .* exited"):
-        pool.sample(all_gpus._job(on_all, _request(), conditioning, None, None))
+        pool.sample(_job(on_all, conditioning))
     assert pool.closed and all(not p.is_alive() for p in pool._processes)
+
+
+def _job(dit, conditioning):
+    return all_gpus._job(dit, _request(), conditioning.positive[0], conditioning.negative[0], None, None)
 
 
 def _request():

@@ -167,9 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--ulysses_size", type=int, default=1, help="Split one video over N processes (Ulysses sequence "
         "parallelism; needs yunchang): torchrun --nproc_per_node=N -m wan_core.generate ... --ulysses_size N.",
     )
-    parser.add_argument("--ring_size", type=int, default=1, help="Ring attention degree; only 1 is available.")
+    parser.add_argument("--ring_size", type=int, default=1, help="Ring attention degree (for head counts that do "
+                        "not divide): nproc_per_node = ulysses_size * ring_size.")
     parser.add_argument("--dit_fsdp", action="store_true", help="Shard the DiT weights over the processes (FSDP2).")
-    parser.add_argument("--t5_fsdp", action="store_true", help="Shard the T5 weights (FSDP2): not available yet.")
+    parser.add_argument("--t5_fsdp", action="store_true", help="Shard the T5 weights over the processes (FSDP2).")
     parser.add_argument(
         "--cache", default="off", choices=STEP_CACHES,
         help="Step cache: skip DiT forwards predictable from the last computed one (easycache: adaptive, no "
@@ -329,7 +330,7 @@ def _generate(args: argparse.Namespace, distributed: DistributedRun | None) -> i
     if distributed is not None:
         if args.chunks > 1:
             raise InputError("--chunks runs on one GPU; drop --ulysses_size (or run the chunks without torchrun).")
-        request = distributed.adapt(request, fsdp=args.dit_fsdp)
+        request = distributed.adapt(request, fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp)
     if args.demo:
         from .demo import DEMO_WARNING, ensure_demo_checkpoint
 
@@ -347,6 +348,8 @@ def _generate(args: argparse.Namespace, distributed: DistributedRun | None) -> i
     )
     if args.dit_fsdp:
         distributed.shard_experts(pipeline)
+    if args.t5_fsdp:
+        distributed.shard_text_encoder(pipeline)
     sampling = request.sampling
     _say(f"Loaded in {time.perf_counter() - started:.1f}s. Generating {sampling.frame_num} frames at "
          f"{sampling.width}x{sampling.height}, {sampling.steps} {sampling.solver} steps, seed {sampling.seed}, "

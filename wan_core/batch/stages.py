@@ -18,7 +18,7 @@ import torch
 from wan_core.batch.jobs import BatchJob, output_path
 from wan_core.batch.scheduler import CancelCheck, DeviceContext, JobCancelled, JobStages, StepProgress
 from wan_core.kept_latents import keep_latents_on_failure
-from wan_core.pipeline.denoise import StepInfo
+from wan_core.pipeline.denoise import ProgressCallback, StepInfo
 from wan_core.pipeline.pipeline import WanPipeline
 from wan_core.pipeline.request import SamplingRequest
 from wan_core.pipeline.tasks import TaskConfig
@@ -29,6 +29,9 @@ T = TypeVar("T")
 PromptBuilder = Callable[[BatchJob], tuple[str, str]]  # job -> (positive, negative) as the text encoder gets them
 StepListener = Callable[[BatchJob, str, StepInfo], None]  # (job, device, step) after each denoising step
 StartListener = Callable[[BatchJob, str], None]  # (job, device) when a job's first stage begins
+# Denoising outside this process (e.g. `SequenceParallelWorkers`, one job on every GPU):
+# (request, cond, uncond, progress, cancel) -> latents
+Denoiser = Callable[[SamplingRequest, torch.Tensor, torch.Tensor, ProgressCallback, CancelCheck], torch.Tensor]
 
 
 class LazyModel(Generic[T]):
@@ -81,6 +84,7 @@ class PipelineStages:
     on_start: StartListener | None = None
     on_step: StepListener | None = None
     finish_video: Callable[[Path], None] | None = None  # e.g. embeds metadata, before the file gets its final name
+    denoiser: Denoiser | None = None  # set: denoising runs there (`experts` then only prepares it), not in-process
 
     def encode(self, job: BatchJob) -> tuple[torch.Tensor, torch.Tensor]:
         if self.on_start is not None:
@@ -92,16 +96,17 @@ class PipelineStages:
     def denoise(
         self, job: BatchJob, cond: tuple[torch.Tensor, torch.Tensor], cancel: CancelCheck, progress: StepProgress
     ) -> torch.Tensor:
-        high, low = self.experts.get()
-        pipeline = self._pipeline(self.denoise_device, high_noise_model=high, low_noise_model=low)
-
         def on_step(info: StepInfo) -> None:
             progress(info.step, info.total)
             if self.on_step is not None:
                 self.on_step(job, self.denoise_device, info)
 
-        positive, negative = (embedding.to(self.denoise_device) for embedding in cond)
         request = self.settings.request(job)
+        if self.denoiser is not None:
+            return self.denoiser(request, *(embedding.cpu() for embedding in cond), on_step, cancel)
+        high, low = self.experts.get()
+        pipeline = self._pipeline(self.denoise_device, high_noise_model=high, low_noise_model=low)
+        positive, negative = (embedding.to(self.denoise_device) for embedding in cond)
         return pipeline.sample(positive, negative, request, progress=on_step, cancel=cancel)
 
     def decode(self, job: BatchJob, latents: torch.Tensor) -> Path:

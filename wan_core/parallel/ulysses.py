@@ -46,7 +46,8 @@ class UlyssesAttention(AttentionBackend):
             divisors = [n for n in range(1, heads + 1) if heads % n == 0]
             raise InputError(
                 f"Ulysses splits the {heads} attention heads over {world} ranks, and {heads} does not divide by "
-                f"{world}; use a --ulysses_size (GPU count) of {', '.join(map(str, divisors[:8]))}."
+                f"{world}; use a --ulysses_size (GPU count) of {', '.join(map(str, divisors[:8]))}, or ring "
+                f"attention over the {world} processes: --ulysses_size 1 --ring_size {world}."
             )
         qkv = self._comm.all_to_all_5D(torch.stack([q, k, v], dim=2), 3, 1, group=self.group)
         q, k, v = (self.sequence.drop_padding(t) for t in qkv.unbind(2))

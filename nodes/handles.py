@@ -104,12 +104,13 @@ class ModelHandle:
         self,
         path: str,
         options: tuple,
-        load: Callable[[], torch.nn.Module],
+        load: Callable[[], Any],
         cache: ModelCache | None = None,
         device: torch.device | None = None,
-    ) -> torch.nn.Module:
-        """The cached module of `path`, moved to `device` (default: the bound device)."""
-        module = (cache or MODEL_CACHE).get((self.kind, path, *options), load)
+    ) -> Any:
+        """The cached module of `path` in `cache` (default: the shared one; an empty cache is a cache too), moved to
+        `device` (default: the bound device)."""
+        module = (MODEL_CACHE if cache is None else cache).get((self.kind, path, *options), load)
         return move_module(module, device or self.target_device())
 
 
@@ -179,8 +180,7 @@ class T5Handle(ModelHandle):
                 self.path, tokenizer=self.tokenizer_path, device="cpu", dtype=COMPUTE_DTYPES[self.weight_dtype]
             )
 
-        encoder = (cache or MODEL_CACHE).get((self.kind, self.path, self.weight_dtype, self.tokenizer_path), read)
-        return move_module(encoder, self.target_device())
+        return self._load_cached(self.path, (self.weight_dtype, self.tokenizer_path), read, cache)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -87,6 +87,20 @@ def test_offloaded_experts_wait_in_cpu_ram(monkeypatch, offload):
     assert moves == [torch.device("cpu") if offload else torch.device("cuda", 1)] * 2
 
 
+def test_an_empty_replica_cache_gets_its_own_copies(monkeypatch):
+    """A second GPU's cache starts empty (falsy by its length): its loads must go there, not to the shared cache,
+    or two GPUs would share (and move back and forth) one module."""
+    monkeypatch.setattr(handles, "move_module", lambda module, device: module)
+    shared = handles.ModelCache({"vae": 1})
+    monkeypatch.setattr(handles, "MODEL_CACHE", shared)
+    shared.get(("vae", "/vae", "default"), lambda: torch.nn.Linear(2, 2))
+    replica = handles.ModelCache({"vae": 1})
+    handle = handles.VAEHandle(path="/vae", device="cpu")
+    copy = handle._load_cached("/vae", ("default",), lambda: torch.nn.Linear(2, 2), replica)
+    assert len(replica) == 1 and replica.get(("vae", "/vae", "default"), lambda: None) is copy
+    assert shared.get(("vae", "/vae", "default"), lambda: None) is not copy
+
+
 def test_park_moves_modules_back_to_cpu():
     module = torch.nn.Linear(2, 2).to(torch.device("meta"))
     moved = []

@@ -19,6 +19,7 @@ caller's `torch.autocast` reaches only the matmuls and attention of the blocks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,6 +99,13 @@ def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """`layer(x)` in float32; call it inside `float32_region` (autocast would otherwise run it in its dtype)."""
     bias = layer.bias.float() if layer.bias is not None else None
     return F.linear(x.float(), layer.weight.float(), bias)
+
+
+def launching_on(device: torch.device) -> contextlib.AbstractContextManager:
+    """`device` as the current CUDA device for the block (a no-op elsewhere). Kernels that are not PyTorch ops (our
+    Triton kernels, SageAttention's) launch on the current device whatever their tensors' device, so a model on
+    cuda:1 called from a thread whose current device is cuda:0 (ComfyUI's, with Set Device gpu:1) would race."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def float32_region(device: torch.device) -> torch.autocast:
@@ -430,22 +438,23 @@ class WanDiT(nn.Module):
         x = x.to(device)
         batch = x.shape[0]
 
-        hidden, grid = self._patchify(x, dtype)
-        hidden = hidden.float()
-        seq = hidden.shape[1]
-        time = self._time(t, batch, seq, device)
-        ctx = self._context(context, batch, dtype, device)
-        freqs = self._rope(grid, device)
-        attention = attention or _SDPA
-        sequence = getattr(attention, "sequence", None)  # sequence parallel (wan_core.parallel): this rank's tokens
-        if sequence is not None:
-            hidden, time, freqs = sequence.split(hidden, time, freqs)
-        for block in self.blocks:
-            hidden = block(hidden, time, ctx, freqs, attention)
-        out = self.head(hidden, time)
-        if sequence is not None:
-            out = sequence.gather(out)
-        return self.unpatchify(out, grid)
+        with launching_on(device):  # Triton and custom kernels launch on the current device, not the tensors'
+            hidden, grid = self._patchify(x, dtype)
+            hidden = hidden.float()
+            seq = hidden.shape[1]
+            time = self._time(t, batch, seq, device)
+            ctx = self._context(context, batch, dtype, device)
+            freqs = self._rope(grid, device)
+            attention = attention or _SDPA
+            sequence = getattr(attention, "sequence", None)  # sequence parallel (wan_core.parallel): this rank's tokens
+            if sequence is not None:
+                hidden, time, freqs = sequence.split(hidden, time, freqs)
+            for block in self.blocks:
+                hidden = block(hidden, time, ctx, freqs, attention)
+            out = self.head(hidden, time)
+            if sequence is not None:
+                out = sequence.gather(out)
+            return self.unpatchify(out, grid)
 
 
 def init_random_(model: WanDiT, generator: torch.Generator | None = None, std: float = 1.0) -> WanDiT:

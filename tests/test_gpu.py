@@ -3,6 +3,8 @@ GPU has fp8 tensor cores) and the whole CLI demo on CUDA with offloading. Skippe
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -203,11 +205,10 @@ def test_a_model_on_the_second_gpu_runs_right_while_the_first_is_current(fp8_com
     from wan_core.dit.fp8 import to_fp8_compute
 
     torch.manual_seed(0)
+    base = WanDiT(GPU_CONFIG)
     models = []
     for device in ("cuda:0", "cuda:1"):
-        model = WanDiT(GPU_CONFIG)
-        model.load_state_dict(models[0].state_dict() if models else model.state_dict())
-        model = model.to(device, torch.bfloat16)
+        model = copy.deepcopy(base).to(device, torch.bfloat16)
         models.append(to_fp8_compute(model) if fp8_compute else model)
     x = torch.randn(1, 16, 3, 32, 32)
     t = torch.tensor([700.0])

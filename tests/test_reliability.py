@@ -22,7 +22,7 @@ from wan_core.io.atomic import OutputWriteError, atomic_target, reserve_numbered
 from wan_core.io.writers import write_safetensors
 from wan_core.kept_latents import LatentsKeptError, keep_latents_on_failure, load_latents
 from wan_core.pipeline.denoise import sample_latents
-from wan_core.pipeline.finite import NonFiniteError
+from wan_core.pipeline.finite import NonFiniteError, non_finite_tensors
 from wan_core.pipeline.request import SamplingRequest
 from wan_core.runtime import Runtime
 from wan_core.styles import Style, style_prompt
@@ -234,3 +234,19 @@ def test_a_failed_node_decode_keeps_the_latents_for_its_latents_file_input(tmp_p
     kept = next(tmp_path.glob("wan22_decode_failed_*.latents.safetensors"))
     latents, task = load_latents(kept)
     assert task is None and torch.equal(latents, normalize(samples)[0])  # kept as the VAE takes them
+
+
+FP8_FORMATS = [torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz]
+
+
+@pytest.mark.parametrize("dtype", FP8_FORMATS, ids=lambda d: str(d).removeprefix("torch."))
+def test_the_fp8_weight_scan_flags_exactly_the_non_finite_bit_patterns(dtype):
+    """The load-time NaN/Inf scan reads fp8 weights as bytes; every one of the 256 patterns must be judged as
+    float32 would judge it."""
+    every_byte = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(dtype)
+    reference = {int(b) for b in range(256) if not torch.isfinite(every_byte[b:b + 1].float()).all()}
+    assert reference  # each format has a NaN pattern
+    flagged = {b for b in range(256) if non_finite_tensors([("w", every_byte[b:b + 1])])}
+    assert flagged == reference
+    finite = every_byte[[b for b in range(256) if b not in reference]]
+    assert non_finite_tensors([("w", finite.reshape(-1, 1))]) == []

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .measured import ACTIVATIONS, BLOCK_SWAP_SLOWDOWN, RESERVE, TILED_VAE_DECODE, VAE_DECODE
+from .measured import ACTIVATIONS, BLOCK_SWAP_SLACK, BLOCK_SWAP_SLOWDOWN, RESERVE, TILED_VAE_DECODE, VAE_DECODE
 
 GIB = 1024**3
 BF16_CAPABILITY = (8, 0)  # Ampere
@@ -102,7 +102,8 @@ class Setup:
             peak = max(text_encoder, expert + activations, decode)
         else:
             peak = shape.experts * expert + text_encoder + max(activations, decode)
-        return round(peak + RESERVE.gib, 1)
+        slack = BLOCK_SWAP_SLACK.gib if self.resident_blocks is not None else 0.0
+        return round(peak + RESERVE.gib + slack, 1)
 
     @property
     def ram_gib(self) -> float:

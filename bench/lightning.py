@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dit_shape import add_shape_args, shape_config  # noqa: E402
 from dit_step import build_ours, sync  # noqa: E402
+from report import emit  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from wan_core.dit.fp8 import to_fp8_compute  # noqa: E402
@@ -148,10 +148,7 @@ def main() -> None:
                                          solver="euler", steps=4, shift=5.0, guide_scale=1.0, boundary_step=2)
         result["denoise"][size] = time_denoise(request, experts, context, runtime)
     result["total_bench_seconds"] = time.perf_counter() - started
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dit_step import sync  # noqa: E402  (bench/ is this script's folder)
+from report import emit  # noqa: E402
 
 from wan_core import ram  # noqa: E402
 from wan_core.configs import DIT_CONFIGS, WanDiTConfig  # noqa: E402
@@ -248,13 +249,6 @@ def select_cases(all_cases: tuple, names: str) -> list:
 def report_head(device: torch.device) -> dict:
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "date": datetime.date.today().isoformat(), "torch": torch.__version__}
-
-
-def emit(report: dict, json_path: str) -> None:
-    text = json.dumps(report, indent=2)
-    print(text)
-    if json_path:
-        Path(json_path).write_text(text)
 
 
 def main() -> None:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from report import emit
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 KERNELS = {
@@ -91,10 +90,7 @@ def main() -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     for label, length in SHAPES.items():
         result["shapes"][label] = measure_shape(names, length, args, gen)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

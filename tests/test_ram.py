@@ -59,3 +59,29 @@ def test_load_checks_the_ram_first(tiny_file, monkeypatch):
     load_dit(tiny_file)  # memory-mapped as stored: nothing to copy
     with pytest.raises(ram.NotEnoughRAMError, match="tiny.safetensors needs about 0.0 GiB"):
         load_dit(tiny_file, dtype=torch.bfloat16)
+
+
+def _mapped_resident_kib(path) -> int:
+    """Resident KiB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps").read().splitlines():
+        if line[:1].isdigit() or line[:1] in "abcdef" and "-" in line.split(" ")[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not ram.meminfo("/proc/self/status"), reason="needs Linux /proc")
+def test_a_loaded_expert_keeps_none_of_its_file_resident(tmp_path):
+    """The NaN scan reads every page of the expert's file; a 14 GB expert would then count 14 GB of resident memory
+    until it is moved. The load hands the read pages back (they stay in the OS file cache)."""
+    model = init_random_(WanDiT(CFG.replace(dim=512, ffn_dim=2048, num_heads=4)), torch.Generator().manual_seed(2))
+    path = tmp_path / "wide.safetensors"
+    write_safetensors(model.state_dict(), path)
+    size_kib = path.stat().st_size // 1024
+    loaded = load_dit(path)
+    assert size_kib > 20_000
+    assert _mapped_resident_kib(path) < size_kib // 20
+    assert torch.equal(loaded.blocks[1].ffn[0].weight, model.blocks[1].ffn[0].weight)  # read again from the file
+    assert _mapped_resident_kib(path) > 0

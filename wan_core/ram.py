@@ -107,6 +107,20 @@ def release_pages(mapped: Iterable[mmap.mmap]) -> None:
             return
 
 
+def forget_read_pages(mapped: Iterable[mmap.mmap]) -> None:
+    """Unmap the pages of memory-mapped files that were only read (MADV_DONTNEED): the process's resident memory
+    drops, the pages stay in the OS file cache, and touching them again reads no disk. Only for maps nothing was
+    written to: on a private map it would drop written pages (use `release_pages` there)."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None:
+        return
+    for region in mapped:
+        try:
+            region.madvise(advice)
+        except (OSError, ValueError):
+            return
+
+
 def drop_file_cache(paths: Iterable[str | Path]) -> None:
     """Ask the OS to drop the page cache of files read once (clean pages only: nothing is lost)."""
     advice = getattr(os, "POSIX_FADV_DONTNEED", None)

@@ -41,7 +41,7 @@ from ..io.mapped_safetensors import MappedSafetensors
 from ..io.quant import dequantize
 from ..io.state_dict import FP8_DTYPES, WEIGHT_SUFFIXES, is_torch_file, read_safetensors_metadata, read_torch_file
 from ..pipeline.finite import check_weight_dtypes, scan_weights
-from ..ram import check_ram
+from ..ram import check_ram, forget_read_pages
 from .fp8 import quantize_weight
 from .gguf_linear import GGUFLinear
 from .keymap import diffusers_to_official_key, is_diffusers_layout
@@ -432,6 +432,7 @@ def load_dit(
     model.eval()
     model.source = where
     model.mapped_files = [m.map for m in reader.mapped]  # for wan_core.ram.release_pages
+    forget_read_pages(model.mapped_files)  # the scan read every page; nothing has been written to them yet
     return model
 
 

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from wan_core.batch import BatchJob, JobCancelled, output_path
 
 
@@ -34,6 +36,7 @@ class Recorder:
         self.active_jobs: set[int] = set()
         self.max_active = 0
         self.started: dict[tuple[int, str], threading.Event] = {}
+        self.inference_modes: list[bool] = []  # torch.is_inference_mode_enabled() of each stage
 
     def event(self, job: int, stage: str) -> threading.Event:
         with self.lock:
@@ -50,6 +53,7 @@ class Recorder:
 
     def record(self, job: int, stage: str, device: str, start: float) -> None:
         with self.lock:
+            self.inference_modes.append(torch.is_inference_mode_enabled())
             self.intervals.append(Interval(job, stage, device, start, time.monotonic(), threading.get_ident()))
 
     def of(self, stage: str) -> dict[int, Interval]:

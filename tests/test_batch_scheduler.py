@@ -224,3 +224,5 @@ def test_each_lane_thread_runs_its_stages_on_its_own_stream(tmp_path, batch):
     for interval in recorder.intervals:
         assert created[interval.thread][0] == interval.device
     assert sorted(stream.synchronized for _, stream in created.values()) == [3, 3, 3]
+    # Each stage ran in inference mode, as ComfyUI runs its nodes (models it loaded hold inference tensors).
+    assert recorder.inference_modes and all(recorder.inference_modes)

@@ -16,6 +16,7 @@ from wan_core.dit.model import WanDiT, fp8_capable, init_random_, keeps_fp32
 from wan_core.hardware import MODELS, RESERVE, activation_gib, candidates
 from wan_core.io.writers import write_safetensors
 from wan_core.measured import BLOCK_SWAP_SLACK
+from wan_core.patching import PatchedWeights
 
 CFG = DIT_CONFIGS["tiny-t2v"].replace(num_layers=3)
 
@@ -55,19 +56,30 @@ def test_masters_are_staged_while_pinned_and_back_to_the_file_after(mapped_model
     assert torch.equal(_run(mapped_model), expected)
 
 
-def test_a_patch_made_while_pinned_survives_unpinning(mapped_model):
+@pytest.mark.parametrize("as_comfyui", [False, True], ids=["plain", "loaded-in-inference-mode"])
+def test_a_patch_made_while_pinned_survives_unpinning(tmp_path, as_comfyui):
+    """ComfyUI runs nodes under torch.inference_mode: the expert's tensors are then inference tensors (no version
+    counter), and the batch queue's threads pin and unpin outside that mode."""
+    model = init_random_(WanDiT(CFG), torch.Generator().manual_seed(7))
+    write_safetensors(model.state_dict(), tmp_path / "expert.safetensors")
+    with torch.inference_mode(as_comfyui):
+        mapped_model = load_dit(tmp_path / "expert.safetensors", device="cpu")
+    assert mapped_model.blocks[2].ffn[0].weight.is_inference() == as_comfyui
     swap = enable_block_swap(mapped_model, 1)
     swap.pin = True
     swap.pin_masters()
     weight = mapped_model.blocks[2].ffn[0].weight
     patched = weight.detach().clone() + 0.5
-    with torch.no_grad():
-        weight.copy_(patched)  # what wan_core.patching does (LoRA)
     untouched = mapped_model.blocks[1].ffn[0].weight.detach().clone()
+    with torch.inference_mode(as_comfyui):
+        PatchedWeights(mapped_model).set("blocks.2.ffn.0.weight", patched)  # what a LoRA patch does
     swap.unpin_masters()
     assert _in_map(mapped_model.blocks[2].ffn[0].weight, mapped_model)
     assert torch.equal(mapped_model.blocks[2].ffn[0].weight, patched)
     assert torch.equal(mapped_model.blocks[1].ffn[0].weight, untouched)
+    swap.pin_masters()  # and again: a second round sees no new patch
+    swap.unpin_masters()
+    assert torch.equal(mapped_model.blocks[2].ffn[0].weight, patched)
 
 
 def test_a_model_swapped_on_the_device_gets_cpu_sources_when_unpinned():

@@ -20,6 +20,17 @@ class ModelPatch(Hashable, Protocol):
         """Change `module`'s weights for `expert` (`high_noise`, `low_noise` or `single`) through `weights`."""
 
 
+def weights_generation(module: torch.nn.Module) -> int:
+    """A count that changes whenever patches change `module`'s weights (block swap writes the staged copies it
+    handed out back to their sources when it did). Version counters cannot tell: ComfyUI loads models under
+    `torch.inference_mode`, and inference tensors have none."""
+    return getattr(module, "_wan_weights_generation", 0)
+
+
+def _weights_changed(module: torch.nn.Module) -> None:
+    module._wan_weights_generation = weights_generation(module) + 1
+
+
 class PatchedWeights:
     """The originals of the parameters that patches changed, and the patches now applied."""
 
@@ -47,12 +58,15 @@ class PatchedWeights:
             self._originals[name] = param.detach().to("cpu", copy=True)
         with torch.no_grad():
             param.copy_(value.to(dtype=param.dtype, device=param.device))
+        _weights_changed(self._module)
 
     def restore(self) -> None:
         """Every changed parameter back to its original bits."""
         with torch.no_grad():
             for name, original in self._originals.items():
                 self._tensor(name).copy_(original)
+        if self._originals:
+            _weights_changed(self._module)
         self._originals.clear()
         self.applied = ()
 

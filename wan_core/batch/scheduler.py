@@ -260,8 +260,12 @@ class _LaneThread:
         self._thread.join()
 
     def _loop(self) -> None:
+        import torch
+
         try:
-            with self._stream_factory(self.device) as stream:
+            # As the host runs its nodes: the models were loaded under inference mode (a thread-local mode), and
+            # in-place writes to their tensors (patches, block swap) are refused outside it.
+            with torch.inference_mode(), self._stream_factory(self.device) as stream:
                 while True:
                     _, _, task = self._queue.get()
                     if task is None:

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
+from ..patching import weights_generation
 from ..ram import release_pages
 from .host_buffers import host_buffers
 from .model import WanDiT
@@ -63,7 +64,7 @@ class _Slot:
     block: nn.Module
     masters: list[tuple[nn.Module, str, bool, torch.Tensor]] = field(default_factory=list)  # module, name, is_param
     sources: list[torch.Tensor | None] = field(default_factory=list)  # the unpinned tensors the masters came from
-    versions: list[int] | None = None  # while pinned: the holders' version counters when pinned
+    generation: int | None = None  # while pinned: the model's `weights_generation` when pinned
     copies: list[torch.Tensor] | None = None
     ready: torch.cuda.Event | None = None
 
@@ -93,7 +94,7 @@ class BlockSwap:
         self.pinned = False
         pin = self.pin and self._rest_on_device()
         for slot in self._slots.values():
-            slot.masters, slot.versions = [], None
+            slot.masters, slot.generation = [], None
             for module in slot.block.modules():
                 for table, is_param in ((module._parameters, True), (module._buffers, False)):
                     for name, tensor in table.items():
@@ -130,7 +131,7 @@ class BlockSwap:
                 self._assign(module, name, is_param, master)
                 masters.append((module, name, is_param, master))
             slot.masters = masters
-            slot.versions = [self._holder(module, name, is_param)._version for module, name, is_param, _ in masters]
+            slot.generation = weights_generation(self.model)
             self._release_file_pages()
         self.pinned = True
 
@@ -142,21 +143,18 @@ class BlockSwap:
         self.drop_copies()
         for slot in self._slots.values():
             masters, sources = [], []
-            for (module, name, is_param, master), source, version in zip(
-                    slot.masters, slot.sources, slot.versions, strict=True):
+            patched = weights_generation(self.model) != slot.generation
+            for (module, name, is_param, master), source in zip(slot.masters, slot.sources, strict=True):
                 if source is None:
                     source = master.clone()
-                elif self._holder(module, name, is_param)._version != version:
-                    source.copy_(master)
+                elif patched and not torch.equal(source, master):
+                    with torch.inference_mode():  # the source may be an inference tensor (loaded in a ComfyUI node)
+                        source.copy_(master)
                 self._assign(module, name, is_param, source)
                 masters.append((module, name, is_param, source))
                 sources.append(source)
-            slot.masters, slot.sources, slot.versions = masters, sources, None
+            slot.masters, slot.sources, slot.generation = masters, sources, None
         self.pinned = False
-
-    @staticmethod
-    def _holder(module: nn.Module, name: str, is_param: bool) -> torch.Tensor:
-        return module._parameters[name] if is_param else module._buffers[name]
 
     def masters(self) -> dict[str, torch.Tensor]:
         """The CPU master copies of the swapped blocks' tensors by state-dict name (change them in place to patch)."""

@@ -87,6 +87,25 @@ def test_all_gpus_workers_give_the_in_process_latents(experts, cpu_workers):
     assert pool.closed and all(not p.is_alive() for p in pool._processes)
 
 
+def test_three_workers_split_four_heads_with_a_ring(experts, monkeypatch):
+    """4 heads do not divide over 3 devices: the workers attend with a ring of 3 instead of refusing."""
+    monkeypatch.setattr(devices, "gpu_count", lambda: 0)
+    monkeypatch.setenv(all_gpus.CPU_WORKERS_ENV, "3")
+    handle = handles.DiTHandle(task="t2v-A14B", high_noise_path=str(experts / "high"),
+                               low_noise_path=str(experts / "low"), weight_dtype="fp32", attention="sdpa",
+                               device="cpu")
+    generator = torch.Generator().manual_seed(6)
+    conditioning = WanConditioning(positive=(torch.randn(9, 64, generator=generator),),
+                                   negative=(torch.randn(4, 64, generator=generator),))
+    try:
+        single = run_sampler(handle, conditioning)
+        (on_all,) = Wan22SetDevice().set_device(handle, devices.ALL_GPUS)
+        split = run_sampler(on_all, conditioning)  # 70 tokens per latent frame pair: padded to 3 x 24
+    finally:
+        all_gpus.shutdown()
+    assert ((split - single).norm() / single.norm()).item() < 1e-5
+
+
 def _job(dit, conditioning):
     return all_gpus._job(dit, _request(), conditioning.positive[0], conditioning.negative[0], None, None)
 

@@ -17,6 +17,7 @@ The backend name says so (`ring2:sdpa`, `ulysses2xring2:sdpa (self-attention; sa
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.distributed as dist
@@ -106,3 +107,15 @@ class RingAttention(AttentionBackend):
                 comm.wait()
                 k, v = next_k, next_v
         return out.to(q.dtype)
+
+
+def sequence_parallel_attention(local: AttentionBackend, num_heads: int, world_size: int) -> AttentionBackend:
+    """Self-attention split over all `world_size` ranks for a model of `num_heads` heads: Ulysses where the heads
+    divide by the rank count (the fastest), else the largest Ulysses degree that divides both times a ring over
+    the rest (40 heads on 3 GPUs: a ring of 3; on 6 GPUs: Ulysses 2 x ring 3)."""
+    from .ulysses import UlyssesAttention
+
+    if num_heads % world_size == 0:
+        return UlyssesAttention(local)
+    ulysses = math.gcd(num_heads, world_size)
+    return RingAttention(local, ulysses, world_size // ulysses)

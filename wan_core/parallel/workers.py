@@ -1,4 +1,5 @@
-"""Kept worker processes, one per device, that denoise one video together (Ulysses over NCCL, gloo on the CPU).
+"""Kept worker processes, one per device, that denoise one video together (Ulysses, or a ring where the model's
+heads do not divide by the device count; NCCL, gloo on the CPU).
 
 The host process (ComfyUI) keeps one `SequenceParallelWorkers` pool: started once (`torch.multiprocessing` spawn),
 each worker reads the DiT experts from disk once (kept between jobs) and joins one process group. A job carries the
@@ -163,10 +164,11 @@ def _serve(rank: int, devices: tuple[torch.device, ...], init_file: str, jobs: A
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=len(devices),
                             **({"device_id": device} if device.type == "cuda" else {}))
     models: dict[ExpertSource, torch.nn.Module] = {}
+    attentions: dict[tuple[str, int], Any] = {}  # kept: a ring's process groups are made once
     while True:
         job = jobs.get()
         try:
-            latents = _run(job, device, models, results if rank == 0 else None, cancel)
+            latents = _run(job, device, models, attentions, results if rank == 0 else None, cancel)
             if rank == 0:
                 results.put(("done", latents.cpu()))
         except GenerationCancelled as err:
@@ -191,14 +193,18 @@ def _load(source: ExpertSource, device: torch.device, models: dict) -> torch.nn.
     return model
 
 
-def _run(job: Job, device: torch.device, models: dict, results: Any, cancel: Any) -> torch.Tensor:
+def _run(job: Job, device: torch.device, models: dict, attentions: dict, results: Any, cancel: Any
+         ) -> torch.Tensor:
     from ..pipeline.denoise import sample_latents
     from ..runtime import Runtime
-    from .ulysses import UlyssesAttention
+    from .ring import sequence_parallel_attention
 
     runtime = Runtime.create(device, **job.runtime)
-    runtime = runtime.replace(attention=UlyssesAttention(runtime.attention))
     high, low = (None if source is None else _load(source, device, models) for source in job.experts)
+    key = (runtime.attention.name, high.config.num_heads)
+    if key not in attentions:  # the same on every rank: the ranks make a ring's groups together
+        attentions[key] = sequence_parallel_attention(runtime.attention, key[1], dist.get_world_size())
+    runtime = runtime.replace(attention=attentions[key])
     comm_device = device if device.type == "cuda" else torch.device("cpu")
 
     def agreed_cancel() -> bool:

@@ -51,13 +51,17 @@ def run_sampler(handle: handles.DiTHandle, conditioning: WanConditioning) -> tor
     return latent["samples"]
 
 
-def test_all_gpus_workers_give_the_in_process_latents(experts, cpu_workers):
+def handle_and_conditioning(experts, seed: int) -> tuple[handles.DiTHandle, WanConditioning]:
     handle = handles.DiTHandle(task="t2v-A14B", high_noise_path=str(experts / "high"),
                                low_noise_path=str(experts / "low"), weight_dtype="fp32", attention="sdpa",
                                device="cpu")
-    generator = torch.Generator().manual_seed(5)
-    conditioning = WanConditioning(positive=(torch.randn(9, 64, generator=generator),),
+    generator = torch.Generator().manual_seed(seed)
+    return handle, WanConditioning(positive=(torch.randn(9, 64, generator=generator),),
                                    negative=(torch.randn(4, 64, generator=generator),))
+
+
+def test_all_gpus_workers_give_the_in_process_latents(experts, cpu_workers):
+    handle, conditioning = handle_and_conditioning(experts, 5)
     single = run_sampler(handle, conditioning)
     (on_all,) = Wan22SetDevice().set_device(handle, devices.ALL_GPUS)
     split = run_sampler(on_all, conditioning)
@@ -91,12 +95,7 @@ def test_three_workers_split_four_heads_with_a_ring(experts, monkeypatch):
     """4 heads do not divide over 3 devices: the workers attend with a ring of 3 instead of refusing."""
     monkeypatch.setattr(devices, "gpu_count", lambda: 0)
     monkeypatch.setenv(all_gpus.CPU_WORKERS_ENV, "3")
-    handle = handles.DiTHandle(task="t2v-A14B", high_noise_path=str(experts / "high"),
-                               low_noise_path=str(experts / "low"), weight_dtype="fp32", attention="sdpa",
-                               device="cpu")
-    generator = torch.Generator().manual_seed(6)
-    conditioning = WanConditioning(positive=(torch.randn(9, 64, generator=generator),),
-                                   negative=(torch.randn(4, 64, generator=generator),))
+    handle, conditioning = handle_and_conditioning(experts, 6)
     try:
         single = run_sampler(handle, conditioning)
         (on_all,) = Wan22SetDevice().set_device(handle, devices.ALL_GPUS)

@@ -73,14 +73,19 @@ CASES = (
 )
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def case_parser(description: str, steps_help: str) -> argparse.ArgumentParser:
+    """The options the small-card benches share (`--dir` etc. added by each)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cases", default="", help="comma-separated case names (default: all)")
-    p.add_argument("--steps", type=int, default=2, help="timed denoising steps per run")
-    p.add_argument("--tiny", action="store_true", help="tiny model and latent (wiring check)")
+    p.add_argument("--steps", type=int, default=2, help=steps_help)
+    p.add_argument("--tiny", action="store_true", help="tiny models and sizes (wiring check)")
     p.add_argument("--json", default="", help="also write the JSON here")
-    return p.parse_args()
+    return p
+
+
+def parse_args() -> argparse.Namespace:
+    return case_parser(__doc__, "timed denoising steps per run").parse_args()
 
 
 def config_for(case: Case, tiny: bool) -> WanDiTConfig:

@@ -37,7 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dit_step import sync  # noqa: E402  (bench/ is this script's folder)
 from host_models import T5_FILE, dit_specs, umt5_specs, vae_specs, write_streamed  # noqa: E402
-from low_vram import bench_device, emit, peaks, report_head, reset_peaks, select_cases, set_cap  # noqa: E402
+from low_vram import (  # noqa: E402
+    bench_device,
+    case_parser,
+    emit,
+    peaks,
+    report_head,
+    reset_peaks,
+    select_cases,
+    set_cap,
+)
 
 from wan_core.dit.block_swap import enable_block_swap  # noqa: E402
 from wan_core.dit.loader import load_dit  # noqa: E402
@@ -81,13 +90,8 @@ TINY_SIZE = {"A14B": (64, 64, 5), "5B": (64, 64, 5)}  # width, height, frames of
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--cases", default="", help="comma-separated case names (default: all)")
-    p.add_argument("--steps", type=int, default=2, help="denoising steps (A14B: 1 high-noise, the rest low-noise)")
-    p.add_argument("--tiny", action="store_true", help="tiny models and sizes (wiring check)")
+    p = case_parser(__doc__, "denoising steps (A14B: 1 high-noise, the rest low-noise)")
     p.add_argument("--dir", default="/tmp/wan22_low_vram_files", help="where the model files are written once")
-    p.add_argument("--json", default="", help="also write the JSON here")
     return p.parse_args(argv)
 
 

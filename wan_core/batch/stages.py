@@ -103,7 +103,7 @@ class PipelineStages:
 
         request = self.settings.request(job)
         if self.denoiser is not None:
-            return self.denoiser(request, *(embedding.cpu() for embedding in cond), on_step, cancel)
+            return self.denoiser(request, *cond, on_step, cancel)
         high, low = self.experts.get()
         pipeline = self._pipeline(self.denoise_device, high_noise_model=high, low_noise_model=low)
         positive, negative = (embedding.to(self.denoise_device) for embedding in cond)

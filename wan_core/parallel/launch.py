@@ -25,8 +25,8 @@ import torch.distributed as dist
 
 from ..dit.attention import AttentionBackend
 from ..errors import InputError
-from .ring import RingAttention
-from .ulysses import UlyssesAttention, require_yunchang
+from .ring import sequence_parallel_attention
+from .ulysses import require_yunchang
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,7 @@ class DistributedRun:
 
     def attention(self, local: AttentionBackend) -> AttentionBackend:
         """The sequence-parallel self-attention around the runtime's backend `local`."""
-        if self.ring_size == 1:
-            return UlyssesAttention(local)
-        return RingAttention(local, self.world_size // self.ring_size, self.ring_size)
+        return sequence_parallel_attention(local, self.world_size // self.ring_size, self.ring_size)
 
     def adapt(self, request: Any, fsdp: bool = False, t5_fsdp: bool = False) -> Any:
         """The CLI's resolved request for this rank: its device, the sequence-parallel attention, rank 0's seed;

@@ -109,13 +109,19 @@ class RingAttention(AttentionBackend):
         return out.to(q.dtype)
 
 
-def sequence_parallel_attention(local: AttentionBackend, num_heads: int, world_size: int) -> AttentionBackend:
-    """Self-attention split over all `world_size` ranks for a model of `num_heads` heads: Ulysses where the heads
-    divide by the rank count (the fastest), else the largest Ulysses degree that divides both times a ring over
-    the rest (40 heads on 3 GPUs: a ring of 3; on 6 GPUs: Ulysses 2 x ring 3)."""
+def sequence_parallel_attention(local: AttentionBackend, ulysses_size: int, ring_size: int) -> AttentionBackend:
+    """The self-attention of a sequence split over `ulysses_size` x `ring_size` ranks: Ulysses alone when there is no
+    ring, else the hybrid."""
     from .ulysses import UlyssesAttention
 
-    if num_heads % world_size == 0:
+    if ring_size == 1:
         return UlyssesAttention(local)
+    return RingAttention(local, ulysses_size, ring_size)
+
+
+def degrees_for_heads(num_heads: int, world_size: int) -> tuple[int, int]:
+    """(ulysses_size, ring_size) for `num_heads` heads on `world_size` ranks: Ulysses over all of them where the heads
+    divide (the fastest), else the largest Ulysses degree that divides both times a ring over the rest (40 heads on 3
+    GPUs: a ring of 3; on 6 GPUs: Ulysses 2 x ring 3)."""
     ulysses = math.gcd(num_heads, world_size)
-    return RingAttention(local, ulysses, world_size // ulysses)
+    return ulysses, world_size // ulysses

@@ -197,13 +197,14 @@ def _run(job: Job, device: torch.device, models: dict, attentions: dict, results
          ) -> torch.Tensor:
     from ..pipeline.denoise import sample_latents
     from ..runtime import Runtime
-    from .ring import sequence_parallel_attention
+    from .ring import degrees_for_heads, sequence_parallel_attention
 
     runtime = Runtime.create(device, **job.runtime)
     high, low = (None if source is None else _load(source, device, models) for source in job.experts)
     key = (runtime.attention.name, high.config.num_heads)
     if key not in attentions:  # the same on every rank: the ranks make a ring's groups together
-        attentions[key] = sequence_parallel_attention(runtime.attention, key[1], dist.get_world_size())
+        degrees = degrees_for_heads(key[1], dist.get_world_size())
+        attentions[key] = sequence_parallel_attention(runtime.attention, *degrees)
     runtime = runtime.replace(attention=attentions[key])
     comm_device = device if device.type == "cuda" else torch.device("cpu")
 

@@ -12,8 +12,10 @@ that card runs, through the pack's own code (`WanPipeline` with a `Runtime`, `lo
 - stages: load, text encoding (the encoder is dropped after it, as a one-shot run can), denoising with `--steps`
   steps (A14B: the first with the high-noise expert, the rest with the low-noise one, `boundary_step=1`), VAE decode.
 
-Per stage: seconds, peak GPU memory (allocated / reserved) and peak resident RAM (VmHWM, reset per stage); per case
-the maxima, the setup used and the seconds of each denoising step (the first step of each expert includes moving it
+Per stage: seconds, peak GPU memory (allocated / reserved) and peak resident RAM (VmHWM, reset per stage), and where
+the RAM is at the stage's end (`ram_at_end`: anonymous / file-backed / shared resident memory from /proc/self/status,
+and torch's pinned host allocator: bytes owned, cached included, and bytes in use); per case the maxima, the setup
+used and the seconds of each denoising step (the first step of each expert includes moving it
 onto the GPU). One JSON object.
 
     python bench/low_vram_pipeline.py                      # 3 cases (about 6 minutes on an H100, 27 GB of files)
@@ -48,7 +50,8 @@ from low_vram import (  # noqa: E402
     set_cap,
 )
 
-from wan_core.dit.block_swap import enable_block_swap  # noqa: E402
+from wan_core import ram  # noqa: E402
+from wan_core.dit.block_swap import GIB, enable_block_swap  # noqa: E402
 from wan_core.dit.loader import load_dit  # noqa: E402
 from wan_core.hardware import T5_CPU, TILED_DECODE, Setup, candidates  # noqa: E402
 from wan_core.pipeline.pipeline import WanPipeline  # noqa: E402
@@ -121,6 +124,24 @@ def model_files(case: PipelineCase, root: Path, tiny: bool, device: torch.device
     return {key: path for key, (path, _) in wanted.items()}
 
 
+def ram_at_end() -> dict:
+    """The process's resident memory by kind now, and torch's pinned host allocator (CUDA builds), in GiB."""
+    status = ram.meminfo("/proc/self/status")
+    out = {key: round(status[key] / GIB, 2) for key in ("RssAnon", "RssFile", "RssShmem") if key in status}
+    stats = torch.cuda.memory.host_memory_stats() if hasattr(torch.cuda.memory, "host_memory_stats") else {}
+    for key, name in (("allocated_bytes.current", "pinned_owned"), ("active_bytes.current", "pinned_in_use")):
+        if key in stats:
+            out[name] = round(stats[key] / GIB, 2)
+    return out
+
+
+def free_host_cache() -> None:
+    """Give torch's cached pinned memory back, so that a case does not start with the previous case's."""
+    empty = getattr(torch._C, "_host_emptyCache", None)
+    if empty is not None:
+        empty()
+
+
 class Stages:
     """Seconds, peak GPU and peak RAM of each stage of one case (peaks reset at each stage's start)."""
 
@@ -142,6 +163,7 @@ class Stages:
             entry = self.results.setdefault(name, {})
             entry["seconds"] = round(time.perf_counter() - started, 3)
             entry.update(peaks(self.device))
+            entry["ram_at_end"] = ram_at_end()
 
     def maxima(self) -> dict:
         out = {}
@@ -207,6 +229,7 @@ def run_case(case: PipelineCase, args: argparse.Namespace, device: torch.device)
         set_cap(device, None)
         pipeline = cond = uncond = latents = video = None  # noqa: F841 - drop the models before the next case
         gc.collect()
+        free_host_cache()
         reset_peaks(device)
     result.update({"stages": stages.results, "denoise_steps": step_seconds, **stages.maxima()})
     return result

@@ -20,6 +20,7 @@ import torch
 
 from wan_core.dit.block_swap import choose_resident_blocks, enable_block_swap, module_bytes
 from wan_core.dit.model import WanDiT
+from wan_core.mapped_weights import moving
 
 from . import host
 
@@ -92,12 +93,14 @@ class ManagedModel:
             resident = choose_resident_blocks(len(blocks), block, others, before + int(extra_memory),
                                               self.activation_reserve)
             enable_block_swap(module, resident)
-        module.to(device)
+        with moving(module, device):
+            module.to(device)
         return self.loaded_size() - before
 
     def partially_unload(self, device: torch.device, memory_to_free: float = 0, unpatch_weights: bool = True) -> int:
         before = self.loaded_size()
-        self.model.to(self.offload_device)
+        with moving(self.model, self.offload_device):
+            self.model.to(self.offload_device)
         return before - self.loaded_size()
 
     def detach(self, unpatch_all: bool = True) -> None:
@@ -117,7 +120,8 @@ def load_on_device(module: torch.nn.Module, device: torch.device, memory_require
     """Put `module` on `device` through the host's memory manager (which first frees room by unloading other models,
     ours and other packs'); a CPU device is not managed."""
     if device.type == "cpu":
-        module.to(device)
+        with moving(module, device):
+            module.to(device)
         return module
     host.load_models_gpu([managed(module, device)], memory_required=memory_required)
     return module

@@ -276,6 +276,32 @@ def test_comfy_fp8_scaled_file(tmp_path, tiny, spiece_bytes, new_format):
     assert load_text_encoder(path).dtype == torch.bfloat16  # fp8 files default to bf16, the reference's dtype
 
 
+def test_a_load_frees_each_fp8_weight_once_converted(tiny, monkeypatch):
+    """The fp8 file's weights and their bf16 conversions are never all in RAM at once (an fp8 umt5-xxl: 6.7 + 11.4
+    GB): each fp8 weight is gone before the next is converted (`load_text_encoder` converts with consume=True)."""
+    import weakref
+
+    from wan_core.io import quant
+
+    sd = {k: v.contiguous() for k, v in tiny.state_dict().items() if k != keymap.EMBED_TOKENS}
+    quantized = quantize_fp8_scaled(sd)
+    fp8 = [weakref.ref(v) for v in quantized.values() if v.dtype == torch.float8_e4m3fn]
+    alive_at_each = []
+    convert = quant._dequantize_one
+
+    def counting(weight, *args):  # noqa: ANN001, ANN002, ANN202
+        alive_at_each.append(sum(ref() is not None for ref in fp8))
+        return convert(weight, *args)
+
+    monkeypatch.setattr(quant, "_dequantize_one", counting)
+    reference = dequantize(dict(quantized), torch.bfloat16)
+    alive_at_each.clear()
+    out = dequantize(quantized, torch.bfloat16, consume=True)
+    assert len(alive_at_each) > 10
+    assert alive_at_each == [len(fp8) - i for i in range(len(alive_at_each))]  # one fewer alive at each conversion
+    assert all(torch.equal(out[k], reference[k]) for k in reference) and out.keys() == reference.keys()
+
+
 def test_weights_are_assigned_not_copied(tiny, tok_dir):
     """Built on the meta device and loaded with assign: the model's parameters are the given tensors."""
     sd = {k: v.clone() for k, v in tiny.state_dict().items() if k != keymap.EMBED_TOKENS}

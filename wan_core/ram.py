@@ -94,31 +94,32 @@ def resident_bytes() -> int | None:
         return None
 
 
-def release_pages(mapped: Iterable[mmap.mmap]) -> None:
-    """Hand the pages of memory-mapped files back to the OS (they are read again from the file when touched):
-    MADV_PAGEOUT where the kernel has it (pages written in place are swapped, never lost), else MADV_COLD."""
-    advice = getattr(mmap, "MADV_PAGEOUT", None) or getattr(mmap, "MADV_COLD", None)
-    if advice is None:
-        return
+def _advise(mapped: Iterable[mmap.mmap], advice: int) -> bool:
+    """`advice` on every open map; False when the kernel rejects it (a closed map is skipped)."""
     for region in mapped:
         try:
             region.madvise(advice)
-        except (OSError, ValueError):  # an old kernel without the advice, or a closed map
-            return
+        except ValueError:  # a closed map
+            continue
+        except OSError:  # a kernel without the advice (older Linux, gVisor)
+            return False
+    return True
 
 
-def forget_read_pages(mapped: Iterable[mmap.mmap]) -> None:
+def release_pages(mapped: Iterable[mmap.mmap]) -> bool:
+    """Hand the pages of memory-mapped files back to the OS (they are read again from the file when touched):
+    MADV_PAGEOUT where the kernel has it (pages written in place are swapped, never lost), else MADV_COLD. False when
+    the kernel has neither (gVisor): nothing was given back."""
+    mapped = list(mapped)
+    names = ("MADV_PAGEOUT", "MADV_COLD")
+    return any(_advise(mapped, getattr(mmap, name)) for name in names if hasattr(mmap, name))
+
+
+def forget_read_pages(mapped: Iterable[mmap.mmap]) -> bool:
     """Unmap the pages of memory-mapped files that were only read (MADV_DONTNEED): the process's resident memory
     drops, the pages stay in the OS file cache, and touching them again reads no disk. Only for maps nothing was
-    written to: on a private map it would drop written pages (use `release_pages` there)."""
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    if advice is None:
-        return
-    for region in mapped:
-        try:
-            region.madvise(advice)
-        except (OSError, ValueError):
-            return
+    written to: on a private map it would drop written pages (use `release_pages` there). False where it failed."""
+    return hasattr(mmap, "MADV_DONTNEED") and _advise(mapped, mmap.MADV_DONTNEED)
 
 
 def drop_file_cache(paths: Iterable[str | Path]) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from .dit.attention import AttentionBackend, SdpaAttention, get_backend
 from .errors import InputError
+from .mapped_weights import moving
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ def move_to(model: object, device: torch.device | str) -> None:
         return
     to = getattr(model, "to", None)
     if callable(to):
-        to(device)
+        with moving(model, device):  # memory-mapped weights: parked without a copy, file pages given back
+            to(device)
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:

@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
+from ..mapped_weights import release_file_pages
 from ..patching import weights_generation
-from ..ram import release_pages
 from .host_buffers import host_buffers
 from .model import WanDiT
 
@@ -114,7 +114,7 @@ class BlockSwap:
         return any(t.device.type != "cpu" for t in _tensors(self.model) if id(t) not in swapped)
 
     def _release_file_pages(self) -> None:
-        release_pages(getattr(self.model, "mapped_files", ()))
+        release_file_pages(self.model)
 
     def pin_masters(self) -> None:
         """Masters become pinned copies of their sources (with `pin`); the file pages read are handed back block by

@@ -70,13 +70,17 @@ def dequantize(
     state_dict: dict[str, torch.Tensor],
     dtype: torch.dtype,
     metadata: dict[str, str] | None = None,
+    *,
+    consume: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Plain `dtype` weights from a ComfyUI quantized state dict (a plain one passes through)."""
+    """Plain `dtype` weights from a ComfyUI quantized state dict (a plain one passes through). `consume`: each
+    weight leaves `state_dict` once converted, so that the quantized and the plain weights are never all in memory."""
     formats = _layer_formats(state_dict, metadata)
     out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
+    for key in list(state_dict):
         if key in _MARKERS or key.endswith(_DROPPED_SUFFIXES) or key.endswith((".scale_weight", ".weight_scale")):
             continue
+        value = state_dict.pop(key) if consume else state_dict[key]
         layer = key[: -len(".weight")] if key.endswith(".weight") else None
         scale = _scale_of(state_dict, layer) if layer is not None else None
         quantized = value.dtype in FP8_DTYPES or value.dtype == torch.int8 or (layer in formats)

@@ -24,7 +24,6 @@ import torch
 from ..errors import InputError, WanError
 from ..io.state_dict import FP8_DTYPES
 from ..memory import GPUOutOfMemoryError, out_of_memory
-from ..ram import release_pages
 from ..runtime import Runtime, move_to
 from ..sampling import make_solver
 from . import conditioning
@@ -192,9 +191,7 @@ def sample_latents(
                         check_finite(latents, f"the latents after the {active} expert (step {i} of {total})")
                     if runtime.offload and active is not None and experts[active] is not model:
                         runtime.park(experts[active])
-                    move_to(model, device)
-                    if device.type != "cpu":  # its weights are on the GPU now: the file pages it was read from can go
-                        release_pages(getattr(model, "mapped_files", ()))
+                    move_to(model, device)  # gives back the file pages it was read from
                     active = expert
 
                 timestep = torch.stack([t]).to(device)

@@ -384,16 +384,19 @@ def text_encoder_from_state_dict(
     config_path: str | Path | None = None,
     identity: str | None = None,
     source: str = "<state dict>",
+    consume: bool = False,
 ) -> TextEncoder:
     """A `TextEncoder` from weights already in memory, in any supported naming (official, transformers, ComfyUI,
-    fp8-scaled). `tokenizer`: a tokenizer, a tokenizer folder/file, or None to use the weights' `spiece_model`."""
-    sd = dict(state_dict)
+    fp8-scaled). `tokenizer`: a tokenizer, a tokenizer folder/file, or None to use the weights' `spiece_model`.
+    `consume`: `state_dict` (a dict) is emptied as its quantized weights are converted (a load's peak RAM is then
+    the converted model, not both)."""
+    sd = state_dict if consume else dict(state_dict)
     spiece = None
     for key in [k for k in sd if k.endswith(SPIECE_MODEL)]:
         spiece = sd.pop(key)
     dtype = _resolve_dtype(dtype) or _default_dtype(sd)
     if is_quantized(sd):
-        sd = dequantize(sd, dtype, dict(metadata or {}))
+        sd = dequantize(sd, dtype, dict(metadata or {}), consume=consume)
     sd = to_transformers(sd)
     check_weight_dtypes(sd, dict.fromkeys(sd, torch.float32), source)
     for key, value in sd.items():  # one tensor at a time: never a second full copy
@@ -519,6 +522,7 @@ def load_text_encoder(
         config_path=config_path,
         identity=identity,
         source=str(path),
+        consume=True,
     )
     logger.info("Loaded %r", encoder)
     return encoder

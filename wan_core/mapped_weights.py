@@ -1,0 +1,133 @@
+"""A model's weights as views of its memory-mapped weight files (`model.mapped_files`, set by `load_dit`): giving their
+pages back, and parking the model on the CPU without copying its weights.
+
+Pages: the pages of a private (copy-on-write) map that were only read can be dropped (MADV_DONTNEED: the resident
+memory drops at once, touching them reads the file again, from the OS cache). A page written in place (a LoRA merge,
+block swap writing a patched master back) exists only in the process: DONTNEED would lose it, so a model whose weights
+were ever patched gets MADV_PAGEOUT / MADV_COLD instead (written pages swapped, never lost), which some kernels lack
+(gVisor rejects both); its read pages then stay resident until the OS needs them.
+
+Parking: moving a model to the GPU copies its weights there, and moving it back (offload_model parking the idle
+expert) would copy them into new process memory, though the file views hold the same bytes. `moving(model, device)`
+remembers the views when the weights leave the CPU and, when they come back unpatched since, points the parameters at
+the views again (the device copies are freed; no RAM is taken) and gives their pages back. Weights patched meanwhile
+take torch's ordinary copy. Block swap's masters have their own sources (`wan_core.dit.block_swap`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .patching import weights_generation
+from .ram import forget_read_pages, release_pages
+
+log = logging.getLogger(__name__)
+
+_Key = tuple[int, str, bool]  # id of the module, tensor name, is a parameter
+
+
+@dataclass
+class _Views:
+    """The file views of the tensors that left the CPU, and the model's weights generation when they did."""
+
+    generation: int
+    views: dict[_Key, tuple[torch.nn.Module, torch.Tensor]] = field(default_factory=dict)
+
+
+def mapped_files(model: object) -> list[mmap.mmap]:
+    return list(getattr(model, "mapped_files", None) or ())
+
+
+def release_file_pages(model: object) -> None:
+    """Give back the pages of `model`'s mapped files: dropped where nothing was ever written to them, else paged out
+    where the kernel can (see the module docstring)."""
+    maps = mapped_files(model)
+    if not maps:
+        return
+    if weights_generation(model) == 0:
+        forget_read_pages(maps)
+    elif not release_pages(maps):
+        log.debug("this kernel cannot page out the patched weight files of %s: their pages stay resident",
+                  getattr(model, "source", "the model"))
+
+
+def _spans(maps: list[mmap.mmap]) -> list[tuple[int, int]]:
+    spans = []
+    for region in maps:
+        with contextlib.suppress(ValueError):  # a closed map
+            start = torch.frombuffer(region, dtype=torch.uint8, count=1).data_ptr()
+            spans.append((start, start + len(region)))
+    return spans
+
+
+def _tensors(model: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, str, bool, torch.Tensor]]:
+    for module in model.modules():
+        for table, is_param in ((module._parameters, True), (module._buffers, False)):
+            for name, tensor in table.items():
+                if tensor is not None:
+                    yield module, name, is_param, tensor
+
+
+def _remember(model: torch.nn.Module) -> None:
+    spans = _spans(mapped_files(model))
+    generation = weights_generation(model)
+    kept: _Views | None = getattr(model, "_wan_file_views", None)
+    if kept is None or kept.generation != generation:  # views taken before a patch may be stale
+        kept = _Views(generation)
+    for module, name, is_param, tensor in _tensors(model):
+        pointer = tensor.data_ptr()
+        if tensor.device.type == "cpu" and any(start <= pointer < end for start, end in spans):
+            kept.views[(id(module), name, is_param)] = (module, tensor.detach())
+    model._wan_file_views = kept
+
+
+def _point_back(model: torch.nn.Module) -> int:
+    """Point the tensors that left the CPU unpatched at their file views again; returns how many."""
+    kept: _Views | None = getattr(model, "_wan_file_views", None)
+    model._wan_file_views = None
+    if kept is None or kept.generation != weights_generation(model):
+        return 0
+    count = 0
+    for module, name, is_param, tensor in list(_tensors(model)):
+        entry = kept.views.get((id(module), name, is_param))
+        if entry is None or tensor.device.type == "cpu":  # block swap's masters: unpinned by the model's move
+            continue
+        view = entry[1]
+        if view.dtype != tensor.dtype or view.shape != tensor.shape:
+            continue
+        if is_param:
+            _set_parameter(module, name, view)
+        else:
+            module._buffers[name] = view
+        count += 1
+    return count
+
+
+def _set_parameter(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    param = module._parameters[name]
+    try:
+        param.data = value
+    except RuntimeError:  # a tensor type `set_data` cannot switch from (meta): a new parameter, as `Module._apply` does
+        module._parameters[name] = torch.nn.Parameter(value, requires_grad=param.requires_grad)
+
+
+@contextlib.contextmanager
+def moving(model: object, device: torch.device | str) -> Iterator[None]:
+    """Around `model.to(device)`: a model with mapped files remembers its file views when leaving the CPU and is
+    pointed back at them when returning (see the module docstring); its file pages are given back after the move."""
+    device = torch.device(device)
+    if not isinstance(model, torch.nn.Module) or not mapped_files(model):
+        yield
+        return
+    if device.type == "cpu":
+        _point_back(model)
+    else:
+        _remember(model)
+    yield
+    release_file_pages(model)

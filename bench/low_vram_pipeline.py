@@ -18,7 +18,7 @@ and torch's pinned host allocator: bytes owned, cached included, and bytes in us
 used and the seconds of each denoising step (the first step of each expert includes moving it
 onto the GPU). One JSON object.
 
-    python bench/low_vram_pipeline.py                      # 3 cases (about 6 minutes on an H100, 27 GB of files)
+    python bench/low_vram_pipeline.py                      # 4 cases (about 7 minutes on an H100, 27 GB of files)
     python bench/low_vram_pipeline.py --cases a14b-16gib-720p-81f
     python bench/low_vram_pipeline.py --device cpu --tiny  # wiring check on a CPU with tiny models (seconds)
 """
@@ -87,6 +87,7 @@ class PipelineCase:
 CASES = (
     PipelineCase("a14b-12gib-480p-81f", "t2v-A14B", 12, "A14B", "480p", 832, 480, 81),
     PipelineCase("a14b-16gib-720p-81f", "t2v-A14B", 16, "A14B", "720p", 1280, 720, 81),
+    PipelineCase("a14b-24gib-720p-81f", "t2v-A14B", 24, "A14B", "720p", 1280, 720, 81),
     PipelineCase("ti2v5b-8gib-720p-121f", "ti2v-5B", 8, "5B", "720p", 1280, 704, 121),
 )
 TINY_SIZE = {"A14B": (64, 64, 5), "5B": (64, 64, 5)}  # width, height, frames of the --tiny wiring check

@@ -85,3 +85,65 @@ def test_a_loaded_expert_keeps_none_of_its_file_resident(tmp_path):
     assert _mapped_resident_kib(path) < size_kib // 20
     assert torch.equal(loaded.blocks[1].ffn[0].weight, model.blocks[1].ffn[0].weight)  # read again from the file
     assert _mapped_resident_kib(path) > 0
+
+
+def _resident_at_each_drop(monkeypatch, path, every: int) -> list[int]:
+    """Load with the page drops every `every` bytes; returns the mapped resident KiB of `path` just before each."""
+    from wan_core.io import mapped_safetensors
+
+    seen: list[int] = []
+    real = ram.forget_read_pages
+
+    def spying(maps):  # noqa: ANN001, ANN202
+        seen.append(_mapped_resident_kib(path))
+        return real(maps)
+
+    monkeypatch.setattr(mapped_safetensors, "RELEASE_EVERY_BYTES", every)
+    monkeypatch.setattr(ram, "forget_read_pages", spying)
+    return seen
+
+
+@pytest.mark.skipif(not ram.meminfo("/proc/self/status"), reason="needs Linux /proc")
+def test_an_fp8_text_encoder_load_reads_its_file_in_slices_and_keeps_none_resident(tmp_path, monkeypatch):
+    """An fp8 umt5-xxl file is 6.7 GB: converting it and scanning it used to hold all of it resident, and its bf16
+    tensors (embedding, norms), being views of the file, kept it so after the load. Now the read pages are dropped
+    every RELEASE_EVERY_BYTES and at the end."""
+    from safetensors.torch import save_file
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from wan_core.io.quant import quantize_fp8_scaled
+    from wan_core.text import keymap
+    from wan_core.text.demo import TINY_UMT5_CONFIG
+    from wan_core.text.encoder import load_text_encoder
+    from wan_core.text.tokenizer import build_demo_spiece_model
+
+    torch.manual_seed(0)
+    wide = UMT5EncoderModel(UMT5Config(**{**TINY_UMT5_CONFIG, "d_model": 512, "d_ff": 2048, "num_heads": 8,
+                                          "d_kv": 64, "num_layers": 4}))
+    sd = {k: v.contiguous() for k, v in wide.state_dict().items() if k != keymap.EMBED_TOKENS}
+    path = tmp_path / "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+    spiece = torch.frombuffer(bytearray(build_demo_spiece_model()), dtype=torch.uint8)
+    quantized = quantize_fp8_scaled(sd)
+    del quantized["shared.scale_weight"]
+    quantized["shared.weight"] = sd["shared.weight"].to(torch.bfloat16)  # stored in bf16: loaded as a view
+    save_file({**quantized, "spiece_model": spiece}, path)
+    size_kib = path.stat().st_size // 1024
+    seen = _resident_at_each_drop(monkeypatch, path, every=size_kib * 1024 // 8)
+    encoder = load_text_encoder(path)
+    assert len(seen) >= 5, (seen, size_kib)
+    assert max(seen) < size_kib // 2, (seen, size_kib)  # never the whole file at once
+    assert torch.isfinite(encoder.encode(["a red fox"])[0]).all()
+    _resident_at_each_drop(monkeypatch, path, every=size_kib * 1024 * 10)  # no drop while reading: one at the end
+    encoder = load_text_encoder(path)
+    assert _mapped_resident_kib(path) < size_kib // 20
+
+
+@pytest.mark.skipif(not ram.meminfo("/proc/self/status"), reason="needs Linux /proc")
+def test_the_nan_scan_of_an_expert_reads_its_file_in_slices(tmp_path, monkeypatch):
+    model = init_random_(WanDiT(CFG.replace(dim=512, ffn_dim=2048, num_heads=4)), torch.Generator().manual_seed(3))
+    path = tmp_path / "wide.safetensors"
+    write_safetensors(model.state_dict(), path)
+    size_kib = path.stat().st_size // 1024
+    seen = _resident_at_each_drop(monkeypatch, path, every=size_kib * 1024 // 8)
+    load_dit(path)
+    assert len(seen) >= 5 and max(seen) < size_kib // 2, (seen, size_kib)

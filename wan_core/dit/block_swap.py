@@ -12,10 +12,11 @@ blocks, 3-5x smaller transfers). LoRA merges: change the swapped blocks' master 
 or replace their parameters and call `swap.refresh()`.
 
 RAM: while the model is on the GPU the masters are pinned copies (packed by `host_buffers`, no power-of-two
-rounding); moved back to the CPU (offload_model parks the idle expert) they return to the tensors they came from (for
-a loaded expert, views of its memory-mapped file) and the pinned memory is freed, so only the sampling expert holds
-pinned RAM. A master patched while pinned (LoRA) is written back first. The file pages read while pinning and while
-moving the resident blocks are handed back block by block (`model.mapped_files`).
+rounding); moved back to the CPU (offload_model parks the idle expert) they return to the tensors they came from
+(for a loaded expert, views of its memory-mapped file) and the pinned buffers go to the next pinning
+(`host_buffers.give_back`: the expert that starts sampling), so only the sampling expert holds pinned RAM. A master
+patched while pinned (LoRA) is written back first. The file pages read while pinning and while moving the resident
+blocks are handed back block by block (`model.mapped_files`).
 
 On the CPU (tests) the "GPU copy" is a plain copy on the same device, and there are no streams or events.
 """
@@ -31,7 +32,7 @@ import torch.nn as nn
 from ..errors import InputError
 from ..mapped_weights import release_file_pages
 from ..patching import weights_generation
-from .host_buffers import host_buffers
+from .host_buffers import give_back, host_buffers
 from .model import WanDiT
 
 GIB = 1024**3
@@ -136,11 +137,14 @@ class BlockSwap:
         self.pinned = True
 
     def unpin_masters(self) -> None:
-        """Masters back to their sources (a master patched while pinned is written back first); the pinned memory
-        is freed."""
+        """Masters back to their sources (a master patched while pinned is written back first); the pinned buffers
+        are given back for the next pinning."""
         if not self.pinned:
             return
         self.drop_copies()
+        if self._stream is not None:
+            self._stream.synchronize()  # no copy reads the pinned masters once they are given back
+        pinned = [master for slot in self._slots.values() for *_, master in slot.masters]
         for slot in self._slots.values():
             masters, sources = [], []
             patched = weights_generation(self.model) != slot.generation
@@ -154,6 +158,7 @@ class BlockSwap:
                 masters.append((module, name, is_param, source))
                 sources.append(source)
             slot.masters, slot.sources, slot.generation = masters, sources, None
+        give_back(pinned, pinned=torch.cuda.is_available())
         self.pinned = False
 
     def masters(self) -> dict[str, torch.Tensor]:

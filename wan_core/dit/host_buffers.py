@@ -8,10 +8,17 @@ to torch's cache, where the next expert's pinning reuses it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 CHUNK_BYTES = 256 * 2**20
 ALIGN = 64  # bytes: every view starts aligned for any dtype
+
+# Buffers an unpinned model gave back (`give_back`), taken first by the next `host_buffers` of the same sizes: the
+# expert parked at the MoE switch hands its pinned RAM to the one that starts sampling. torch's pinned cache was seen
+# not to (A14B 480p on an H100: both experts' 8.5 GB pinned at once after the switch).
+_SPARE: list[tuple[torch.UntypedStorage, bool]] = []
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
@@ -34,11 +41,31 @@ def host_buffers(like: list[torch.Tensor], *, pin: bool, chunk_bytes: int = CHUN
             used.append(0)
         places[index] = (buffer, used[buffer])
         used[buffer] += size
-    buffers = [torch.empty(cap if cap == chunk_bytes else n, dtype=torch.uint8, pin_memory=pin)
-               for cap, n in zip(capacities, used, strict=True)]
+    buffers = [_buffer(cap if cap == chunk_bytes else n, pin) for cap, n in zip(capacities, used, strict=True)]
     out = []
     for tensor, (buffer, offset) in zip(like, places, strict=True):
         raw = buffers[buffer][offset : offset + _nbytes(tensor)]
         out.append(raw.view(tensor.dtype).view(tensor.shape) if tensor.numel() else
                    torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=pin))
     return out
+
+
+def _buffer(nbytes: int, pin: bool) -> torch.Tensor:
+    for index, (storage, pinned) in enumerate(_SPARE):
+        if storage.nbytes() == nbytes and pinned == pin:
+            del _SPARE[index]
+            return torch.empty(0, dtype=torch.uint8).set_(storage)
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+
+
+def give_back(views: Iterable[torch.Tensor], *, pinned: bool) -> None:
+    """The buffers under `views` (from `host_buffers`; nothing reads or writes them any more) become the spares the
+    next `host_buffers` takes; earlier spares are let go. The spares stay until then, as torch's pinned cache would
+    keep them."""
+    storages: dict[int, torch.UntypedStorage] = {}
+    for view in views:
+        storage = view.untyped_storage()
+        if storage.nbytes():
+            storages.setdefault(storage.data_ptr(), storage)
+    _SPARE[:] = [(storage, pinned) for storage in storages.values()]
+

@@ -37,7 +37,7 @@ from ..errors import (
 from ..io.files import find_weight_files
 from ..io.gguf_file import GGUFFile
 from ..io.mapped_safetensors import SAFETENSORS_DTYPES as _SAFETENSORS_DTYPES
-from ..io.mapped_safetensors import MappedSafetensors
+from ..io.mapped_safetensors import MappedSafetensors, PageDropper
 from ..io.quant import dequantize
 from ..io.state_dict import FP8_DTYPES, WEIGHT_SUFFIXES, is_torch_file, read_safetensors_metadata, read_torch_file
 from ..pipeline.finite import check_weight_dtypes, scan_weights
@@ -422,7 +422,7 @@ def load_dit(
         reader.close()
 
     check_weight_dtypes(state, {k: v.dtype for k, v in model.state_dict().items()}, where)
-    scan_weights(state, where)
+    scan_weights(state, where, read=PageDropper([m.map for m in reader.mapped]).read)
     model.load_state_dict(state, strict=True, assign=True)
     for name, scale in scales.items():
         model.get_submodule(name[: -len(".weight")]).weight_scale = scale.to(device)

@@ -12,6 +12,7 @@ import json
 import mmap
 import struct
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -60,3 +61,62 @@ class MappedSafetensors:
         if (self._start + begin) % dtype.itemsize:  # unaligned (rare writers): a copy
             raw = raw.clone()
         return raw.view(dtype).view(info["shape"])
+
+
+RELEASE_EVERY_BYTES = 2**30  # how much of a mapped file is read between two page drops
+
+
+class PageDropper:
+    """Drops the read pages of memory-mapped weight files (MADV_DONTNEED) after every `every` bytes a load has read
+    from them, so that reading a whole file (a NaN scan, a conversion to bf16) never holds more than about `every`
+    of it resident. Only for maps nothing was written to: a load, before any patch."""
+
+    def __init__(self, maps: Sequence[mmap.mmap], every: int | None = None) -> None:
+        self.maps = list(maps)
+        self.every = RELEASE_EVERY_BYTES if every is None else every
+        self._read = 0
+
+    def read(self, tensor: torch.Tensor) -> None:
+        """Count `tensor`'s bytes as read; drop the pages when `every` bytes have been."""
+        if not self.maps:
+            return
+        self._read += tensor.numel() * tensor.element_size()
+        if self._read >= self.every:
+            self.drop()
+
+    def drop(self) -> None:
+        from ..ram import forget_read_pages
+
+        forget_read_pages(self.maps)
+        self._read = 0
+
+
+class DroppingStateDict(dict):
+    """A state dict of mapped tensors whose file pages are dropped as its entries are taken out (`pop`, as a
+    consuming conversion does), through a `PageDropper`."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], dropper: PageDropper) -> None:
+        super().__init__(tensors)
+        self.dropper = dropper
+
+    def pop(self, key, *default):  # noqa: ANN001, ANN002, ANN201 - dict's signature
+        value = super().pop(key, *default)
+        if isinstance(value, torch.Tensor):
+            self.dropper.read(value)
+        return value
+
+
+def read_mapped(paths: Sequence[str | Path]) -> tuple[dict[str, torch.Tensor], list[mmap.mmap]]:
+    """All tensors of safetensors files as views of their private maps (nothing copied), and the maps."""
+    out: dict[str, torch.Tensor] = {}
+    maps = []
+    for path in map(Path, paths):
+        mapped = MappedSafetensors(path)
+        maps.append(mapped.map)
+        for key in mapped.keys():
+            try:
+                out[key] = mapped.get(key)
+            except (ValueError, RuntimeError, KeyError) as err:
+                raise CorruptFileError(f"{path} cannot be read at tensor {key!r} ({type(err).__name__}: {err}). "
+                                       "The file is truncated or damaged: download it again.") from err
+    return out, maps

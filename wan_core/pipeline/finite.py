@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
@@ -71,9 +71,16 @@ def non_finite_tensors(tensors: Iterable[tuple[str, torch.Tensor]]) -> list[str]
             if tensor.is_floating_point() and tensor.numel() and not _all_finite(tensor)]
 
 
-def scan_weights(state: Mapping[str, torch.Tensor], where: str) -> None:
-    """CheckpointError naming the tensors of `state` (loaded from `where`) that hold NaN or Inf."""
-    bad = non_finite_tensors(state.items())
+def scan_weights(
+    state: Mapping[str, torch.Tensor], where: str, read: Callable[[torch.Tensor], None] | None = None
+) -> None:
+    """CheckpointError naming the tensors of `state` (loaded from `where`) that hold NaN or Inf. `read` is told of
+    each tensor once checked (a load's `PageDropper.read`, so that the scan does not keep a whole file resident)."""
+    bad = []
+    for name, tensor in state.items():
+        bad += non_finite_tensors([(name, tensor)])
+        if read is not None:
+            read(tensor)
     if bad:
         shown = ", ".join(repr(name) for name in bad[:8]) + (f", ... ({len(bad)} in all)" if len(bad) > 8 else "")
         raise CheckpointError(

@@ -33,12 +33,12 @@ from ..errors import (
     describe_keys,
 )
 from ..io.files import find_weight_files
+from ..io.mapped_safetensors import DroppingStateDict, PageDropper, read_mapped
 from ..io.quant import dequantize, is_quantized
 from ..io.state_dict import (
     FP8_DTYPES,
     cast_floating,
     is_torch_file,
-    read_safetensors,
     read_safetensors_metadata,
     read_torch_file,
 )
@@ -385,11 +385,13 @@ def text_encoder_from_state_dict(
     identity: str | None = None,
     source: str = "<state dict>",
     consume: bool = False,
+    pages: PageDropper | None = None,
 ) -> TextEncoder:
     """A `TextEncoder` from weights already in memory, in any supported naming (official, transformers, ComfyUI,
     fp8-scaled). `tokenizer`: a tokenizer, a tokenizer folder/file, or None to use the weights' `spiece_model`.
     `consume`: `state_dict` (a dict) is emptied as its quantized weights are converted (a load's peak RAM is then
-    the converted model, not both)."""
+    the converted model, not both). `pages`: the memory-mapped files the weights are views of, dropped as they are
+    read (a file load)."""
     sd = state_dict if consume else dict(state_dict)
     spiece = None
     for key in [k for k in sd if k.endswith(SPIECE_MODEL)]:
@@ -401,7 +403,7 @@ def text_encoder_from_state_dict(
     check_weight_dtypes(sd, dict.fromkeys(sd, torch.float32), source)
     for key, value in sd.items():  # one tensor at a time: never a second full copy
         sd[key] = cast_floating(value, dtype)
-    scan_weights(sd, source)
+    scan_weights(sd, source, read=pages.read if pages is not None else None)
 
     if isinstance(tokenizer, UMT5Tokenizer):
         tok = tokenizer
@@ -420,6 +422,8 @@ def text_encoder_from_state_dict(
     model = _build_model(config, sd)
     del sd
     model.to(device)
+    if pages is not None:
+        pages.drop()
     return TextEncoder(model, tok, identity=identity)
 
 
@@ -503,8 +507,16 @@ def load_text_encoder(
     tok_obj = tok if isinstance(tok, UMT5Tokenizer) or tok is None else load_tokenizer(tok)
 
     metadata: dict[str, str] = {}
+    pages = None
     if safetensors:
-        state_dict = read_safetensors(files)
+        tensors, maps = read_mapped(files)
+        pages = PageDropper(maps)
+        target = torch.device(device)
+        if target.type != "cpu":  # tensor by tensor to the device: the CPU never holds the converted encoder
+            for key in [k for k in tensors if not k.endswith(SPIECE_MODEL)]:
+                tensors[key] = tensors[key].to(target)
+                pages.read(tensors[key])
+        state_dict = DroppingStateDict(tensors, pages)
         if len(files) == 1:
             metadata = read_safetensors_metadata(files[0])
     elif len(files) == 1:
@@ -523,6 +535,7 @@ def load_text_encoder(
         identity=identity,
         source=str(path),
         consume=True,
+        pages=pages,
     )
     logger.info("Loaded %r", encoder)
     return encoder

@@ -5,11 +5,16 @@ For every run: wall time from POST /prompt to the finished /history entry and to
 repeat loads the models: `cold`; later repeats: `warm`, best of), ComfyUI's own execution time, per-GPU memory and
 utilisation over time (nvidia-smi every 0.25 s), peak `torch.cuda.memory_allocated` per device and the device of
 every model from a probe inside the server (`host_probe.py`), and `nvidia-smi --query-compute-apps` at the end.
-Batch runs (8 prompts) add jobs/hour. Each repeat adds its index to the seed (ComfyUI would serve an identical
-graph from its cache).
+Batch runs (8 prompts) add jobs/hour and each job's state and seconds from the batch ledger. Each repeat adds its
+index to the seed (ComfyUI would serve an identical graph from its cache). The JSON (`--out`) is rewritten after every
+repeat; a run past `--run-timeout` is recorded as timed out, with the stacks of the server's threads in its log tail
+(slow or hung?), and the next run starts. The batch runs take `--frames`/`--steps` unless `--batch-frames`/
+`--batch-steps` say otherwise: 8 videos of the single runs' size take 8 times as long.
 
     bash bench/host_e2e_wheels.sh      # here, once: ComfyUI + its wheels for the GPU machine (see the script)
     PYTHONPATH=/tmp/hostsite python3 bench/host_e2e.py --comfyui /tmp/ComfyUI --runs native,ours --out r.json
+    PYTHONPATH=/tmp/hostsite python3 bench/host_e2e.py --comfyui /tmp/ComfyUI --runs batch_1gpu,batch_2gpu_replica \
+        --frames 81 --steps 10 --batch-frames 33 --batch-steps 4 --run-timeout 240 --out b.json
     python3 bench/host_e2e.py --comfyui /tmp/comfyui --python /tmp/comfyui-venv/bin/python --scale tiny --cpu \
         --width 64 --height 64 --frames 5 --steps 4 --port 8231          # CPU smoke
 
@@ -22,11 +27,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,6 +45,7 @@ from host_results import (  # noqa: E402
     execution_seconds,
     history_error,
     jobs_per_hour,
+    ledger_jobs,
     probe_memory,
     probe_placements,
     saved_files,
@@ -61,17 +69,24 @@ from host_workflows import (  # noqa: E402
     template_api_graph,
 )
 
+LEDGERS = "*.ledger.jsonl"  # the batch queue's job ledgers (wan_core.batch.ledger)
+TIMED_OUT_LOG_LINES = 400  # room for the stacks of every server thread
 RUNS = ("native", "ours", "ours_dual", "batch_1gpu", "batch_2gpu_replica", "batch_2gpu_split")
 DUAL_RUNS = ("ours_dual", "batch_2gpu_split")
 
 
 def run_repeat(server: ComfyServer, graph: dict, output: Path, timeout: float) -> dict:
-    before = set(output.rglob("*.mp4"))
+    """Queue `graph` and wait for its /history entry at most `timeout` s; a repeat past it is recorded `timed_out`
+    with what it saved so far. A batch graph adds each job's last ledger state (`batch_jobs`)."""
+    before, ledgers = set(output.rglob("*.mp4")), set(output.rglob(LEDGERS))
     start = time.time()
-    entry = server.wait(server.queue(graph), timeout)
+    try:
+        entry, timed_out = server.wait(server.queue(graph), timeout), None
+    except TimeoutError as error:  # the server still runs it: the caller stops the run
+        entry, timed_out = {}, str(error)
     done = time.time()
     videos = new_videos(output, before)
-    error = history_error(entry)
+    error = history_error(entry) or timed_out
     record = {"t0": start, "t1": done, "wall_s": round(done - start, 3), "exec_s": execution_seconds(entry),
               "videos": [str(p.relative_to(output)) for p in videos], "history_files": saved_files(entry),
               "ok": error is None and bool(videos)}
@@ -79,36 +94,77 @@ def run_repeat(server: ComfyServer, graph: dict, output: Path, timeout: float) -
         record["to_mp4_s"] = round(videos[-1].stat().st_mtime - start, 3)
     if error:
         record["error"] = error
+    if timed_out:
+        record["timed_out"] = True
+    new_ledgers = sorted(set(output.rglob(LEDGERS)) - ledgers)
+    if new_ledgers:
+        record["batch_jobs"] = ledger_jobs(line for path in new_ledgers for line in path.read_text().splitlines())
     return record
+
+
+def run_repeats(server: ComfyServer, graphs: list[dict], output: Path, timeout: float, run_timeout: float | None,
+                publish: Callable[[list[dict]], None]) -> list[dict]:
+    """Queue `graphs` one after another, each waited for at most `timeout` s and all together at most `run_timeout`
+    s (None: no budget). Stops after a repeat that timed out (the server is still busy with it). `publish` gets
+    the repeats so far after each one."""
+    deadline = None if run_timeout is None else time.time() + run_timeout
+    repeats: list[dict] = []
+    for graph in graphs:
+        limit = timeout if deadline is None else min(timeout, deadline - time.time())
+        if repeats and limit <= 0:  # the first one always runs (and times out at once on no budget)
+            break
+        repeats.append(run_repeat(server, graph, output, limit))
+        publish(repeats)
+        if repeats[-1].get("timed_out"):
+            break
+    return repeats
 
 
 def with_seed(graph: dict, settings: BenchSettings, offset: int) -> dict:
     return apply_settings(graph, dataclasses.replace(settings, seed=settings.seed + offset))
 
 
-def measure(name: str, graph: dict, settings: BenchSettings, args: argparse.Namespace, base: Path) -> dict:
+def probe_or_nothing(server: ComfyServer) -> dict:
+    """The probe's report; empty where the server does not answer (hung, or dead)."""
+    try:
+        return server.probe()
+    except (OSError, ValueError) as error:
+        print(f"the probe did not answer: {error}", file=sys.stderr)
+        return {"memory": [], "placements": [], "sample_seconds": []}
+
+
+def measure(name: str, graph: dict, settings: BenchSettings, args: argparse.Namespace, base: Path,
+            publish: Callable[[dict], None] = lambda run: None) -> dict:
     """One run: a fresh server writing into output/<name>/ (the batch ledger of another run is not there),
-    `args.repeats` queued graphs, the samples of their time windows."""
+    `args.repeats` queued graphs within `args.run_timeout` s, the samples of their time windows. `publish` gets the
+    run so far (`in_progress`) after each repeat. A run that timed out gets every server thread's stack in its
+    `log_tail`."""
     output = base / "output" / name
     output.mkdir(parents=True, exist_ok=True)
     server_args = [*args.server_args, "--output-directory", str(output)]
     with SmiSampler() as smi, ComfyServer(args.comfyui, base, args.port, args.python, server_args,
                                           base / f"{name}.log") as server:
-        ready_s = server.wait_ready(args.start_timeout)
-        repeats = [run_repeat(server, with_seed(graph, settings, i), output, args.timeout)
-                   for i in range(args.repeats)]
-        probe, apps = server.probe(), compute_apps()
+        ready_s = round(server.wait_ready(args.start_timeout), 2)
+        graphs = [with_seed(graph, settings, i) for i in range(args.repeats)]
+        repeats = run_repeats(server, graphs, output, args.timeout, args.run_timeout, lambda done: publish(
+            {"ok": False, "in_progress": True, "server_start_s": ready_s, "repeats": _public(done)}))
+        probe, apps = probe_or_nothing(server), compute_apps()
+        timed_out = len(repeats) < args.repeats or bool(repeats[-1].get("timed_out"))
+        if timed_out:
+            server.dump_stacks()
     t0, t1 = repeats[0]["t0"], repeats[-1]["t1"]
     warm = [r["wall_s"] for r in repeats[1:] if r["ok"]]
     run = {
-        "ok": all(r["ok"] for r in repeats), "server_start_s": round(ready_s, 2),
+        "ok": not timed_out and all(r["ok"] for r in repeats), "server_start_s": ready_s,
         "cold_wall_s": repeats[0]["wall_s"], "wall_s": min(warm) if warm else repeats[0]["wall_s"],
-        "repeats": [{k: v for k, v in r.items() if k not in ("t0", "t1")} for r in repeats],
+        "repeats": _public(repeats),
         "gpus": summarize_smi(smi.samples, t0, t1), "gpu_timeline": timeline(smi.samples, t0, t1),
         "allocated_peak_mib": probe_memory(probe["memory"], t0, t1),
         "models": probe_placements(probe["placements"], t0, t1),
         "probe_sample_max_s": max(probe["sample_seconds"], default=None), "compute_apps": apps,
     }
+    if timed_out:
+        run["timed_out"] = True
     if name.startswith("batch"):
         jobs = len(repeats[-1]["videos"])
         run.update(jobs=jobs, jobs_per_hour=jobs_per_hour(jobs, run["wall_s"]))
@@ -116,8 +172,12 @@ def measure(name: str, graph: dict, settings: BenchSettings, args: argparse.Name
     if name in DUAL_RUNS:
         run["dual_gpu_check"] = dual_gpu_check(run["models"])
     if not run["ok"]:
-        run["log_tail"] = server.log_tail(30)
+        run["log_tail"] = server.log_tail(TIMED_OUT_LOG_LINES if timed_out else 30)
     return run
+
+
+def _public(repeats: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("t0", "t1")} for r in repeats]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,6 +194,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="queued graphs per run (first: cold)")
     parser.add_argument("--batch-repeats", type=int, default=2, help="queued batches per batch run (first: cold)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per queued graph")
+    parser.add_argument("--run-timeout", type=float, help="seconds of queued work per run (after its server is up): "
+                        "past it the run is recorded as timed out, with the server's thread stacks, and the next "
+                        "run starts")
     parser.add_argument("--start-timeout", type=float, default=600.0)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     defaults = BenchSettings()
@@ -149,6 +212,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.runs) - set(RUNS))
     if unknown:
         parser.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
+    if args.run_timeout is not None and args.run_timeout <= 0:
+        parser.error(f"--run-timeout must be positive seconds, not {args.run_timeout}")
     args.server_args = args.server_args.split() + (["--cpu"] if args.cpu else [])
     args.models = args.models or Path(f"/tmp/wan22_host_models_{args.scale}")
     return args
@@ -181,20 +246,27 @@ def main(argv: list[str] | None = None) -> dict:
         "native_source": "comfyui-workflow-templates" if native is not None else "rebuilt (host_workflows.py)",
         "base": str(base), "runs": {},
     }
+
+    def publish(name: str, run: dict) -> None:
+        result["runs"][name] = run
+        result["comparisons"] = comparisons(result["runs"])
+        if args.out:  # after every repeat: a call cut short keeps what was measured
+            args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+
     for name in args.runs:
-        print(f"run {name} ...", file=sys.stderr)
         repeats = args.batch_repeats if name.startswith("batch") else args.repeats
         run_args = argparse.Namespace(**{**vars(args), "repeats": repeats})
         chosen = batch_settings if name.startswith("batch") else settings
-        try:
-            result["runs"][name] = measure(name, graphs[name], chosen, run_args, base)
-        except (RuntimeError, TimeoutError, OSError) as error:  # a refused graph, a dead or stuck server
-            result["runs"][name] = {"ok": False, "error": f"{type(error).__name__}: {error}"}
-        print(f"run {name}: ok={result['runs'][name]['ok']} wall={result['runs'][name].get('wall_s')} s",
+        jobs = len(chosen.batch_prompts) if name.startswith("batch") else 1
+        print(f"run {name}: {repeats} x {jobs} video(s) of {chosen.frames} frames, {chosen.steps} steps ...",
               file=sys.stderr)
-        result["comparisons"] = comparisons(result["runs"])
-        if args.out:  # after every run: a call cut short keeps what was measured
-            args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+        try:
+            run = measure(name, graphs[name], chosen, run_args, base, functools.partial(publish, name))
+        except (RuntimeError, TimeoutError, OSError) as error:  # a refused graph, a dead or stuck server
+            run = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+        publish(name, run)
+        print(f"run {name}: ok={run['ok']} wall={run.get('wall_s')} s{' (timed out)' * bool(run.get('timed_out'))}",
+              file=sys.stderr)
     print(json.dumps(result, indent=1, ensure_ascii=False))
     return result
 

@@ -7,13 +7,26 @@
   Models are registered (by weak reference) when they are built, through a wrapper of `torch.nn.Module.__init__`:
   no scan of the heap while a run is timed. The time each placement sample takes is reported.
 
+On SIGUSR1 it writes the stack of every thread of the server to its stderr (the run's log): the harness sends it
+when a run times out, so the log tells a slow run (threads in the DiT's forward) from a hung one (threads waiting).
+
 GET `/wan22_probe` returns `{"memory": [[t, {device: bytes}]], "placements": [[t, [{"id", "class", "role",
 "bytes": {device: n}}]]], "sample_seconds": [...], "devices": {index: name}}` with `time.time()` stamps.
 """
 
 PROBE_PACKAGE = "wan22_host_probe"
 
-PROBE_SOURCE = r'''
+# Stacks of all threads to the process's original stderr on SIGUSR1 (ComfyUI wraps sys.stderr; fd 2 is the log).
+STACK_DUMP_SOURCE = r'''
+import faulthandler
+import signal
+import sys
+
+if hasattr(signal, "SIGUSR1"):
+    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+'''
+
+PROBE_SOURCE = STACK_DUMP_SOURCE + r'''
 import threading
 import time
 import weakref

@@ -3,6 +3,7 @@ probe's memory and model placements, and the comparisons the issue asks for. No 
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Iterable
 
@@ -37,6 +38,24 @@ def saved_files(entry: dict) -> list[str]:
                 if isinstance(item, dict) and "filename" in item:
                     out.append("/".join(p for p in (item.get("subfolder", ""), item["filename"]) if p))
     return out
+
+
+def ledger_jobs(lines: Iterable[str]) -> list[dict]:
+    """Each job's last state from the batch ledgers' JSONL lines (`wan_core.batch.ledger`): index, state, seconds,
+    worker and error, in job order; `started` jobs (still running when the run ended) carry their start time. A
+    line torn by a kill is skipped."""
+    latest: dict[int, dict] = {}
+    for line in lines:
+        try:
+            record = json.loads(line)
+            index = int(record["job"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        latest[index] = {"job": index, "state": record.get("state"), "seconds": record.get("seconds"),
+                         "worker": record.get("worker"), "error": record.get("error"),
+                         "time": record.get("time")}
+    return [{k: v for k, v in job.items() if v is not None and (k != "time" or job["state"] == "started")}
+            for _, job in sorted(latest.items())]
 
 
 def parse_smi_line(line: str, t: float) -> dict | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -91,6 +92,15 @@ class ComfyServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(1.0)
         raise TimeoutError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def dump_stacks(self, settle_s: float = 2.0) -> bool:
+        """Have the server write every thread's stack into its log (the probe's SIGUSR1 handler); False when the
+        process is gone or the platform has no SIGUSR1."""
+        if self.process is None or self.process.poll() is not None or not hasattr(signal, "SIGUSR1"):
+            return False
+        self.process.send_signal(signal.SIGUSR1)
+        time.sleep(settle_s)
+        return True
 
     def node_types(self) -> set[str]:
         return set(_get(f"{self.url}/object_info", timeout=60))

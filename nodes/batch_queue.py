@@ -153,8 +153,8 @@ class Wan22BatchQueueManager:
                     "(encoding, denoising and decoding of three jobs overlap), 1 per replica.",
                 }),
                 "queue_timeout": ("FLOAT", {"default": 300.0, "min": 1.0, "max": 86400.0, "step": 10.0,
-                                            "tooltip": "Seconds per job; a job past it is cancelled between steps "
-                                            "and recorded as timed out."}),
+                                            "tooltip": "Seconds per job (its wait behind other jobs not counted); a "
+                                            "job past it is cancelled between steps and recorded as timed out."}),
                 "auto_clear_cache": ("BOOLEAN", {"default": True,
                                                  "tooltip": "Free cached GPU memory after each job."}),
                 "defrag_every": ("INT", {"default": 0, "min": 0, "max": 1000,

@@ -121,6 +121,17 @@ def test_timed_out_job_is_cancelled_between_steps_and_recorded(tmp_path, batch):
     assert last[2].state is JobState.TIMED_OUT and "queue_timeout" in last[2].error
 
 
+def test_waiting_behind_other_jobs_does_not_count_against_queue_timeout(tmp_path, batch):
+    """A split worker holds three jobs: the third one's denoising waits for two others (0.5 s here), more than the
+    timeout, while its own stages take half of it."""
+    jobs, name, ledger = batch
+    stages = FakeStages(tmp_path, name, encode_device="fake:0", denoise_device="fake:1", decode_device="fake:1",
+                        recorder=Recorder(), seconds=(0.01, 0.25, 0.01))
+    summary = BatchScheduler([Worker.pipelined(stages)], queue_timeout=0.6, ledger=ledger).run(jobs[:4])
+    assert_outputs_complete(tmp_path, name, jobs[:4], summary)
+    assert max(r.seconds for r in summary.results) > 0.6  # the ledger's seconds still count the wait
+
+
 def test_failing_job_is_recorded_and_the_batch_goes_on(tmp_path, batch):
     jobs, name, ledger = batch
     runner = FakeRunner(tmp_path, name, fail_jobs=(2, 5))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -314,3 +315,95 @@ def test_command_line() -> None:
         host_e2e.parse_args(["--comfyui", "/c", "--runs", "native,theirs"])
     graph = host_e2e.with_seed(hw.native_t2v_graph(), hw.BenchSettings(seed=5), 2)
     assert graph["96"]["inputs"]["noise_seed"] == 7
+
+
+def test_ledger_jobs_give_each_jobs_last_state() -> None:
+    lines = [
+        '{"job": 1, "state": "queued", "time": "t0", "prompt": "a"}',
+        '{"job": 2, "state": "queued", "time": "t0", "prompt": "b"}',
+        '{"job": 1, "state": "started", "time": "t1", "worker": "cuda:0"}',
+        '{"job": 1, "state": "done", "time": "t2", "worker": "cuda:0", "seconds": 7.5, "output": "/o/1.mp4"}',
+        '{"job": 2, "state": "started", "time": "t3", "worker": "cuda:0"}',
+        '{"job": 3, "sta',  # torn by the kill
+    ]
+    assert hr.ledger_jobs(lines) == [{"job": 1, "state": "done", "seconds": 7.5, "worker": "cuda:0"},
+                                     {"job": 2, "state": "started", "worker": "cuda:0", "time": "t3"}]
+
+
+class _SlowServer:
+    """A ComfyServer stand-in whose prompts take `seconds` each (on the `now` clock) and save one video."""
+
+    def __init__(self, output: Path, seconds: float) -> None:
+        self.output, self.seconds, self.queued, self.waits, self.now = output, seconds, 0, [], 1000.0
+
+    def queue(self, graph: dict) -> str:
+        self.queued += 1
+        return str(self.queued)
+
+    def wait(self, prompt_id: str, timeout: float) -> dict:
+        self.waits.append(timeout)
+        self.now += min(timeout, self.seconds)
+        if timeout < self.seconds:
+            raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+        (self.output / f"v{prompt_id}.mp4").write_bytes(b"")
+        (self.output / f"b{prompt_id}.ledger.jsonl").write_text(
+            f'{{"job": 1, "state": "done", "seconds": {self.seconds}}}\n')
+        return {"status": {"status_str": "success", "completed": True, "messages": []}}
+
+
+def test_a_run_past_its_budget_stops_and_keeps_what_it_measured(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import host_e2e
+
+    server, published = _SlowServer(tmp_path, seconds=10.0), []
+    monkeypatch.setattr(host_e2e, "time", types.SimpleNamespace(time=lambda: server.now))
+    repeats = host_e2e.run_repeats(server, [{}] * 4, tmp_path, timeout=25.0, run_timeout=15.0,
+                                   publish=lambda done: published.append(len(done)))
+    # the first repeat gets the whole budget (capped by --timeout), the second only what is left of it
+    assert server.waits == [15.0, 5.0] and server.queued == 2
+    assert [r["ok"] for r in repeats] == [True, False] and repeats[1]["timed_out"] is True
+    assert [r["wall_s"] for r in repeats] == [10.0, 5.0]
+    assert "did not finish" in repeats[1]["error"] and "timed_out" not in repeats[0]
+    assert repeats[0]["batch_jobs"] == [{"job": 1, "state": "done", "seconds": 10.0}]
+    assert published == [1, 2]  # the JSON is written after every repeat, the timed-out one too
+
+
+def test_without_a_budget_every_repeat_runs(tmp_path: Path) -> None:
+    import host_e2e
+
+    server = _SlowServer(tmp_path, seconds=0.0)
+    repeats = host_e2e.run_repeats(server, [{}] * 3, tmp_path, timeout=5.0, run_timeout=None, publish=lambda d: None)
+    assert server.waits == [5.0] * 3 and all(r["ok"] for r in repeats)
+    assert [r["videos"] for r in repeats] == [["v1.mp4"], ["v2.mp4"], ["v3.mp4"]]
+
+
+def test_the_stack_dump_handler_writes_every_threads_stack(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from host_probe import STACK_DUMP_SOURCE
+    from host_server import ComfyServer
+
+    if not hasattr(signal, "SIGUSR1"):
+        pytest.skip("no SIGUSR1 on this platform")
+    log = tmp_path / "server.log"
+    script = STACK_DUMP_SOURCE + (
+        "import threading, time\n"
+        "def waiting_lane():\n    threading.Event().wait()\n"
+        "threading.Thread(target=waiting_lane, daemon=True).start()\n"
+        "print('ready', flush=True)\ntime.sleep(60)\n")
+    server = ComfyServer(Path("."), tmp_path, 1, sys.executable, [], log)
+    with open(log, "w") as out:
+        server.process = subprocess.Popen([sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            for _ in range(100):
+                if "ready" in log.read_text():
+                    break
+                time.sleep(0.05)
+            assert server.dump_stacks(settle_s=0.5)
+        finally:
+            server.process.kill()
+            server.process.wait()
+    text = log.read_text()
+    assert "waiting_lane" in text and text.count("most recent call first") >= 2
+    assert not server.dump_stacks()  # the process is gone

@@ -9,8 +9,10 @@ per GPU, whole jobs run side by side.
 
 A job slot is one lane of one worker; `max_concurrent_jobs` (jobs in flight at once) defaults to the number of slots
 and may not exceed it. A job past `queue_timeout` seconds is cancelled at its next cancel check (between
-denoising steps) or stage boundary and recorded `timed_out`; a job that raises (bad prompt, CUDA out of memory) is
-recorded `failed` and the batch goes on; ComfyUI's interrupt stops new jobs and cancels the running ones."""
+denoising steps) or stage boundary and recorded `timed_out` (the time its stages wait behind other jobs' stages, as
+the third job of a split worker waits for two denoisings, does not count); a job that raises (bad prompt, CUDA out
+of memory) is recorded `failed` and the batch goes on; ComfyUI's interrupt stops new jobs and cancels the running
+ones."""
 
 from __future__ import annotations
 
@@ -183,6 +185,7 @@ class _JobRun:
     plan: _WorkerPlan
     started: float | None = None
     deadline: float | None = None
+    submitted: float = 0.0  # when its next stage was queued on its lane
     value: Any = None
     contexts: dict[str, DeviceContext] = field(default_factory=dict)
 
@@ -392,6 +395,7 @@ class BatchScheduler:
         stage = stages[stage_index]
         handed_to = stages[stage_index + 1].device if stage_index + 1 < len(stages) else stages[0].device
         priority = (0 if handed_to != stage.device else 1, run.order, stage_index)
+        run.submitted = time.monotonic()
         self._threads[stage.lane].submit(priority, lambda stream: self._run_stage(run, stage_index, stream))
 
     def _crashed(self, error: BaseException) -> None:
@@ -404,6 +408,8 @@ class BatchScheduler:
     def _run_stage(self, run: _JobRun, stage_index: int, stream: Any) -> None:
         stage = run.plan.stages[stage_index]
         worker = run.plan.worker
+        if run.deadline is not None:  # its wait for this lane was other jobs' time
+            run.deadline += time.monotonic() - run.submitted
         reason = self._stop_reason(run)
         if reason is not None:
             self._finish(run, reason, error=self._stop_message(run, reason, stage.name))

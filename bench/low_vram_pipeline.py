@@ -136,6 +136,13 @@ def ram_at_end() -> dict:
     return out
 
 
+def pinned_experts(pipeline: WanPipeline) -> list[str]:
+    """Which experts hold pinned block-swap masters now."""
+    experts = {"high": pipeline.high_noise_model, "low": pipeline.low_noise_model}
+    return [name for name, model in experts.items()
+            if getattr(getattr(model, "block_swap", None), "pinned", False)]
+
+
 def free_host_cache() -> None:
     """Give torch's cached pinned memory back, so that a case does not start with the previous case's."""
     empty = getattr(torch._C, "_host_emptyCache", None)
@@ -218,7 +225,8 @@ def run_case(case: PipelineCase, args: argparse.Namespace, device: torch.device)
         result["latent"] = list(request.latent_shape[1:])
 
         def progress(info) -> None:  # noqa: ANN001 - wan_core.pipeline.denoise.StepInfo
-            step_seconds.append({"step": info.step, "expert": info.expert, "seconds": round(info.seconds, 3)})
+            step_seconds.append({"step": info.step, "expert": info.expert, "seconds": round(info.seconds, 3),
+                                 "ram_after": ram_at_end(), "pinned_experts": pinned_experts(pipeline)})
 
         latents = stages.run("denoise", lambda: pipeline.sample(cond, uncond, request, progress=progress))
         video = stages.run("decode", lambda: pipeline.decode(latents, tile_size=tile))

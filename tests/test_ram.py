@@ -147,3 +147,42 @@ def test_the_nan_scan_of_an_expert_reads_its_file_in_slices(tmp_path, monkeypatc
     seen = _resident_at_each_drop(monkeypatch, path, every=size_kib * 1024 // 8)
     load_dit(path)
     assert len(seen) >= 5 and max(seen) < size_kib // 2, (seen, size_kib)
+
+
+def test_an_fp8_text_encoder_load_lets_each_fp8_weight_go_once_converted(tmp_path, monkeypatch):
+    """On its way to the GPU every weight is moved first (6.7 GB of fp8 there), then converted to bf16: each fp8
+    weight must die as it is converted, or a 16 GiB card holds both (seen: out of memory at the load)."""
+    import weakref
+
+    from safetensors.torch import save_file
+
+    from wan_core.io import quant
+    from wan_core.io.quant import quantize_fp8_scaled
+    from wan_core.text import encoder as encoder_module
+    from wan_core.text import keymap
+    from wan_core.text.demo import build_tiny_umt5
+    from wan_core.text.tokenizer import build_demo_spiece_model
+
+    sd = {k: v.contiguous() for k, v in build_tiny_umt5().state_dict().items() if k != keymap.EMBED_TOKENS}
+    path = tmp_path / "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+    spiece = torch.frombuffer(bytearray(build_demo_spiece_model()), dtype=torch.uint8)
+    save_file({**quantize_fp8_scaled(sd), "spiece_model": spiece}, path)
+    fp8: list[weakref.ref] = []
+    real_read, real_convert = encoder_module.read_mapped, quant._dequantize_one
+
+    def reading(files):  # noqa: ANN001, ANN202
+        tensors, maps = real_read(files)
+        fp8.extend(weakref.ref(t) for t in tensors.values() if t.dtype == torch.float8_e4m3fn)
+        return tensors, maps
+
+    alive_at_each: list[int] = []
+
+    def converting(weight, *args):  # noqa: ANN001, ANN002, ANN202
+        alive_at_each.append(sum(ref() is not None for ref in fp8))
+        return real_convert(weight, *args)
+
+    monkeypatch.setattr(encoder_module, "read_mapped", reading)
+    monkeypatch.setattr(quant, "_dequantize_one", converting)
+    encoder_module.load_text_encoder(path)
+    assert len(alive_at_each) > 10
+    assert alive_at_each == [len(fp8) - i for i in range(len(alive_at_each))]

@@ -108,3 +108,21 @@ def test_pages_given_back_with_the_advice_the_kernel_has(tmp_path, no_pageout, m
     PatchedWeights(model).set("weight", torch.ones(2, 2))
     mapped_weights.release_file_pages(model)
     assert advised == ["dontneed", "pageout"]
+
+
+def test_a_parked_block_swapped_expert_holds_no_pinned_masters(wide_file):
+    """`Module.to` moves the blocks before the head: the head (a tensor of it converted at the load, so not pointed
+    back at the file) was still on the GPU when the blocks' masters were re-taken, so they were pinned again, and
+    both experts held pinned RAM after the MoE switch (seen on an H100: 17 GB)."""
+    model = load_dit(wide_file)
+    expected = _run(model)
+    swap = enable_block_swap(model, 1)
+    swap.pin = True  # pinned masters as on a GPU machine (plain buffers here)
+    swap.pin_masters()
+    model.head.to(META)  # the rest of the model still on the device while the blocks come back
+    model.blocks._apply(lambda t: t.to("cpu"))
+    assert not swap.pinned
+    (region,) = model.mapped_files
+    assert all(_inside(t, region) for t in model.blocks.parameters())  # the file's views again
+    model.head.to_empty(device="cpu").load_state_dict(load_dit(wide_file).head.state_dict())
+    assert torch.equal(_run(model), expected)

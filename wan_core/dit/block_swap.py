@@ -88,12 +88,12 @@ class BlockSwap:
         self.refresh()
 
     # --- master copies --------------------------------------------------------------------------------------------
-    def refresh(self) -> None:
+    def refresh(self, *, on_device: bool | None = None) -> None:
         """Take the swapped blocks' current tensors as their master copies (on the CPU; pinned copies while the rest
-        of the model is on a CUDA device and `pin`)."""
+        of the model is on a CUDA device and `pin`). `on_device`: where the rest of the model is (None: look)."""
         self.drop_copies()
         self.pinned = False
-        pin = self.pin and self._rest_on_device()
+        pin = self.pin and (self._rest_on_device() if on_device is None else on_device)
         for slot in self._slots.values():
             slot.masters, slot.generation = [], None
             for module in slot.block.modules():
@@ -275,7 +275,9 @@ class SwappedBlocks(nn.ModuleList):
             if moves_off_cpu:
                 swap._release_file_pages()
         if not moves_off_cpu:
-            swap.refresh()  # a dtype change on the CPU made new tensors
+            # A dtype change on the CPU made new tensors. The rest of the model is on its way to the CPU too (modules
+            # after the blocks, the head, are not moved yet): no pinning.
+            swap.refresh(on_device=False)
         return self
 
 

@@ -513,10 +513,6 @@ def load_text_encoder(
         pages = PageDropper(maps)
         state_dict = DroppingStateDict(tensors, pages)
         del tensors  # the only references are the state dict's, which the conversion consumes
-        # Tensor by tensor to the device (where the encoder runs elsewhere): the CPU never holds the converted encoder.
-        for key in [k for k in state_dict if not k.endswith(SPIECE_MODEL)]:
-            state_dict[key] = state_dict[key].to(device)
-            pages.read(state_dict[key])
         if len(files) == 1:
             metadata = read_safetensors_metadata(files[0])
     elif len(files) == 1:

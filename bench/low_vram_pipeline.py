@@ -52,6 +52,7 @@ from low_vram import (  # noqa: E402
 
 from wan_core import ram  # noqa: E402
 from wan_core.dit.block_swap import GIB, enable_block_swap  # noqa: E402
+from wan_core.dit.host_buffers import drop_spares  # noqa: E402
 from wan_core.dit.loader import load_dit  # noqa: E402
 from wan_core.hardware import T5_CPU, TILED_DECODE, Setup, candidates  # noqa: E402
 from wan_core.pipeline.pipeline import WanPipeline  # noqa: E402
@@ -144,7 +145,8 @@ def pinned_experts(pipeline: WanPipeline) -> list[str]:
 
 
 def free_host_cache() -> None:
-    """Give torch's cached pinned memory back, so that a case does not start with the previous case's."""
+    """Give the spare and torch's cached pinned memory back, so that a case does not start with the previous case's."""
+    drop_spares()
     empty = getattr(torch._C, "_host_emptyCache", None)
     if empty is not None:
         empty()

@@ -20,7 +20,7 @@ import torch
 
 from wan_core.dit.block_swap import choose_resident_blocks, enable_block_swap, module_bytes
 from wan_core.dit.model import WanDiT
-from wan_core.mapped_weights import moving
+from wan_core.mapped_weights import move_weights
 
 from . import host
 
@@ -93,14 +93,12 @@ class ManagedModel:
             resident = choose_resident_blocks(len(blocks), block, others, before + int(extra_memory),
                                               self.activation_reserve)
             enable_block_swap(module, resident)
-        with moving(module, device):
-            module.to(device)
+        move_weights(module, device)
         return self.loaded_size() - before
 
     def partially_unload(self, device: torch.device, memory_to_free: float = 0, unpatch_weights: bool = True) -> int:
         before = self.loaded_size()
-        with moving(self.model, self.offload_device):
-            self.model.to(self.offload_device)
+        move_weights(self.model, self.offload_device)
         return before - self.loaded_size()
 
     def detach(self, unpatch_all: bool = True) -> None:
@@ -120,8 +118,7 @@ def load_on_device(module: torch.nn.Module, device: torch.device, memory_require
     """Put `module` on `device` through the host's memory manager (which first frees room by unloading other models,
     ours and other packs'); a CPU device is not managed."""
     if device.type == "cpu":
-        with moving(module, device):
-            module.to(device)
+        move_weights(module, device)
         return module
     host.load_models_gpu([managed(module, device)], memory_required=memory_required)
     return module

@@ -126,3 +126,23 @@ def test_a_parked_block_swapped_expert_holds_no_pinned_masters(wide_file):
     assert all(_inside(t, region) for t in model.blocks.parameters())  # the file's views again
     model.head.to_empty(device="cpu").load_state_dict(load_dit(wide_file).head.state_dict())
     assert torch.equal(_run(model), expected)
+
+
+def test_an_expert_leaves_the_cpu_block_by_block_giving_pages_back_after_each(wide_file, monkeypatch):
+    """Moving a whole 14 GB expert with one `.to()` read all of its file before any page went back (a 24 GiB card
+    case peaked at 25 GiB of RAM); now the pages go back after each block."""
+    from wan_core import mapped_weights
+
+    model = load_dit(wide_file)
+    moved_at_each_release: list[int] = []
+    real = mapped_weights.release_file_pages
+
+    def recording(m):  # noqa: ANN001, ANN202
+        moved_at_each_release.append(sum(b.ffn[0].weight.device == META for b in model.blocks))
+        return real(m)
+
+    monkeypatch.setattr(mapped_weights, "release_file_pages", recording)
+    move_to(model, META)
+    blocks = len(model.blocks)
+    assert all(p.device == META for p in model.parameters())
+    assert [n for n in range(1, blocks + 1) if n in moved_at_each_release] == list(range(1, blocks + 1))

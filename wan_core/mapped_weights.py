@@ -131,3 +131,17 @@ def moving(model: object, device: torch.device | str) -> Iterator[None]:
         _remember(model)
     yield
     release_file_pages(model)
+
+
+def move_weights(model: object, device: torch.device | str) -> None:
+    """`model.to(device)` for a model that may hold views of its mapped files (see `moving`). Leaving the CPU it moves
+    one child at a time (a plain block list block by block) and gives the file pages back after each, so that moving
+    a 14 GB expert never holds all of its file resident at once."""
+    device = torch.device(device)
+    with moving(model, device):
+        if device.type != "cpu" and isinstance(model, torch.nn.Module) and mapped_files(model):
+            for child in model.children():
+                for part in child if type(child) is torch.nn.ModuleList else [child]:
+                    part.to(device)
+                    release_file_pages(model)
+        model.to(device)

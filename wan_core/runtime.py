@@ -17,7 +17,7 @@ import torch
 
 from .dit.attention import AttentionBackend, SdpaAttention, get_backend
 from .errors import InputError
-from .mapped_weights import moving
+from .mapped_weights import move_weights
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,7 @@ def move_to(model: object, device: torch.device | str) -> None:
         return
     to = getattr(model, "to", None)
     if callable(to):
-        with moving(model, device):  # memory-mapped weights: parked without a copy, file pages given back
-            to(device)
+        move_weights(model, device)  # memory-mapped weights: parked without a copy, file pages given back
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:

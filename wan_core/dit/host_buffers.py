@@ -69,3 +69,8 @@ def give_back(views: Iterable[torch.Tensor], *, pinned: bool) -> None:
             storages.setdefault(storage.data_ptr(), storage)
     _SPARE[:] = [(storage, pinned) for storage in storages.values()]
 
+
+
+def drop_spares() -> None:
+    """Let the spare buffers go (their RAM returns to torch's pinned cache)."""
+    _SPARE.clear()

@@ -17,7 +17,6 @@ import argparse
 import datetime
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from report import emit  # noqa: E402
+from report import cuda_seconds, emit  # noqa: E402
 
 from wan_core.dit import fp8  # noqa: E402
 
@@ -37,14 +36,6 @@ SHAPES = {  # name: (K, N)
     "ffn.2 13824->5120": (13824, 5120),
 }
 
-
-def seconds(fn: Callable[[], torch.Tensor], repeats: int) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
 
 
 def variants(x: torch.Tensor, w: torch.Tensor) -> tuple[dict[str, Callable[[], torch.Tensor]], tuple]:
@@ -104,7 +95,7 @@ def measure(m: int, k: int, n: int, runs: int, gen: torch.Generator) -> dict:
     for round_ in range(runs):
         order = names[round_ % len(names) :] + names[: round_ % len(names)]
         for name in order:
-            times[name].append(seconds(fns[name], 5))
+            times[name].append(cuda_seconds(fns[name], 5))
     flops = 2 * m * k * n
     return {
         name: {

@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from report import emit
+from report import cuda_seconds, emit
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 KERNELS = {
@@ -37,14 +36,6 @@ def run_kernel(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
         return F.scaled_dot_product_attention(q, k, v)
 
 
-def seconds(fn, repeats: int = 3) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
-
 
 def measure_shape(names: list[str], length: int, args: argparse.Namespace, gen: torch.Generator) -> dict:
     q, k, v = (torch.randn(1, args.heads, length, args.head_dim, device="cuda", generator=gen, dtype=torch.bfloat16)
@@ -64,7 +55,7 @@ def measure_shape(names: list[str], length: int, args: argparse.Namespace, gen: 
     for round_ in range(args.runs):
         shift = round_ % len(runnable)
         for name in runnable[shift:] + runnable[:shift]:
-            times[name].append(seconds(lambda name=name: run_kernel(name, q, k, v)))
+            times[name].append(cuda_seconds(lambda name=name: run_kernel(name, q, k, v)))
     return {name: {"seconds": statistics.median(times[name]), "tflops": flops / statistics.median(times[name]) / 1e12,
                    "max_abs_err_vs_fp32": errors[name]} if name in runnable else {"error": errors[name]}
             for name in names}

@@ -146,3 +146,23 @@ def test_an_expert_leaves_the_cpu_block_by_block_giving_pages_back_after_each(wi
     blocks = len(model.blocks)
     assert all(p.device == META for p in model.parameters())
     assert [n for n in range(1, blocks + 1) if n in moved_at_each_release] == list(range(1, blocks + 1))
+
+
+def test_a_patch_on_the_device_keeps_the_file_view_as_its_original(wide_file):
+    """A Lightning LoRA changes every block Linear of an expert: its originals kept as CPU copies were the whole
+    expert again in RAM (14 GB per expert). Weights that left the CPU untouched keep their file view instead."""
+    reference = load_dit(wide_file)
+    model = load_dit(wide_file)
+    move_to(model, META)
+    weights = PatchedWeights(model)
+    name = "blocks.1.ffn.0.weight"
+    weights.set(name, torch.zeros(model.get_parameter(name).shape, device=META))
+    original = weights._originals[name]
+    (region,) = model.mapped_files
+    assert _inside(original, region) and torch.equal(original, reference.get_parameter(name))
+
+    patched_first = load_dit(wide_file)  # written on the CPU before it left: its views are not the loaded bytes
+    PatchedWeights(patched_first).set(name, reference.get_parameter(name) + 0.5)
+    move_to(patched_first, META)
+    assert mapped_weights.pristine_view(patched_first, "blocks.2.ffn.0.weight") is None
+    assert mapped_weights.pristine_view(model, "blocks.2.ffn.0.weight") is not None

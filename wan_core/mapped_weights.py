@@ -87,6 +87,22 @@ def _remember(model: torch.nn.Module) -> None:
     model._wan_file_views = kept
 
 
+def pristine_view(model: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """The file view that parameter (or buffer) `name` of `model` left the CPU from, if the model's weights had never
+    been changed before it left (nothing was ever written to its files then, and writes since went to the device
+    copies): the loaded bytes, an original a patch can keep without a copy. None otherwise."""
+    kept: _Views | None = getattr(model, "_wan_file_views", None)
+    if kept is None or kept.generation != 0:
+        return None
+    owner, _, attr = name.rpartition(".")
+    try:
+        module = model.get_submodule(owner)
+    except AttributeError:
+        return None
+    entry = kept.views.get((id(module), attr, True)) or kept.views.get((id(module), attr, False))
+    return None if entry is None else entry[1]
+
+
 def _point_back(model: torch.nn.Module) -> int:
     """Point the tensors that left the CPU unpatched at their file views again; returns how many."""
     kept: _Views | None = getattr(model, "_wan_file_views", None)

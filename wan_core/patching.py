@@ -1,10 +1,11 @@
 """Model patches (LoRA and the like): changes to a loaded module's weights that can be swapped without re-reading
 the base weights from disk, and removed to give the exact base weights back.
 
-A patch is a hashable object with `apply(module, expert, weights)`: it writes new values through
-`weights.set(name, tensor)`, which keeps the original of every parameter it changes (once, in CPU RAM). A module's
-patches are set as a whole with `set_patches`: the originals are put back bit for bit, then the new patches apply in
-order. Which patches a module carries is part of its handle's identity (`nodes.handles.DiTHandle.patches`).
+A patch is a hashable object with `apply(module, expert, weights)`: it writes new values through `weights.set(name,
+tensor)`, which keeps the original of every parameter it changes (once, in CPU RAM, or as the untouched view of the
+memory-mapped file it was loaded from). A module's patches are set as a whole with `set_patches`: the originals are
+put back bit for bit, then the new patches apply in order. Which patches a module carries is part of its handle's
+identity (`nodes.handles.DiTHandle.patches`).
 """
 
 from __future__ import annotations
@@ -55,10 +56,21 @@ class PatchedWeights:
         original once."""
         param = self._tensor(name)
         if name not in self._originals:
-            self._originals[name] = param.detach().to("cpu", copy=True)
+            self._originals[name] = self._original(name, param)
         with torch.no_grad():
             param.copy_(value.to(dtype=param.dtype, device=param.device))
         _weights_changed(self._module)
+
+    def _original(self, name: str, param: torch.Tensor) -> torch.Tensor:
+        """A CPU copy of `param`'s bits; for weights on a device that came from a memory-mapped file untouched, the
+        file view itself (a Lightning LoRA changes every block Linear: a copy would be the whole 14 GB expert)."""
+        if param.device.type != "cpu":
+            from .mapped_weights import pristine_view  # it imports this module
+
+            view = pristine_view(self._module, name)
+            if view is not None and view.dtype == param.dtype and view.shape == param.shape:
+                return view
+        return param.detach().to("cpu", copy=True)
 
     def restore(self) -> None:
         """Every changed parameter back to its original bits."""

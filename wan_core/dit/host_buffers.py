@@ -70,7 +70,6 @@ def give_back(views: Iterable[torch.Tensor], *, pinned: bool) -> None:
     _SPARE[:] = [(storage, pinned) for storage in storages.values()]
 
 
-
 def drop_spares() -> None:
     """Let the spare buffers go (their RAM returns to torch's pinned cache)."""
     _SPARE.clear()

@@ -37,7 +37,7 @@ from ..errors import (
 from ..io.files import find_weight_files
 from ..io.gguf_file import GGUFFile
 from ..io.mapped_safetensors import SAFETENSORS_DTYPES as _SAFETENSORS_DTYPES
-from ..io.mapped_safetensors import MappedSafetensors, PageDropper
+from ..io.mapped_safetensors import MappedSafetensors, PageDropper, unreadable_tensor
 from ..io.quant import dequantize
 from ..io.state_dict import FP8_DTYPES, WEIGHT_SUFFIXES, is_torch_file, read_safetensors_metadata, read_torch_file
 from ..pipeline.finite import check_weight_dtypes, scan_weights
@@ -178,10 +178,7 @@ class _Reader:
                 self._handles[entry.file] = handle
             tensor = handle.get_tensor(key)
         except Exception as err:
-            raise CorruptFileError(
-                f"{entry.file} cannot be read at tensor {key!r} ({type(err).__name__}: {err}). The file is "
-                "truncated or damaged: download it again."
-            ) from err
+            raise unreadable_tensor(entry.file, key, err) from err
         return tensor.to(self.device)
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CorruptFileError
+from ..ram import forget_read_pages
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -63,6 +64,12 @@ class MappedSafetensors:
         return raw.view(dtype).view(info["shape"])
 
 
+def unreadable_tensor(path: str | Path, key: str, err: Exception) -> CorruptFileError:
+    """The error for a tensor of a weight file that cannot be read."""
+    return CorruptFileError(f"{path} cannot be read at tensor {key!r} ({type(err).__name__}: {err}). The file is "
+                            "truncated or damaged: download it again.")
+
+
 RELEASE_EVERY_BYTES = 2**30  # how much of a mapped file is read between two page drops
 
 
@@ -85,8 +92,6 @@ class PageDropper:
             self.drop()
 
     def drop(self) -> None:
-        from ..ram import forget_read_pages
-
         forget_read_pages(self.maps)
         self._read = 0
 
@@ -117,6 +122,5 @@ def read_mapped(paths: Sequence[str | Path]) -> tuple[dict[str, torch.Tensor], l
             try:
                 out[key] = mapped.get(key)
             except (ValueError, RuntimeError, KeyError) as err:
-                raise CorruptFileError(f"{path} cannot be read at tensor {key!r} ({type(err).__name__}: {err}). "
-                                       "The file is truncated or damaged: download it again.") from err
+                raise unreadable_tensor(path, key, err) from err
     return out, maps

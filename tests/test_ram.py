@@ -99,7 +99,7 @@ def _resident_at_each_drop(monkeypatch, path, every: int) -> list[int]:
         return real(maps)
 
     monkeypatch.setattr(mapped_safetensors, "RELEASE_EVERY_BYTES", every)
-    monkeypatch.setattr(ram, "forget_read_pages", spying)
+    monkeypatch.setattr(mapped_safetensors, "forget_read_pages", spying)  # what the page drops call
     return seen
 
 

@@ -46,8 +46,8 @@ def load_comfy(device: torch.device) -> tuple[object, str] | tuple[None, str]:
 
 
 def build_comfy(comfy: dict, ours: torch.nn.Module, dtype: torch.dtype, fp8: bool) -> torch.nn.Module:
-    """ComfyUI's WanModel over our weights (all in `dtype`, as ComfyUI loads them); with `fp8` the block Linear
-    weights are cast to e4m3 (new tensors) and the layers run ComfyUI's fp8 ops."""
+    """ComfyUI's WanModel over our weights (each in the dtype its model declares, as ComfyUI loads them); with `fp8`
+    the block Linear weights are cast to e4m3 (new tensors) and the layers run ComfyUI's fp8 ops."""
     from wan_core.dit.model import FP8, fp8_capable
 
     cfg = ours.config
@@ -59,12 +59,11 @@ def build_comfy(comfy: dict, ours: torch.nn.Module, dtype: torch.dtype, fp8: boo
             num_heads=cfg.num_heads, num_layers=cfg.num_layers, qk_norm=cfg.qk_norm,
             cross_attn_norm=cfg.cross_attn_norm, eps=cfg.eps, dtype=dtype, operations=operations,
         )  # fmt: skip
+    declared = {name: t.dtype for name, t in model.state_dict().items()}  # its patch embedding is float32
     state = {}
     for name, tensor in ours.state_dict().items():
-        if fp8 and fp8_capable(name):
-            state[name] = tensor.to(FP8)
-        else:
-            state[name] = tensor if tensor.dtype == dtype else tensor.to(dtype)
+        want = FP8 if fp8 and fp8_capable(name) else declared.get(name, dtype)
+        state[name] = tensor if tensor.dtype == want else tensor.to(want)
     model.load_state_dict(state, strict=False, assign=True)
     model.requires_grad_(False)
     device = ours.device

@@ -1,6 +1,8 @@
 """PyTorch's own attention kernels at Wan2.2 self-attention shapes: which one `F.scaled_dot_product_attention`
 should run (its default on Hopper is FlashAttention-2; cuDNN's fused attention is another built-in choice), with
-SageAttention 2 where installed as the outside reference. Prints one JSON object: seconds per call (median of
+SageAttention 2 where installed as the outside reference, in the variants its sm_90 entry point takes (`sage` is
+its default: per-thread q/k scales, K smoothed; `sage_per_warp`, `sage_unsmoothed`). Prints one JSON object: seconds
+per call (median of
 `--runs`, order rotated each round), TFLOP/s (4 * L^2 * heads * head_dim per call) and the largest difference to an
 fp32 reference on the first 256 queries.
 
@@ -23,18 +25,25 @@ KERNELS = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
 }
+SAGE_VARIANTS = {
+    "sage": {},
+    "sage_per_warp": {"qk_quant_gran": "per_warp"},
+    "sage_unsmoothed": {"smooth_k": False},
+}
 SHAPES = {"480p 81f": 32760, "720p 81f": 75600}
 
 
 def run_kernel(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """`[B, H, L, D]` in, same out."""
-    if name == "sage":
-        from sageattention import sageattn
+    if name in SAGE_VARIANTS:
+        from sageattention import sageattn, sageattn_qk_int8_pv_fp8_cuda_sm90
 
-        return sageattn(q, k, v, tensor_layout="HND", is_causal=False)
+        if not SAGE_VARIANTS[name]:
+            return sageattn(q, k, v, tensor_layout="HND", is_causal=False)
+        return sageattn_qk_int8_pv_fp8_cuda_sm90(q, k, v, tensor_layout="HND", is_causal=False,
+                                                  pv_accum_dtype="fp32+fp32", **SAGE_VARIANTS[name])
     with sdpa_kernel([KERNELS[name]]):
         return F.scaled_dot_product_attention(q, k, v)
-
 
 
 def measure_shape(names: list[str], length: int, args: argparse.Namespace, gen: torch.Generator) -> dict:
@@ -73,6 +82,8 @@ def main() -> None:
         import sageattention  # noqa: F401
 
         names.append("sage")
+        if torch.cuda.get_device_capability() == (9, 0):
+            names += [n for n in SAGE_VARIANTS if n != "sage"]
     except ImportError:
         pass
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,

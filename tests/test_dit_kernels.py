@@ -48,6 +48,29 @@ SCRIPT = textwrap.dedent(
     bf16_close(kernels.modulated_layer_norm(xb, scale, shift, 1e-6, torch.bfloat16), ref)
     ref = apply_rope(F.rms_norm(qb.float(), (D,), w, 1e-6).view(B, L, H, D // H), freqs).reshape(B, L, D)
     bf16_close(kernels.rms_norm_rope(qb, w, 1e-6, freqs, D // H), ref)
+
+    # a pending residual made in the norm's pass: `x += y * gate` written back into x, the norm of the updated x
+    y = torch.randn(B, L, D)
+    scale, shift, _ = cases["per-sample"]
+    for name, gate in {"per-sample": torch.randn(B, 1, D), "per-token": torch.randn(B, L, D), "none": None}.items():
+        stream = x.clone()
+        updated = x + (y if gate is None else y * gate)
+        ref = F.layer_norm(updated, (D,), eps=1e-6) * (1 + scale) + shift
+        out = kernels.modulated_layer_norm(stream, scale, shift, 1e-6, torch.float32, residual=y, gate=gate)
+        assert (stream - updated).abs().max() < 1e-5, name
+        assert (out - ref).abs().max() < 1e-4, name
+
+    # a whole DiT without autograd (each residual made by the next norm in its kernel) against the same DiT with
+    # autograd on PyTorch ops alone (each residual made on its own, out of place)
+    from wan_core.configs import DIT_CONFIGS
+    from wan_core.dit.model import WanDiT, init_random_
+    model = init_random_(WanDiT(DIT_CONFIGS["tiny-t2v"]), torch.Generator().manual_seed(0)).eval()
+    inputs = (torch.randn(1, 16, 2, 4, 4), torch.tensor([600.0]), [torch.randn(7, 64)])
+    with torch.no_grad():
+        fused = model(*inputs)
+    kernels.ENABLED = False
+    plain = model(*inputs).detach()
+    assert ((fused - plain).norm() / plain.norm()) < 1e-5, ((fused - plain).norm() / plain.norm())
     print("ok")
     """
 )

@@ -145,6 +145,17 @@ def test_fused_fp8_kernels_match_their_pytorch_definition():
     data, row_scale = kernels.quantize_rows(y)
     reference = (y.float() / row_scale).to(data.dtype)
     assert (data.float() == reference.float()).float().mean() > 0.999
+    # the FFN's hidden layer: GELU-tanh in the quantizing pass
+    data, row_scale = kernels.quantize_rows(y, gelu=True)
+    gelu = F.gelu(y.float(), approximate="tanh")
+    torch.testing.assert_close(row_scale, gelu.abs().amax(-1, keepdim=True) / FP8_MAX, rtol=1e-5, atol=0)
+    assert ((data.float() * row_scale - gelu).abs() <= gelu.abs() / 16 + row_scale * 2**-9 + 1e-6).all()
+    # a pending gated residual made in the norm's pass, the float32 stream updated in place
+    stream, update, gate = x.clone(), torch.randn_like(y), torch.randn(2, 1, 5120, device="cuda")
+    data, row_scale = kernels.modulated_layer_norm_fp8(stream, scale, shift, 1e-6, residual=update, gate=gate)
+    torch.testing.assert_close(stream, x + update.float() * gate)
+    want = F.layer_norm(stream, (5120,), eps=1e-6) * (1 + scale) + shift
+    torch.testing.assert_close(row_scale, want.abs().amax(-1, keepdim=True) / FP8_MAX, rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("fp8_compute", [False, True], ids=["bf16", "fp8-rowwise"])
@@ -184,6 +195,7 @@ def test_compiled_blocks_match_eager_on_cuda(backend):
     if not BACKENDS[backend].available():
         pytest.skip(f"{backend} is not installed")
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # reset() leaves them: the earlier parameter's graph would count here
     model, _ = _tiny_pair(fp8_compute=_fp8_rows_capable())
     x, t, context = _inputs()
     attention = compilable(get_backend(backend, "cuda"))

@@ -5,12 +5,13 @@ output channel (or one per tensor, as fp8_scaled files store it). Their input is
 `x ~= data * scale`, `scale = max|row| / 448`. Where the activation comes from a modulated LayerNorm (q/k/v, the
 cross-attention q, the first FFN Linear) the norm kernel writes the fp8 rows and scales itself
 (`kernels.modulated_layer_norm_fp8`), so quantization costs no pass of its own; the others (attention outputs, the
-FFN's GELU output, the text context) take one fused read-and-write pass (`kernels.quantize_rows`) instead of the
-abs-max, divide and cast passes of per-tensor scaling. The matmul is `torch._scaled_mm` with a `[M, 1]` row scale
-and a `[1, N]` channel scale (CUDA sm_89 / sm_90, torch >= 2.5); elsewhere the layer computes in bf16 from its
-dequantized weight. It accumulates in the tensor cores' fast mode (`use_fast_accum`): on an H100 (bench/fp8_matmul.py,
-docs/benchmarks.md) 1.07-1.20x faster at the block's shapes, and its error against a float32 product of the same fp8
-operands is 0.23-0.33% instead of 0.17%, far below the 5% the fp8 quantization itself costs a forward.
+FFN's hidden layer, whose GELU is computed in the same pass, the text context) take one fused read-and-write pass
+(`kernels.quantize_rows`) instead of the abs-max, divide and cast passes of per-tensor scaling. The matmul is
+`torch._scaled_mm` with a `[M, 1]` row scale and a `[1, N]` channel scale (CUDA sm_89 / sm_90, torch >= 2.5);
+elsewhere the layer computes in bf16 from its dequantized weight. It accumulates in the tensor cores' fast mode
+(`use_fast_accum`): on an H100 (bench/fp8_matmul.py, docs/benchmarks.md) 1.07-1.20x faster at the block's shapes,
+and its error against a float32 product of the same fp8 operands is 0.23-0.33% instead of 0.17%, far below the 5%
+the fp8 quantization itself costs a forward.
 
 Why not torchao's float8 rowwise or comfy-kitchen: both quantize the activation in a separate pass before the
 matmul, the cost measured in docs/perf (fp8 + unfused rowwise quant 607-873 TFLOP/s against bf16's 751-822; kitchen's
@@ -27,6 +28,7 @@ import functools
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from . import kernels
 
@@ -71,13 +73,15 @@ def rowwise_supported(device: torch.device) -> bool:
     return _rowwise_on(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def quantize_rows(x: torch.Tensor) -> Fp8Rows:
-    """`x` `[..., K]` as fp8 rows with one scale per row (one fused kernel on CUDA)."""
+def quantize_rows(x: torch.Tensor, gelu: bool = False) -> Fp8Rows:
+    """`x` `[..., K]` (with `gelu`: its GELU-tanh, computed in float32) as fp8 rows with one scale per row (one
+    fused kernel on CUDA)."""
     if kernels.usable(x) and x.is_cuda:
-        data, scale = kernels.quantize_rows(x)
+        data, scale = kernels.quantize_rows(x, gelu)
         return Fp8Rows(data, scale, x.dtype)
-    scale = (x.float().abs().amax(-1, keepdim=True) / FP8_MAX).clamp_(min=1e-12)
-    return Fp8Rows((x.float() / scale).to(FP8), scale, x.dtype)
+    y = F.gelu(x.float(), approximate="tanh") if gelu else x.float()
+    scale = (y.abs().amax(-1, keepdim=True) / FP8_MAX).clamp_(min=1e-12)
+    return Fp8Rows((y / scale).to(FP8), scale, x.dtype)
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,8 +2,11 @@
 
 - `modulated_layer_norm`: `layer_norm(x) * (1 + scale) + shift` of the float32 residual, written once in the
   compute dtype (PyTorch: a float32 LayerNorm pass, then a cast pass).
-- `modulated_layer_norm_fp8` / `quantize_rows`: the same norm, or any activation, written as float8 e4m3 rows with
-  one float32 scale per row, the input of the rowwise-scaled fp8 matmuls (`fp8.py`), in the one pass.
+  With `residual`, the pending residual update `x += residual * gate` is made in the same pass (its float32 result
+  written back into `x`), so the residual stream is read once for the update and the norm instead of twice.
+- `modulated_layer_norm_fp8` / `quantize_rows`: the same norm, or any activation (optionally through GELU-tanh
+  first: the FFN's hidden layer), written as float8 e4m3 rows with one float32 scale per row, the input of the
+  rowwise-scaled fp8 matmuls (`fp8.py`), in the one pass.
 - `rms_norm_rope`: the RMSNorm over the whole projection times its weight, then the 3-D RoPE rotation of
   consecutive pairs, all in float32 registers, read once and written once in the compute dtype (PyTorch: an upcast,
   a norm, a complex multiply and a downcast, each a full pass).
@@ -42,12 +45,19 @@ def _warps(block: int) -> int:
 if triton is not None:
 
     @triton.jit
-    def _modulated_ln_kernel(X, OUT, SCALE, SHIFT, ROW_SCALE, rows_per_mod, D, eps,
-                             PLUS_ONE: tl.constexpr, QUANT: tl.constexpr, BLOCK: tl.constexpr):
+    def _modulated_ln_kernel(X, OUT, SCALE, SHIFT, ROW_SCALE, Y, GATE, rows_per_mod, rows_per_gate, D, eps,
+                             PLUS_ONE: tl.constexpr, QUANT: tl.constexpr, RESIDUAL: tl.constexpr,
+                             GATED: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < D
         x = tl.load(X + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+        if RESIDUAL:
+            y = tl.load(Y + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+            if GATED:
+                y = y * tl.load(GATE + (row // rows_per_gate) * D + cols, mask=mask, other=0.0).to(tl.float32)
+            x = x + y
+            tl.store(X + row * D + cols, x, mask=mask)
         mean = tl.sum(x, axis=0) / D
         xc = tl.where(mask, x - mean, 0.0)
         var = tl.sum(xc * xc, axis=0) / D
@@ -71,11 +81,14 @@ if triton is not None:
         return y / row_scale, row_scale
 
     @triton.jit
-    def _quantize_rows_kernel(X, OUT, ROW_SCALE, D, BLOCK: tl.constexpr):
+    def _quantize_rows_kernel(X, OUT, ROW_SCALE, D, GELU: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < D
         y = tl.load(X + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+        if GELU:  # tanh approximation; tanh(z) = 2 * sigmoid(2z) - 1
+            z = 0.7978845608028654 * (y + 0.044715 * y * y * y)
+            y = y * tl.sigmoid(2.0 * z)
         y, row_scale = _fp8_row(y, mask)
         tl.store(ROW_SCALE + row, row_scale)
         tl.store(OUT + row * D + cols, y.to(OUT.dtype.element_ty), mask=mask)
@@ -104,68 +117,92 @@ if triton is not None:
 
 
 def modulated_layer_norm(
-    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float, dtype: torch.dtype, plus_one: bool = True
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float, dtype: torch.dtype, plus_one: bool = True,
+    residual: torch.Tensor | None = None, gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`layer_norm(x) * (plus_one + scale) + shift` in `dtype`.
 
-    `x` `[B, L, D]`; `scale`/`shift` `[B, 1, D]` (per sample), `[B, L, D]` (per token) or `[D]` (shared).
+    `x` `[B, L, D]`; `scale`/`shift` (and `gate`) `[B, 1, D]` (per sample), `[B, L, D]` (per token) or `[D]`
+    (shared). With `residual` `[B, L, D]`, `x` (float32, contiguous) is first updated in place to
+    `x + residual * gate` (`gate` None: `x + residual`) and the norm is of the updated `x`.
     """
     if torch.compiler.is_compiling():
+        _add_residual(x, residual, gate)
         return torch.ops.wan_core.modulated_layer_norm(x, scale, shift, eps, dtype, plus_one)
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
-    _launch_modulated_ln(x, scale, shift, eps, plus_one, out, None)
+    _launch_modulated_ln(x, scale, shift, eps, plus_one, out, None, residual, gate)
     return out
 
 
 def modulated_layer_norm_fp8(
-    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float, plus_one: bool = True
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float, plus_one: bool = True,
+    residual: torch.Tensor | None = None, gate: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`modulated_layer_norm` written as float8 e4m3 rows with one float32 scale per row (`[B, L, 1]`), for the
     rowwise-scaled fp8 matmul that follows: the quantization costs no extra pass over the activation."""
     if torch.compiler.is_compiling():
+        _add_residual(x, residual, gate)
         return torch.ops.wan_core.modulated_layer_norm_fp8(x, scale, shift, eps, plus_one)
     out = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
     row_scale = torch.empty(*x.shape[:-1], 1, dtype=torch.float32, device=x.device)
-    _launch_modulated_ln(x, scale, shift, eps, plus_one, out, row_scale)
+    _launch_modulated_ln(x, scale, shift, eps, plus_one, out, row_scale, residual, gate)
     return out, row_scale
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`x` `[..., D]` as float8 e4m3 rows and float32 row scales `[..., 1]` (max|row| / 448), in one pass."""
+def quantize_rows(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x` `[..., D]` (with `gelu`: GELU-tanh of `x`) as float8 e4m3 rows and float32 row scales `[..., 1]`
+    (max|row| / 448), in one pass."""
     if torch.compiler.is_compiling():
-        return torch.ops.wan_core.quantize_rows(x)
+        return torch.ops.wan_core.quantize_rows(x, gelu)
     x = x.contiguous()
     dim = x.shape[-1]
     out = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
     row_scale = torch.empty(*x.shape[:-1], 1, dtype=torch.float32, device=x.device)
     block = triton.next_power_of_2(dim)
-    _quantize_rows_kernel[(x.numel() // dim,)](x, out, row_scale, dim, BLOCK=block, num_warps=_warps(block))
+    _quantize_rows_kernel[(x.numel() // dim,)](x, out, row_scale, dim, GELU=gelu, BLOCK=block,
+                                               num_warps=_warps(block))
     return out, row_scale
+
+
+def _add_residual(x: torch.Tensor, residual: torch.Tensor | None, gate: torch.Tensor | None) -> None:
+    if residual is None:
+        return
+    if gate is None:
+        x.add_(residual)
+    else:
+        x.addcmul_(residual, gate)
+
+
+def _per_row(t: torch.Tensor, batch: int, seq: int, dim: int) -> tuple[torch.Tensor, int]:
+    """A modulation tensor (`[D]`, `[B, 1, D]` or `[B, L, D]`) as float32 rows `[R, D]`, and how many of the
+    `batch * seq` token rows share each of them."""
+    if t.dim() == 1:
+        return t.reshape(1, dim).float().contiguous(), batch * seq
+    if t.shape[1] == 1:
+        rows = t.reshape(-1, dim).float().contiguous()
+        return rows, (batch * seq if rows.shape[0] == 1 and batch > 1 else seq)
+    return t.expand(batch, seq, dim).reshape(batch * seq, dim).float().contiguous(), 1
 
 
 def _launch_modulated_ln(
     x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float, plus_one: bool, out: torch.Tensor,
-    row_scale: torch.Tensor | None,
+    row_scale: torch.Tensor | None, residual: torch.Tensor | None, gate: torch.Tensor | None,
 ) -> None:
     batch, seq, dim = x.shape
+    if residual is not None and not (x.is_contiguous() and x.dtype == torch.float32):
+        _add_residual(x, residual, gate)  # the kernel writes the update back only into a float32 contiguous x
+        residual = None
     x = x.contiguous()
-    if scale.dim() == 1:
-        rows_per_mod = batch * seq
-        scale2, shift2 = scale.reshape(1, dim), shift.reshape(1, dim)
-    elif scale.shape[1] == 1:
-        rows_per_mod = seq
-        scale2, shift2 = scale.reshape(-1, dim), shift.reshape(-1, dim)
-        if scale2.shape[0] == 1 and batch > 1:
-            rows_per_mod = batch * seq
-    else:
-        rows_per_mod = 1
-        scale2 = scale.expand(batch, seq, dim).reshape(batch * seq, dim)
-        shift2 = shift.expand(batch, seq, dim).reshape(batch * seq, dim)
-    scale2, shift2 = scale2.float().contiguous(), shift2.float().contiguous()
+    scale2, rows_per_mod = _per_row(scale, batch, seq, dim)
+    shift2, _ = _per_row(shift, batch, seq, dim)
+    gate2, rows_per_gate = _per_row(gate, batch, seq, dim) if gate is not None else (x, 1)
     block = triton.next_power_of_2(dim)
     quant = row_scale is not None
-    _modulated_ln_kernel[(batch * seq,)](x, out, scale2, shift2, row_scale if quant else out, rows_per_mod, dim, eps,
-                                         PLUS_ONE=plus_one, QUANT=quant, BLOCK=block, num_warps=_warps(block))
+    _modulated_ln_kernel[(batch * seq,)](
+        x, out, scale2, shift2, row_scale if quant else out, residual.contiguous() if residual is not None else x,
+        gate2, rows_per_mod, rows_per_gate, dim, eps, PLUS_ONE=plus_one, QUANT=quant, RESIDUAL=residual is not None,
+        GATED=gate is not None, BLOCK=block, num_warps=_warps(block),
+    )  # fmt: skip
 
 
 def rms_norm_rope(
@@ -208,11 +245,11 @@ if triton is not None:
         return x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty(*x.shape[:-1], 1, dtype=torch.float32)
 
     @torch.library.custom_op("wan_core::quantize_rows", mutates_args=())
-    def _quantize_rows_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return quantize_rows(x)
+    def _quantize_rows_op(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return quantize_rows(x, gelu)
 
     @_quantize_rows_op.register_fake
-    def _(x):
+    def _(x, gelu):
         return x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty(*x.shape[:-1], 1, dtype=torch.float32)
 
     @torch.library.custom_op("wan_core::rms_norm_rope", mutates_args=())

@@ -23,6 +23,7 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -148,16 +149,42 @@ class TimeCond:
         return [self.pick(mod[k] + self.e) for k in (0, 1)]
 
 
+class Residual(NamedTuple):
+    """A residual update `x += y * gate` (`gate` None: `x += y`) of the float32 stream, left for the next norm to
+    make in its own pass over `x` (the fused kernels); `add_to` makes it on its own."""
+
+    y: torch.Tensor
+    gate: torch.Tensor | None = None
+
+    def add_to(self, x: torch.Tensor, inplace: bool = True) -> torch.Tensor:
+        if self.gate is None:
+            return x.add_(self.y) if inplace else x + self.y
+        return x.addcmul_(self.y, self.gate) if inplace else x.addcmul(self.y, self.gate)
+
+
+def pending(x: torch.Tensor, update: Residual) -> tuple[torch.Tensor, Residual | None]:
+    """`(x, update)` for the next norm to make in place, or, where `x` must not change in place (autograd),
+    `(x + update, None)`."""
+    if torch.is_grad_enabled():
+        return update.add_to(x, inplace=False), None
+    return x, update
+
+
 def modulated_norm(
-    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, dtype: torch.dtype, rows: bool = False
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, dtype: torch.dtype, rows: bool = False,
+    residual: Residual | None = None,
 ) -> torch.Tensor | fp8.Fp8Rows:
-    """`layer_norm(x) * (1 + scale) + shift` in float32, returned in `dtype` (with `rows`: as fp8 rows)."""
-    if rows:
-        if kernels.usable(x):
-            return fp8.Fp8Rows(*kernels.modulated_layer_norm_fp8(x, scale, shift, eps), dtype)
-        return fp8.quantize_rows(modulated_norm(x, shift, scale, eps, dtype))
+    """`layer_norm(x) * (1 + scale) + shift` in float32, returned in `dtype` (with `rows`: as fp8 rows). With
+    `residual`, `x` is first updated in place by it (in the norm kernel's pass where that runs)."""
     if kernels.usable(x):
-        return kernels.modulated_layer_norm(x, scale, shift, eps, dtype)
+        add = {} if residual is None else {"residual": residual.y, "gate": residual.gate}
+        if rows:
+            return fp8.Fp8Rows(*kernels.modulated_layer_norm_fp8(x, scale, shift, eps, **add), dtype)
+        return kernels.modulated_layer_norm(x, scale, shift, eps, dtype, **add)
+    if residual is not None:
+        residual.add_to(x)
+    if rows:
+        return fp8.quantize_rows(modulated_norm(x, shift, scale, eps, dtype))
     batch, seq, dim = x.shape
     if shift.shape[1] == 1:
         if batch == 1:
@@ -249,37 +276,47 @@ class WanAttentionBlock(nn.Module):
         q = self.self_attn.q
         return isinstance(q, FP8Linear) and q.takes_fp8_rows(x.device, dtype)
 
-    def _norm3(self, x: torch.Tensor, dtype: torch.dtype, rows: bool) -> torch.Tensor | fp8.Fp8Rows:
-        if rows:
-            if kernels.usable(x) and isinstance(self.norm3, nn.LayerNorm):
-                data, scale = kernels.modulated_layer_norm_fp8(x, self.norm3.weight, self.norm3.bias, self.eps,
-                                                               plus_one=False)
+    def _norm3(
+        self, x: torch.Tensor, dtype: torch.dtype, rows: bool, residual: Residual | None = None
+    ) -> torch.Tensor | fp8.Fp8Rows:
+        """The cross-attention's input norm; with `residual`, `x` is first updated in place by it."""
+        if isinstance(self.norm3, nn.LayerNorm) and kernels.usable(x):
+            add = {} if residual is None else {"residual": residual.y, "gate": residual.gate}
+            weight, bias = self.norm3.weight, self.norm3.bias
+            if rows:
+                data, scale = kernels.modulated_layer_norm_fp8(x, weight, bias, self.eps, plus_one=False, **add)
                 return fp8.Fp8Rows(data, scale, dtype)
-            return fp8.quantize_rows(self._norm3(x, dtype, rows=False))
+            return kernels.modulated_layer_norm(x, weight, bias, self.eps, dtype, plus_one=False, **add)
+        if residual is not None:
+            residual.add_to(x)
         if isinstance(self.norm3, nn.LayerNorm):
-            if kernels.usable(x):
-                return kernels.modulated_layer_norm(x, self.norm3.weight, self.norm3.bias, self.eps, dtype,
-                                                    plus_one=False)
-            return F.layer_norm(x, (x.shape[-1],), self.norm3.weight.float(), self.norm3.bias.float(), self.eps).to(
-                dtype
-            )
-        return x.to(dtype)
+            normed = F.layer_norm(x, (x.shape[-1],), self.norm3.weight.float(), self.norm3.bias.float(), self.eps)
+        else:
+            normed = x
+        return fp8.quantize_rows(normed.to(dtype)) if rows else normed.to(dtype)
+
+    def _ffn(self, x: torch.Tensor | fp8.Fp8Rows, rows: bool) -> torch.Tensor:
+        """With fp8 rows the hidden layer's GELU is computed in the pass that quantizes it for the second Linear."""
+        if not rows:
+            return self.ffn(x)
+        up, _, down = self.ffn
+        return down(fp8.quantize_rows(up(x), gelu=True))
 
     def forward(
         self, x: torch.Tensor, time: TimeCond, context: torch.Tensor, freqs: torch.Tensor, attention: AttentionBackend
     ) -> torch.Tensor:
-        """`x`: float32 residual stream `[B, L, dim]`; `context`: embedded text `[B, text_len, dim]`."""
+        """`x`: float32 residual stream `[B, L, dim]`; `context`: embedded text `[B, text_len, dim]`. Without
+        autograd `x` is updated in place, each residual update made by the next norm in its pass over `x`."""
         dtype = context.dtype
-        inplace = not torch.is_grad_enabled()
         rows = self._takes_fp8_rows(x, dtype)
         shift, scale, gate = time.block_chunks(self.modulation, (0, 1, 2))
         y = self.self_attn(modulated_norm(x, shift, scale, self.eps, dtype, rows), freqs, attention)
-        x = x.addcmul_(y, gate) if inplace else x.addcmul(y, gate)
-        y = self.cross_attn(self._norm3(x, dtype, rows), context, getattr(attention, "local", attention))
-        x = x.add_(y) if inplace else x + y
+        x, residual = pending(x, Residual(y, gate))
+        y = self.cross_attn(self._norm3(x, dtype, rows, residual), context, getattr(attention, "local", attention))
+        x, residual = pending(x, Residual(y))
         shift, scale, gate = time.block_chunks(self.modulation, (3, 4, 5))
-        y = self.ffn(modulated_norm(x, shift, scale, self.eps, dtype, rows))
-        return x.addcmul_(y, gate) if inplace else x.addcmul(y, gate)
+        y = self._ffn(modulated_norm(x, shift, scale, self.eps, dtype, rows, residual), rows)
+        return Residual(y, gate).add_to(x, inplace=not torch.is_grad_enabled())
 
 
 class Head(nn.Module):

@@ -1,5 +1,6 @@
 """Batch throughput: the same batch of N text-to-video jobs on 1 GPU, then on every visible GPU (one replica per GPU),
-through the real batch engine (`BatchScheduler`, `PipelineStages`, `Worker.replica`). Prints one JSON object.
+through the real batch engine (`BatchScheduler`, `PipelineStages`, one `Worker.pipelined` per GPU, as the node's
+`replica per GPU` mode builds them). Prints one JSON object.
 
 The DiT experts and the VAE have real shapes and random weights (A14B: two 14B experts per GPU, bf16; 5B: one model
 and the Wan2.2 VAE). The text encoder is a stand-in returning random [L, 4096] embeddings: UMT5 takes well under 1%
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dit_step import build_ours  # noqa: E402
 
 from wan_core.batch import BatchJob, BatchScheduler, JobLedger, Worker  # noqa: E402
-from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings, StagesRunner  # noqa: E402
+from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings  # noqa: E402
 from wan_core.configs import DIT_CONFIGS  # noqa: E402
 from wan_core.pipeline.tasks import get_task  # noqa: E402
 from wan_core.vae import build_vae  # noqa: E402
@@ -127,7 +128,7 @@ def build_worker(device: str, task: str, args: argparse.Namespace, output_dir: P
         encode_device=device, denoise_device=device, decode_device=device,
         output_dir=output_dir, batch=batch, build_prompts=lambda job: (job.prompt, ""),
     )  # fmt: skip
-    return Worker.replica(device, StagesRunner(stages))
+    return Worker.pipelined(stages)
 
 
 def run_batch(workers: list[Worker], jobs: list[BatchJob], ledger_file: Path, gpus: int) -> tuple[float, dict]:

@@ -18,7 +18,7 @@ from wan_core.batch.csv_input import load_batch_jobs, resolve_input_file
 from wan_core.batch.jobs import BatchJob, JobDefaults, batch_id
 from wan_core.batch.ledger import JobLedger, JobState
 from wan_core.batch.scheduler import BatchScheduler, BatchSummary, ProgressEvent, Worker
-from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings, StagesRunner
+from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings
 from wan_core.errors import InputError
 from wan_core.io.atomic import probe_writable
 from wan_core.pipeline.denoise import StepInfo
@@ -150,7 +150,8 @@ class Wan22BatchQueueManager:
                 "max_concurrent_jobs": ("INT", {
                     "default": 0, "min": 0, "max": 64,
                     "tooltip": "0: every job slot (the most allowed): 3 with T5 on one GPU and DiT + VAE on another "
-                    "(encoding, denoising and decoding of three jobs overlap), 1 per replica.",
+                    "(encoding, denoising and decoding of three jobs overlap), 2 per GPU with all models on it "
+                    "(one job's video is written while the next denoises).",
                 }),
                 "queue_timeout": ("FLOAT", {"default": 300.0, "min": 1.0, "max": 86400.0, "step": 10.0,
                                             "tooltip": "Seconds per job (its wait behind other jobs not counted); a "
@@ -282,10 +283,11 @@ StagesFactory = Callable[[DiTHandle, T5Handle, VAEHandle, dict[str, ModelCache]]
 def plan_workers(
     dit: DiTHandle, t5: T5Handle, vae: VAEHandle, gpu_mode: str, make_stages: StagesFactory
 ) -> list[Worker]:
-    """The workers for the handles: one per GPU in `replica per GPU` mode; else one from the handles' devices, a
-    pipelined split worker when they differ (stages of different jobs overlap), a replica when they agree. `all
-    GPUs per job` (or the DiT on Set Device 'all GPUs (one video)'): one pipelined worker whose denoising lane
-    feeds the kept worker processes on every GPU, text encoding and decoding in this process."""
+    """The workers for the handles: one per GPU in `replica per GPU` mode; else one from the handles' devices, split
+    when they differ (stages of different jobs overlap across the devices), on one device when they agree (one job's
+    video is written while the next one denoises). `all GPUs per job` (or the DiT on Set Device 'all GPUs (one
+    video)'): one worker whose denoising lane feeds the kept worker processes on every GPU, text encoding and
+    decoding in this process."""
     if gpu_mode == ALL_GPUS_PER_JOB:
         gpu_mode, dit = AS_WIRED, dit.bind(ALL_GPUS)
     if dit.device == ALL_GPUS:
@@ -296,15 +298,12 @@ def plan_workers(
             bound = [handle.bind(name) for handle in (dit, t5, vae)]
             caches = {h.kind: _cache_for(original, h) for original, h in zip((dit, t5, vae), bound, strict=True)}
             stages = make_stages(*bound, caches)
-            workers.append(Worker.replica(stages.denoise_device, StagesRunner(stages)))
+            workers.append(Worker.pipelined(stages))
         return workers
     if gpu_mode != AS_WIRED:
         raise InputError(f"Unknown gpu_mode {gpu_mode!r}; use {AS_WIRED!r}, {REPLICA_PER_GPU!r} or "
                          f"{ALL_GPUS_PER_JOB!r}.")
-    stages = make_stages(dit, t5, vae, {"dit": MODEL_CACHE, "t5": MODEL_CACHE, "vae": MODEL_CACHE})
-    if stages.encode_device == stages.denoise_device == stages.decode_device:
-        return [Worker.replica(stages.denoise_device, StagesRunner(stages))]
-    return [Worker.pipelined(stages)]
+    return [Worker.pipelined(make_stages(dit, t5, vae, {"dit": MODEL_CACHE, "t5": MODEL_CACHE, "vae": MODEL_CACHE}))]
 
 
 def _cache_for(original: ModelHandle, bound: ModelHandle) -> ModelCache:
@@ -317,7 +316,7 @@ def _load_models(workers: list[Worker], *, with_vae: bool) -> None:
     """Load every worker's models onto their devices before the first job, so loading time does not count against a
     job's queue_timeout. Each is checked against the interrupt first."""
     for worker in workers:
-        stages = worker.stages if worker.stages is not None else worker.runner.stages
+        stages = worker.stages
         for lazy in (stages.text_encoder, stages.experts, *([stages.vae] if with_vae else [])):
             host.raise_if_interrupted()
             lazy.get()

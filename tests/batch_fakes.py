@@ -109,7 +109,7 @@ class FakeStages:
     most, then fails its job) until its partner has started, so a schedule that cannot overlap them fails the test."""
 
     def __init__(self, output_dir: Path, batch: str, *, encode_device: str, denoise_device: str, decode_device: str,
-                 recorder: Recorder, seconds: tuple[float, float, float] = (0.03, 0.06, 0.03),
+                 recorder: Recorder, seconds: tuple[float, float, float, float] = (0.03, 0.06, 0.03, 0.01),
                  meet: list[tuple[tuple[int, str], tuple[int, str]]] = ()):
         self.encode_device, self.denoise_device, self.decode_device = encode_device, denoise_device, decode_device
         self.output_dir, self.batch, self.recorder = Path(output_dir), batch, recorder
@@ -146,7 +146,14 @@ class FakeStages:
         assert latents == f"latents-{job.index}"
         start = self._begin(job, "decode")
         time.sleep(self.seconds[2])
-        path = write_video(output_path(self.output_dir, self.batch, job.index), job)
         self.recorder.record(job.index, "decode", self.decode_device, start)
+        return f"video-{job.index}"
+
+    def write(self, job, video):
+        assert video == f"video-{job.index}"
+        start = self._begin(job, "write")
+        time.sleep(self.seconds[3])
+        path = write_video(output_path(self.output_dir, self.batch, job.index), job)
+        self.recorder.record(job.index, "write", self.decode_device, start)
         self.recorder.job_ended(job.index)
         return path

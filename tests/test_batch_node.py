@@ -77,7 +77,7 @@ def test_batch_workflow_makes_three_videos_and_a_rerun_skips_them(tiny_models, f
     queue = [c[2] for c in calls if c[0] == "send" and c[1] == batch_queue.QUEUE_EVENT]
     assert queue[0] == {"node": BATCH_NODE, "queued": 3, "running": 0, "done": 0, "failed": 0}
     assert queue[-1] == {"node": BATCH_NODE, "queued": 0, "running": 0, "done": 3, "failed": 0}
-    assert max(q["running"] for q in queue) == 1  # one CPU: one job at a time
+    assert max(q["running"] for q in queue) == 2  # one device: a job is written while the next one denoises
     progress = [c[2] for c in calls if c[0] == "send" and c[1] == "wan22.progress"]
     assert len(progress) == 3 * TINY_SIZE["steps"]
     assert {(p["node"], p["device"], p["total"]) for p in progress} == {(BATCH_NODE, "CPU", TINY_SIZE["steps"])}
@@ -114,7 +114,7 @@ def test_interrupt_cancels_the_running_job_and_leaves_the_rest_pending(tiny_mode
         run_graph(graph, NODE_CLASS_MAPPINGS)
 
     last = {line["job"]: line["state"] for line in _ledger_lines(folders / "output")}
-    assert last == {1: "cancelled", 2: "queued", 3: "queued"}
+    assert last == {1: "cancelled", 2: "cancelled", 3: "queued"}  # job 2 was in flight: its text was being encoded
     assert not list((folders / "output").rglob("*.mp4"))
     assert [c[2]["step"] for c in calls if c[0] == "send" and c[1] == "wan22.progress"] == [1]
 
@@ -161,8 +161,8 @@ def test_bad_csv_rows_are_refused_before_any_model_loads(folders):
 
 
 def test_more_concurrent_jobs_than_job_slots_is_refused_before_loading(folders):
-    with pytest.raises(InputError, match=r"max_concurrent_jobs=2 but the workers have 1 job slot"):
-        Wan22BatchQueueManager().run_batch(**_node_inputs(prompts="one\ntwo", max_concurrent_jobs=2))
+    with pytest.raises(InputError, match=r"max_concurrent_jobs=3 but the workers have 2 job slot"):
+        Wan22BatchQueueManager().run_batch(**_node_inputs(prompts="one\ntwo", max_concurrent_jobs=3))
     assert len(handles.MODEL_CACHE) == 0 and not list(folders.rglob("*.jsonl"))
 
 
@@ -192,18 +192,20 @@ def test_split_handles_give_a_pipelined_worker_with_three_slots(two_gpus, tmp_pa
     assert worker.stages is not None and (worker.text_device, worker.main_device) == ("cuda:0", "cuda:1")
     # encoding on gpu:0; denoising and decoding in their own lanes on gpu:1
     assert BatchScheduler([worker], ledger=JobLedger(tmp_path / "l.jsonl")).capacity == 3
-    (replica,) = plan_workers(dit, t5.bind("gpu:1"), vae, batch_queue.AS_WIRED, _StagesStandIn)
-    assert replica.runner is not None and replica.name == "cuda:1"
+    (one_gpu,) = plan_workers(dit, t5.bind("gpu:1"), vae, batch_queue.AS_WIRED, _StagesStandIn)
+    assert one_gpu.stages is not None and one_gpu.name == "cuda:1"
+    # denoising and decoding in gpu:1's compute lane, text encoding and writing in its I/O lane
+    assert BatchScheduler([one_gpu], ledger=JobLedger(tmp_path / "one.jsonl")).capacity == 2
 
 
 def test_replica_per_gpu_gives_one_worker_per_gpu_with_its_own_model_copies(two_gpus, tmp_path):
     bound = {name: handle.bind("gpu:0") for name, handle in _fake_handles().items()}
     workers = plan_workers(bound["model"], bound["t5"], bound["vae"], batch_queue.REPLICA_PER_GPU, _StagesStandIn)
     assert [w.name for w in workers] == ["cuda:0", "cuda:1"]
-    first, second = (w.runner.stages.caches for w in workers)
+    first, second = (w.stages.caches for w in workers)
     assert set(first.values()) == {handles.MODEL_CACHE}  # where the handles already live: the shared cache
     assert set(second.values()) == {batch_queue._replica_cache("cuda:1")}
-    assert BatchScheduler(workers, ledger=JobLedger(tmp_path / "l.jsonl")).capacity == 2
+    assert BatchScheduler(workers, ledger=JobLedger(tmp_path / "l.jsonl")).capacity == 4
     with pytest.raises(InputError, match="gpu_mode"):
         plan_workers(bound["model"], bound["t5"], bound["vae"], "everywhere", _StagesStandIn)
 

@@ -107,6 +107,27 @@ def test_split_pipeline_with_vae_beside_text_encoder_overlaps_decoding_with_deno
         assert decode[n - 1].overlaps(denoise[n])
 
 
+def test_one_device_decodes_after_denoising_and_writes_while_the_next_job_denoises(tmp_path, batch):
+    """T5, DiT and VAE on one GPU: the VAE never runs beside the DiT there (decoding takes the compute lane), and the
+    video write of job n-1 (CPU work) overlaps the denoising of job n."""
+    jobs, name, ledger = batch
+    recorder = Recorder()
+    meet = [((n - 1, "write"), (n, "denoise")) for n in range(2, len(jobs) + 1)]
+    stages = FakeStages(tmp_path, name, encode_device="fake:0", denoise_device="fake:0", decode_device="fake:0",
+                        recorder=recorder, seconds=(0.01, 0.06, 0.02, 0.04), meet=meet)
+    scheduler = BatchScheduler([Worker.pipelined(stages)], ledger=ledger)
+    assert scheduler.max_concurrent_jobs == 2
+    summary = scheduler.run(jobs)
+    assert_outputs_complete(tmp_path, name, jobs, summary)
+    denoise, decode, write = recorder.of("denoise"), recorder.of("decode"), recorder.of("write")
+    on_gpu = sorted([*denoise.values(), *decode.values()], key=lambda i: i.start)
+    assert all(a.end <= b.start for a, b in zip(on_gpu, on_gpu[1:], strict=False))
+    assert len({i.thread for i in on_gpu}) == 1 and not {i.thread for i in on_gpu} & {i.thread for i in write.values()}
+    for n in range(2, len(jobs) + 1):
+        assert write[n - 1].overlaps(denoise[n])
+    assert recorder.max_active == 2
+
+
 def test_timed_out_job_is_cancelled_between_steps_and_recorded(tmp_path, batch):
     jobs, name, ledger = batch
     runner = FakeRunner(tmp_path, name, steps=3, step_seconds=0.02, slow_jobs=(2,))  # job 2: 300 steps, 6 s
@@ -126,7 +147,7 @@ def test_waiting_behind_other_jobs_does_not_count_against_queue_timeout(tmp_path
     timeout, while its own stages take half of it."""
     jobs, name, ledger = batch
     stages = FakeStages(tmp_path, name, encode_device="fake:0", denoise_device="fake:1", decode_device="fake:1",
-                        recorder=Recorder(), seconds=(0.01, 0.25, 0.01))
+                        recorder=Recorder(), seconds=(0.01, 0.25, 0.01, 0.01))
     summary = BatchScheduler([Worker.pipelined(stages)], queue_timeout=0.6, ledger=ledger).run(jobs[:4])
     assert_outputs_complete(tmp_path, name, jobs[:4], summary)
     assert max(r.seconds for r in summary.results) > 0.6  # the ledger's seconds still count the wait
@@ -227,13 +248,15 @@ def test_each_lane_thread_runs_its_stages_on_its_own_stream(tmp_path, batch):
 
     recorder = Recorder()
     stages = FakeStages(tmp_path, name, encode_device="fake:0", denoise_device="fake:1", decode_device="fake:1",
-                        recorder=recorder, seconds=(0.001, 0.001, 0.001))
+                        recorder=recorder, seconds=(0.001, 0.001, 0.001, 0.001))
     BatchScheduler([Worker.pipelined(stages)], ledger=ledger, stream_factory=stream_factory).run(jobs[:3])
     assert sorted(device for device, _ in created.values()) == ["fake:0", "fake:1", "fake:1"]
-    threads = {stage: {i.thread for i in recorder.of(stage).values()} for stage in ("encode", "denoise", "decode")}
+    stage_names = ("encode", "denoise", "decode", "write")
+    threads = {stage: {i.thread for i in recorder.of(stage).values()} for stage in stage_names}
     assert all(len(ids) == 1 for ids in threads.values()) and len(set.union(*threads.values())) == 3
+    assert threads["write"] == threads["decode"]  # a split worker decodes and writes in the VAE GPU's I/O lane
     for interval in recorder.intervals:
         assert created[interval.thread][0] == interval.device
-    assert sorted(stream.synchronized for _, stream in created.values()) == [3, 3, 3]
+    assert sorted(stream.synchronized for _, stream in created.values()) == [3, 3, 6]
     # Each stage ran in inference mode, as ComfyUI runs its nodes (models it loaded hold inference tensors).
     assert recorder.inference_modes and all(recorder.inference_modes)

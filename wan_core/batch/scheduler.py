@@ -1,11 +1,13 @@
 """Runs a batch of jobs on several devices at once, recording every state change in the job ledger.
 
-A job flows through its worker's stages: a single `run` stage for a `JobRunner`, or encode -> denoise -> decode for
-`JobStages`. Each device has two lanes, each one thread with its own CUDA stream on a CUDA device that runs one stage
-of one job at a time: the compute lane (denoise, or a whole `run`) and the I/O lane (text encoding and decoding).
-Lanes run concurrently, so with a split worker (text encoder on one GPU; DiT and VAE on another) the text encoding of
-the next job and the decoding of the previous one overlap the denoising of the current one. With one replica worker
-per GPU, whole jobs run side by side.
+A job flows through its worker's stages: a single `run` stage for a `JobRunner`, or encode -> denoise -> decode ->
+write for `JobStages`. Each device has two lanes, each one thread with its own CUDA stream on a CUDA device that runs
+one stage of one job at a time: the compute lane (denoise, or a whole `run`) and the I/O lane (text encoding and
+writing the video file). Lanes run concurrently, so with a split worker (text encoder on one GPU; DiT and VAE on
+another) the text encoding of the next job and the decoding and writing of the previous one overlap the denoising of
+the current one. A worker on one device decodes on its compute lane (the VAE never runs beside the DiT on one GPU,
+whose memory may hold one of them at work only), and its I/O lane writes the previous job's video while the GPU
+denoises the next. With one such worker per GPU, jobs run side by side on every GPU.
 
 A job slot is one lane of one worker; `max_concurrent_jobs` (jobs in flight at once) defaults to the number of slots
 and may not exceed it. A job past `queue_timeout` seconds is cancelled at its next cancel check (between
@@ -76,7 +78,11 @@ class JobStages(Protocol):
 
     def denoise(self, job: BatchJob, cond: Any, cancel: CancelCheck, progress: StepProgress) -> Any: ...
 
-    def decode(self, job: BatchJob, latents: Any) -> str | Path: ...
+    def decode(self, job: BatchJob, latents: Any) -> Any:
+        """The job's video decoded from the latents, as `write` takes it (on the CPU)."""
+
+    def write(self, job: BatchJob, decoded: Any) -> str | Path:
+        """Write the decoded video to its file (verified, in place only when whole); return its path."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,8 @@ class Worker:
 
     @classmethod
     def pipelined(cls, stages: JobStages, name: str | None = None) -> Worker:
-        """Stages on the devices the stages name; stages of different jobs overlap across devices."""
+        """Stages on the devices the stages name; stages of different jobs overlap across devices, and on one device
+        the video write of one job overlaps the denoising of the next."""
         devices = dict.fromkeys((stages.encode_device, stages.denoise_device, stages.decode_device))
         return cls(name or "+".join(devices), stages.encode_device, stages.denoise_device, stages=stages)
 
@@ -151,19 +158,20 @@ class BatchSummary:
         return "\n".join(lines)
 
 
-COMPUTE_STAGES = ("run", "denoise")
+COMPUTE, IO = "compute", "io"
 
 
 @dataclass(frozen=True)
 class _Stage:
     name: str
     device: str
+    kind: str  # COMPUTE or IO
     call: Callable[[BatchJob, Any, DeviceContext, CancelCheck, StepProgress], Any]
 
     @property
     def lane(self) -> tuple[str, str]:
         """(device, "compute" | "io"): the thread that runs this stage."""
-        return self.device, "compute" if self.name in COMPUTE_STAGES else "io"
+        return self.device, self.kind
 
 
 @dataclass
@@ -193,16 +201,19 @@ class _JobRun:
 def _plan(worker: Worker) -> _WorkerPlan:
     if worker.runner is not None:
         runner = worker.runner
-        run_stage = _Stage("run", worker.main_device,
+        run_stage = _Stage("run", worker.main_device, COMPUTE,
                            lambda job, _, ctx, cancel, progress: runner.run(job, ctx, cancel, progress))
         return _WorkerPlan(worker, [run_stage])
     stages = worker.stages
+    one_device = stages.encode_device == stages.denoise_device == stages.decode_device
     return _WorkerPlan(worker, [
-        _Stage("encode", stages.encode_device, lambda job, _, ctx, cancel, progress: stages.encode(job)),
-        _Stage("denoise", stages.denoise_device,
+        _Stage("encode", stages.encode_device, IO, lambda job, _, ctx, cancel, progress: stages.encode(job)),
+        _Stage("denoise", stages.denoise_device, COMPUTE,
                lambda job, cond, ctx, cancel, progress: stages.denoise(job, cond, cancel, progress)),
-        _Stage("decode", stages.decode_device, lambda job, latents, ctx, cancel, progress: stages.decode(job, latents)),
-    ])
+        _Stage("decode", stages.decode_device, COMPUTE if one_device else IO,
+               lambda job, latents, ctx, cancel, progress: stages.decode(job, latents)),
+        _Stage("write", stages.decode_device, IO, lambda job, video, ctx, cancel, progress: stages.write(job, video)),
+    ])  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -311,7 +322,7 @@ class BatchScheduler:
         if not 1 <= max_concurrent_jobs <= self.capacity:
             raise InputError(
                 f"max_concurrent_jobs={max_concurrent_jobs} but the workers have {self.capacity} job slot(s) "
-                f"(one per busy lane: denoising, or text encoding / decoding, on {', '.join(sorted(devices))}); "
+                f"(one per busy lane: denoising, or text encoding / writing, on {', '.join(sorted(devices))}); "
                 "more jobs at once would only wait and fight over memory. "
                 f"Set it between 1 and {self.capacity}, or 0 for all of them."
             )

@@ -1,5 +1,5 @@
 """The real generation of a batch job, split into the scheduler's stages: text encoding on the text encoder's device,
-denoising with the DiT experts on theirs, decoding with the VAE and writing the MP4.
+denoising with the DiT experts on theirs, decoding with the VAE, and writing the MP4 on the CPU.
 
 Models are given as loaders and read on first use (once, from the stage's own device thread), so a batch whose jobs
 are all done loads nothing, and the text encoder of a split worker loads while the DiT's GPU already works.
@@ -11,12 +11,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import torch
 
 from wan_core.batch.jobs import BatchJob, output_path
-from wan_core.batch.scheduler import CancelCheck, DeviceContext, JobCancelled, JobStages, StepProgress
+from wan_core.batch.scheduler import CancelCheck, StepProgress
 from wan_core.kept_latents import keep_latents_on_failure
 from wan_core.pipeline.denoise import ProgressCallback, StepInfo
 from wan_core.pipeline.pipeline import WanPipeline
@@ -67,6 +67,14 @@ class SamplingSettings:
         )  # fmt: skip
 
 
+class DecodedVideo(NamedTuple):
+    """A job's decoded video (`[3, F, H, W]` in [-1, 1], on the CPU) with the latents it came from, kept should the
+    write fail."""
+
+    latents: torch.Tensor
+    video: torch.Tensor
+
+
 @dataclass
 class PipelineStages:
     """`JobStages` of a Wan2.2 text-to-video job. `experts` gives (high-noise or only model, low-noise or None)."""
@@ -109,17 +117,28 @@ class PipelineStages:
         positive, negative = (embedding.to(self.denoise_device) for embedding in cond)
         return pipeline.sample(positive, negative, request, progress=on_step, cancel=cancel)
 
-    def decode(self, job: BatchJob, latents: torch.Tensor) -> Path:
-        """Decode and write the job's video (verified, renamed into place only when whole). On a failure the
-        latents are kept in the output folder and the job fails; the ledger then runs it again on resume."""
+    def decode(self, job: BatchJob, latents: torch.Tensor) -> DecodedVideo:
+        """The job's video on the CPU. On a failure the latents are kept in the output folder and the job fails; the
+        ledger then runs it again on resume."""
+
+        def decode() -> torch.Tensor:
+            return self._pipeline(self.decode_device, vae=self.vae.get()).decode(latents.to(self.decode_device)).cpu()
+
+        return DecodedVideo(latents, self._keeping_latents(job, latents, decode))
+
+    def write(self, job: BatchJob, decoded: DecodedVideo) -> Path:
+        """Write the decoded video (verified, renamed into place only when whole); on a failure the latents are
+        kept, as in `decode`."""
         final = output_path(self.output_dir, self.batch, job.index)
+        return self._keeping_latents(
+            job, decoded.latents,
+            lambda: save_video(final, decoded.video, self.settings.task.fps, finalize=self.finish_video),
+        )  # fmt: skip
 
-        def finish() -> Path:
-            video = self._pipeline(self.decode_device, vae=self.vae.get()).decode(latents.to(self.decode_device))
-            return save_video(final, video.cpu(), self.settings.task.fps, finalize=self.finish_video)
-
+    def _keeping_latents(self, job: BatchJob, latents: torch.Tensor, step: Callable[[], T]) -> T:
+        stem = output_path(self.output_dir, self.batch, job.index).stem
         return keep_latents_on_failure(
-            finish, latents, folder=self.output_dir, task=self.settings.task.name, stem=final.stem,
+            step, latents, folder=self.output_dir, task=self.settings.task.name, stem=stem,
             how_to_decode=lambda kept: f"the job runs again when the batch is queued again (or decode {kept.name} "
             "with the Wan2.2 VAE Decode node's latents_file input).",
         )  # fmt: skip
@@ -128,17 +147,3 @@ class PipelineStages:
         models = {"text_encoder": None, "vae": None, "high_noise_model": None, **models}
         runtime = self.settings.runtime.replace(device=device)
         return WanPipeline(self.settings.task, runtime=runtime, **models)
-
-
-@dataclass(frozen=True)
-class StagesRunner:
-    """A `JobRunner` running the stages one after the other on one device: a replica worker (`Worker.replica`)."""
-
-    stages: JobStages
-
-    def run(self, job: BatchJob, context: DeviceContext, cancel: CancelCheck, progress: StepProgress) -> Path:
-        cond = self.stages.encode(job)
-        if cancel():
-            raise JobCancelled(f"job {job.index} cancelled after text encoding")
-        latents = self.stages.denoise(job, cond, cancel, progress)
-        return Path(self.stages.decode(job, latents))

@@ -114,7 +114,7 @@ def test_interrupt_cancels_the_running_job_and_leaves_the_rest_pending(tiny_mode
         run_graph(graph, NODE_CLASS_MAPPINGS)
 
     last = {line["job"]: line["state"] for line in _ledger_lines(folders / "output")}
-    assert last == {1: "cancelled", 2: "cancelled", 3: "queued"}  # job 2 was in flight: its text was being encoded
+    assert last == {1: "cancelled", 2: "cancelled", 3: "queued"}  # job 2 was in flight beside job 1 (2 job slots)
     assert not list((folders / "output").rglob("*.mp4"))
     assert [c[2]["step"] for c in calls if c[0] == "send" and c[1] == "wan22.progress"] == [1]
 
@@ -194,7 +194,7 @@ def test_split_handles_give_a_pipelined_worker_with_three_slots(two_gpus, tmp_pa
     assert BatchScheduler([worker], ledger=JobLedger(tmp_path / "l.jsonl")).capacity == 3
     (one_gpu,) = plan_workers(dit, t5.bind("gpu:1"), vae, batch_queue.AS_WIRED, _StagesStandIn)
     assert one_gpu.stages is not None and one_gpu.name == "cuda:1"
-    # denoising and decoding in gpu:1's compute lane, text encoding and writing in its I/O lane
+    # encoding, denoising and decoding in gpu:1's compute lane, writing in its I/O lane
     assert BatchScheduler([one_gpu], ledger=JobLedger(tmp_path / "one.jsonl")).capacity == 2
 
 

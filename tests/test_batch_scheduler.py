@@ -107,9 +107,9 @@ def test_split_pipeline_with_vae_beside_text_encoder_overlaps_decoding_with_deno
         assert decode[n - 1].overlaps(denoise[n])
 
 
-def test_one_device_decodes_after_denoising_and_writes_while_the_next_job_denoises(tmp_path, batch):
-    """T5, DiT and VAE on one GPU: the VAE never runs beside the DiT there (decoding takes the compute lane), and the
-    video write of job n-1 (CPU work) overlaps the denoising of job n."""
+def test_one_device_runs_its_models_in_turn_and_writes_while_the_next_job_denoises(tmp_path, batch):
+    """T5, DiT and VAE on one GPU: the models never run side by side there (encoding and decoding take the compute
+    lane), and the video write of job n-1 (CPU work) overlaps the denoising of job n."""
     jobs, name, ledger = batch
     recorder = Recorder()
     meet = [((n - 1, "write"), (n, "denoise")) for n in range(2, len(jobs) + 1)]
@@ -119,8 +119,9 @@ def test_one_device_decodes_after_denoising_and_writes_while_the_next_job_denois
     assert scheduler.max_concurrent_jobs == 2
     summary = scheduler.run(jobs)
     assert_outputs_complete(tmp_path, name, jobs, summary)
-    denoise, decode, write = recorder.of("denoise"), recorder.of("decode"), recorder.of("write")
-    on_gpu = sorted([*denoise.values(), *decode.values()], key=lambda i: i.start)
+    encode, denoise, decode = recorder.of("encode"), recorder.of("denoise"), recorder.of("decode")
+    write = recorder.of("write")
+    on_gpu = sorted([*encode.values(), *denoise.values(), *decode.values()], key=lambda i: i.start)
     assert all(a.end <= b.start for a, b in zip(on_gpu, on_gpu[1:], strict=False))
     assert len({i.thread for i in on_gpu}) == 1 and not {i.thread for i in on_gpu} & {i.thread for i in write.values()}
     for n in range(2, len(jobs) + 1):

@@ -5,9 +5,10 @@ write for `JobStages`. Each device has two lanes, each one thread with its own C
 one stage of one job at a time: the compute lane (denoise, or a whole `run`) and the I/O lane (text encoding and
 writing the video file). Lanes run concurrently, so with a split worker (text encoder on one GPU; DiT and VAE on
 another) the text encoding of the next job and the decoding and writing of the previous one overlap the denoising of
-the current one. A worker on one device decodes on its compute lane (the VAE never runs beside the DiT on one GPU,
-whose memory may hold one of them at work only), and its I/O lane writes the previous job's video while the GPU
-denoises the next. With one such worker per GPU, jobs run side by side on every GPU.
+the current one. A worker on one device runs text encoding, denoising and decoding one after another on its compute
+lane (its models never work side by side on that GPU, whose memory may have room for one of them at work only), and
+its I/O lane writes the previous job's video while the GPU works on the next. With one such worker per GPU, jobs run
+side by side on every GPU.
 
 A job slot is one lane of one worker; `max_concurrent_jobs` (jobs in flight at once) defaults to the number of slots
 and may not exceed it. A job past `queue_timeout` seconds is cancelled at its next cancel check (between
@@ -205,12 +206,13 @@ def _plan(worker: Worker) -> _WorkerPlan:
                            lambda job, _, ctx, cancel, progress: runner.run(job, ctx, cancel, progress))
         return _WorkerPlan(worker, [run_stage])
     stages = worker.stages
-    one_device = stages.encode_device == stages.denoise_device == stages.decode_device
+    # On one device the models take turns on the compute lane, as in a plain job; only the write runs beside them.
+    lane = COMPUTE if stages.encode_device == stages.denoise_device == stages.decode_device else IO
     return _WorkerPlan(worker, [
-        _Stage("encode", stages.encode_device, IO, lambda job, _, ctx, cancel, progress: stages.encode(job)),
+        _Stage("encode", stages.encode_device, lane, lambda job, _, ctx, cancel, progress: stages.encode(job)),
         _Stage("denoise", stages.denoise_device, COMPUTE,
                lambda job, cond, ctx, cancel, progress: stages.denoise(job, cond, cancel, progress)),
-        _Stage("decode", stages.decode_device, COMPUTE if one_device else IO,
+        _Stage("decode", stages.decode_device, lane,
                lambda job, latents, ctx, cancel, progress: stages.decode(job, latents)),
         _Stage("write", stages.decode_device, IO, lambda job, video, ctx, cancel, progress: stages.write(job, video)),
     ])  # fmt: skip

@@ -161,6 +161,11 @@ class Residual(NamedTuple):
             return x.add_(self.y) if inplace else x + self.y
         return x.addcmul_(self.y, self.gate) if inplace else x.addcmul(self.y, self.gate)
 
+    @staticmethod
+    def kernel_args(update: Residual | None) -> dict:
+        """The norm kernels' `residual` / `gate` arguments for `update` (none for None)."""
+        return {} if update is None else {"residual": update.y, "gate": update.gate}
+
 
 def pending(x: torch.Tensor, update: Residual) -> tuple[torch.Tensor, Residual | None]:
     """`(x, update)` for the next norm to make in place, or, where `x` must not change in place (autograd),
@@ -177,7 +182,7 @@ def modulated_norm(
     """`layer_norm(x) * (1 + scale) + shift` in float32, returned in `dtype` (with `rows`: as fp8 rows). With
     `residual`, `x` is first updated in place by it (in the norm kernel's pass where that runs)."""
     if kernels.usable(x):
-        add = {} if residual is None else {"residual": residual.y, "gate": residual.gate}
+        add = Residual.kernel_args(residual)
         if rows:
             return fp8.Fp8Rows(*kernels.modulated_layer_norm_fp8(x, scale, shift, eps, **add), dtype)
         return kernels.modulated_layer_norm(x, scale, shift, eps, dtype, **add)
@@ -281,7 +286,7 @@ class WanAttentionBlock(nn.Module):
     ) -> torch.Tensor | fp8.Fp8Rows:
         """The cross-attention's input norm; with `residual`, `x` is first updated in place by it."""
         if isinstance(self.norm3, nn.LayerNorm) and kernels.usable(x):
-            add = {} if residual is None else {"residual": residual.y, "gate": residual.gate}
+            add = Residual.kernel_args(residual)
             weight, bias = self.norm3.weight, self.norm3.bias
             if rows:
                 data, scale = kernels.modulated_layer_norm_fp8(x, weight, bias, self.eps, plus_one=False, **add)

@@ -216,6 +216,19 @@ def test_cache_hooks_run_after_jobs_on_the_workers_devices(tmp_path, batch):
     assert defragmented == ["fake:1"] * 2
 
 
+def test_cache_hooks_run_between_the_compute_lanes_stages_not_beside_them(tmp_path, batch):
+    """One device, a job written while the next denoises: the cache is emptied on the compute lane's thread, between
+    two of its stages, never while the next job's denoising runs on the GPU."""
+    jobs, name, ledger = batch
+    recorder, hook_threads = Recorder(), []
+    stages = FakeStages(tmp_path, name, encode_device="fake:0", denoise_device="fake:0", decode_device="fake:0",
+                        recorder=recorder, seconds=(0.005, 0.05, 0.01, 0.04))
+    BatchScheduler([Worker.pipelined(stages)], ledger=ledger, auto_clear_cache=True,
+                   clear_cache=lambda device: hook_threads.append((device, threading.get_ident()))).run(jobs)
+    (compute_thread,) = {i.thread for i in recorder.of("denoise").values()}
+    assert hook_threads == [("fake:0", compute_thread)] * len(jobs)
+
+
 def test_progress_events_name_node_job_and_device(tmp_path, batch):
     jobs, name, ledger = batch
     events = []

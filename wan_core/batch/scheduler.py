@@ -252,6 +252,18 @@ def defragment_device(device: str) -> None:
             torch.cuda.ipc_collect()
 
 
+_HOOK_PRIORITY = (-1,)  # ahead of every stage waiting on the lane
+
+
+def _call_hooks(hooks: list[DeviceHook], device: str) -> None:
+    """A failing hook is only logged."""
+    for hook in hooks:
+        try:
+            hook(device)
+        except Exception as error:
+            LOG.warning("[Wan2.2] cache hook on %s failed: %s", device, error)
+
+
 class _LaneThread:
     """One thread per lane of a device: takes the most urgent stage (earliest job first) and runs it."""
 
@@ -486,17 +498,17 @@ class BatchScheduler:
         self._emit(run, run.plan.worker.main_device, state.value, 0, 0, finished)
 
     def _run_cache_hooks(self, plan: _WorkerPlan, defrag_due: bool) -> None:
-        """Cache hooks on the worker's devices, before its slot takes the next job; a failing hook is only logged."""
-        devices = list(dict.fromkeys(stage.device for stage in plan.stages))
+        """Cache hooks on the worker's devices, each queued ahead of every stage on the device's compute lane (its
+        I/O lane where it has none): it runs between two stages there, never beside one (emptying the cache under a
+        running denoise would only make it allocate again), and before the next job's stages on that lane."""
         hooks = [self._clear_cache] if self._auto_clear_cache else []
         if defrag_due:
             hooks.append(self._defragment)
-        for hook in hooks:
-            for device in devices:
-                try:
-                    hook(device)
-                except Exception as error:
-                    LOG.warning("[Wan2.2] cache hook on %s failed: %s", device, error)
+        if not hooks:
+            return
+        for device in dict.fromkeys(stage.device for stage in plan.stages):
+            lane = (device, COMPUTE) if (device, COMPUTE) in self._threads else (device, IO)
+            self._threads[lane].submit(_HOOK_PRIORITY, lambda stream, device=device: _call_hooks(hooks, device))
 
     def _emit(self, run: _JobRun, device: str, stage: str, step: int, total: int, finished: int | None = None) -> None:
         if self._on_progress is None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import json
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dit_step import build_ours  # noqa: E402
+from report import emit  # noqa: E402
 
 from wan_core.batch import BatchJob, BatchScheduler, JobLedger, Worker  # noqa: E402
 from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings  # noqa: E402
@@ -187,10 +187,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for task in args.tasks.split(","):
             report["results"].append(measure(task.strip(), devices, args, Path(scratch)))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import argparse
 import copy
 import datetime
 import gc
-import json
 import math
 import os
 import statistics
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comfy_native import build_comfy, comfy_forward, load_comfy, set_attention  # noqa: E402
 from dit_shape import add_shape_args, shape_config  # noqa: E402
 from profile_split import profile_split  # noqa: E402
+from report import emit  # noqa: E402
 
 from wan_core.configs import WanDiTConfig  # noqa: E402
 from wan_core.dit.attention import get_backend  # noqa: E402
@@ -302,10 +302,7 @@ def main() -> None:
         entry["output_rel_l2_vs_ours_bf16"] = rel_l2(outputs[name], reference)
     result["variants"] = timings
     result["summary"] = summarize(timings)
-    text = json.dumps(result, indent=2)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
+    emit(result, args.json)
 
 
 def summarize(timings: dict) -> dict:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dit_step import build_ours, peak_gib, peak_reset, sync  # noqa: E402
 from profile_split import profile_split  # noqa: E402
+from report import emit  # noqa: E402
 
 from wan_core.configs import DIT_CONFIGS  # noqa: E402
 from wan_core.dit.fp8 import to_fp8_compute  # noqa: E402
@@ -152,10 +153,7 @@ def main() -> None:
         sync(device)
         result["vae_decode"] = {"seconds": time.perf_counter() - start, "video_shape": list(video.shape),
                                 "peak_gib": peak_gib(device)}
-    text = json.dumps(result, indent=2)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

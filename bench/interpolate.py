@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dit_step import peak_gib, peak_reset, sync  # noqa: E402
+from report import emit  # noqa: E402
 
 from wan_core.interpolate.ifnet import IFNet, IFNetArch  # noqa: E402
 from wan_core.interpolate.rife import rife_interpolate  # noqa: E402
@@ -99,10 +99,7 @@ def main() -> None:
         out = ffmpeg_interpolate(frames, args.multiplier)
         report["cases"]["ffmpeg_minterpolate_cpu"] = {"seconds": [round(time.perf_counter() - started, 3)],
                                                       "frames_out": out.shape[0]}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def run_repeat(server: ComfyServer, graph: dict, output: Path, timeout: float) -
         record["timed_out"] = True
     new_ledgers = sorted(set(output.rglob(LEDGERS)) - ledgers)
     if new_ledgers:
-        record["batch_jobs"] = ledger_jobs(line for path in new_ledgers for line in path.read_text().splitlines())
+        record["batch_jobs"] = ledger_jobs(new_ledgers)
     return record
 
 

@@ -3,9 +3,9 @@ probe's memory and model placements, and the comparisons the issue asks for. No 
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Iterable
+from pathlib import Path
 
 MIB = 2**20
 
@@ -40,22 +40,21 @@ def saved_files(entry: dict) -> list[str]:
     return out
 
 
-def ledger_jobs(lines: Iterable[str]) -> list[dict]:
-    """Each job's last state from the batch ledgers' JSONL lines (`wan_core.batch.ledger`): index, state, seconds,
-    worker and error, in job order; `started` jobs (still running when the run ended) carry their start time. A
-    line torn by a kill is skipped."""
-    latest: dict[int, dict] = {}
-    for line in lines:
-        try:
-            record = json.loads(line)
-            index = int(record["job"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        latest[index] = {"job": index, "state": record.get("state"), "seconds": record.get("seconds"),
-                         "worker": record.get("worker"), "error": record.get("error"),
-                         "time": record.get("time")}
-    return [{k: v for k, v in job.items() if v is not None and (k != "time" or job["state"] == "started")}
-            for _, job in sorted(latest.items())]
+def ledger_jobs(paths: Iterable[Path]) -> list[dict]:
+    """Each job's last state in the batch ledgers at `paths`, read as the batch queue reads them
+    (`wan_core.batch.ledger`, which skips a line torn by a kill): index, state, seconds, worker and error, in job
+    order; `started` jobs (still running when the run ended) carry their start time."""
+    from wan_core.batch.ledger import JobLedger, JobState
+
+    latest = {}
+    for path in paths:
+        latest.update(JobLedger(path).last_states())
+    jobs = []
+    for index, entry in sorted(latest.items()):
+        job = {"job": index, "state": entry.state.value, "seconds": entry.seconds, "worker": entry.worker,
+               "error": entry.error, "time": entry.time if entry.state is JobState.STARTED else None}
+        jobs.append({k: v for k, v in job.items() if v is not None})
+    return jobs
 
 
 def parse_smi_line(line: str, t: float) -> dict | None:

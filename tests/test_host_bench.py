@@ -317,7 +317,7 @@ def test_command_line() -> None:
     assert graph["96"]["inputs"]["noise_seed"] == 7
 
 
-def test_ledger_jobs_give_each_jobs_last_state() -> None:
+def test_ledger_jobs_give_each_jobs_last_state(tmp_path) -> None:
     lines = [
         '{"job": 1, "state": "queued", "time": "t0", "prompt": "a"}',
         '{"job": 2, "state": "queued", "time": "t0", "prompt": "b"}',
@@ -326,7 +326,9 @@ def test_ledger_jobs_give_each_jobs_last_state() -> None:
         '{"job": 2, "state": "started", "time": "t3", "worker": "cuda:0"}',
         '{"job": 3, "sta',  # torn by the kill
     ]
-    assert hr.ledger_jobs(lines) == [{"job": 1, "state": "done", "seconds": 7.5, "worker": "cuda:0"},
+    ledger = tmp_path / "batch-x.ledger.jsonl"
+    ledger.write_text("\n".join(lines), encoding="utf-8")
+    assert hr.ledger_jobs([ledger]) == [{"job": 1, "state": "done", "seconds": 7.5, "worker": "cuda:0"},
                                      {"job": 2, "state": "started", "worker": "cuda:0", "time": "t3"}]
 
 

@@ -37,7 +37,6 @@ SHAPES = {  # name: (K, N)
 }
 
 
-
 def variants(x: torch.Tensor, w: torch.Tensor) -> tuple[dict[str, Callable[[], torch.Tensor]], tuple]:
     """The timed calls, and the fp8 operands `(a, row_scale, wq, col_scale)` they share."""
     rows = fp8.quantize_rows(x)

@@ -155,8 +155,8 @@ def test_an_fp8_text_encoder_load_lets_each_fp8_weight_go_once_converted(tmp_pat
     import weakref
 
     from safetensors.torch import save_file
+    from test_text_encoder import alive_at_each_conversion
 
-    from wan_core.io import quant
     from wan_core.io.quant import quantize_fp8_scaled
     from wan_core.text import encoder as encoder_module
     from wan_core.text import keymap
@@ -168,21 +168,15 @@ def test_an_fp8_text_encoder_load_lets_each_fp8_weight_go_once_converted(tmp_pat
     spiece = torch.frombuffer(bytearray(build_demo_spiece_model()), dtype=torch.uint8)
     save_file({**quantize_fp8_scaled(sd), "spiece_model": spiece}, path)
     fp8: list[weakref.ref] = []
-    real_read, real_convert = encoder_module.read_mapped, quant._dequantize_one
+    real_read = encoder_module.read_mapped
 
     def reading(files):  # noqa: ANN001, ANN202
         tensors, maps = real_read(files)
         fp8.extend(weakref.ref(t) for t in tensors.values() if t.dtype == torch.float8_e4m3fn)
         return tensors, maps
 
-    alive_at_each: list[int] = []
-
-    def converting(weight, *args):  # noqa: ANN001, ANN002, ANN202
-        alive_at_each.append(sum(ref() is not None for ref in fp8))
-        return real_convert(weight, *args)
-
     monkeypatch.setattr(encoder_module, "read_mapped", reading)
-    monkeypatch.setattr(quant, "_dequantize_one", converting)
+    alive_at_each = alive_at_each_conversion(monkeypatch, fp8)
     encoder_module.load_text_encoder(path)
     assert len(alive_at_each) > 10
     assert alive_at_each == [len(fp8) - i for i in range(len(alive_at_each))]

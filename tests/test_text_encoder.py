@@ -276,24 +276,31 @@ def test_comfy_fp8_scaled_file(tmp_path, tiny, spiece_bytes, new_format):
     assert load_text_encoder(path).dtype == torch.bfloat16  # fp8 files default to bf16, the reference's dtype
 
 
+def alive_at_each_conversion(monkeypatch, weights: list) -> list[int]:  # noqa: ANN001
+    """A list that gets, at each fp8 weight's conversion (`quant._dequantize_one`), how many of the weakly
+    referenced `weights` are still alive (`weights` may be filled later, while the load reads the file)."""
+    from wan_core.io import quant
+
+    alive: list[int] = []
+    convert = quant._dequantize_one
+
+    def counting(weight, *args):  # noqa: ANN001, ANN002, ANN202
+        alive.append(sum(ref() is not None for ref in weights))
+        return convert(weight, *args)
+
+    monkeypatch.setattr(quant, "_dequantize_one", counting)
+    return alive
+
+
 def test_a_load_frees_each_fp8_weight_once_converted(tiny, monkeypatch):
     """The fp8 file's weights and their bf16 conversions are never all in RAM at once (an fp8 umt5-xxl: 6.7 + 11.4
     GB): each fp8 weight is gone before the next is converted (`load_text_encoder` converts with consume=True)."""
     import weakref
 
-    from wan_core.io import quant
-
     sd = {k: v.contiguous() for k, v in tiny.state_dict().items() if k != keymap.EMBED_TOKENS}
     quantized = quantize_fp8_scaled(sd)
     fp8 = [weakref.ref(v) for v in quantized.values() if v.dtype == torch.float8_e4m3fn]
-    alive_at_each = []
-    convert = quant._dequantize_one
-
-    def counting(weight, *args):  # noqa: ANN001, ANN002, ANN202
-        alive_at_each.append(sum(ref() is not None for ref in fp8))
-        return convert(weight, *args)
-
-    monkeypatch.setattr(quant, "_dequantize_one", counting)
+    alive_at_each = alive_at_each_conversion(monkeypatch, fp8)
     reference = dequantize(dict(quantized), torch.bfloat16)
     alive_at_each.clear()
     out = dequantize(quantized, torch.bfloat16, consume=True)

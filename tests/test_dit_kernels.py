@@ -56,7 +56,8 @@ SCRIPT = textwrap.dedent(
         stream = x.clone()
         updated = x + (y if gate is None else y * gate)
         ref = F.layer_norm(updated, (D,), eps=1e-6) * (1 + scale) + shift
-        out = kernels.modulated_layer_norm(stream, scale, shift, 1e-6, torch.float32, residual=y, gate=gate)
+        out = kernels.modulated_layer_norm(stream, scale, shift, 1e-6, torch.float32,
+                                           residual=kernels.Residual(y, gate))
         assert (stream - updated).abs().max() < 1e-5, name
         assert (out - ref).abs().max() < 1e-4, name
 

@@ -152,7 +152,8 @@ def test_fused_fp8_kernels_match_their_pytorch_definition():
     assert ((data.float() * row_scale - gelu).abs() <= gelu.abs() / 16 + row_scale * 2**-9 + 1e-6).all()
     # a pending gated residual made in the norm's pass, the float32 stream updated in place
     stream, update, gate = x.clone(), torch.randn_like(y), torch.randn(2, 1, 5120, device="cuda")
-    data, row_scale = kernels.modulated_layer_norm_fp8(stream, scale, shift, 1e-6, residual=update, gate=gate)
+    data, row_scale = kernels.modulated_layer_norm_fp8(stream, scale, shift, 1e-6,
+                                                      residual=kernels.Residual(update, gate))
     torch.testing.assert_close(stream, x + update.float() * gate)
     want = F.layer_norm(stream, (5120,), eps=1e-6) * (1 + scale) + shift
     torch.testing.assert_close(row_scale, want.abs().amax(-1, keepdim=True) / FP8_MAX, rtol=1e-5, atol=0)

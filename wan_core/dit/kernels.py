@@ -2,8 +2,8 @@
 
 - `modulated_layer_norm`: `layer_norm(x) * (1 + scale) + shift` of the float32 residual, written once in the
   compute dtype (PyTorch: a float32 LayerNorm pass, then a cast pass).
-  With `residual`, the pending residual update `x += residual * gate` is made in the same pass (its float32 result
-  written back into `x`), so the residual stream is read once for the update and the norm instead of twice.
+  With a `Residual`, the pending update `x += y * gate` is made in the same pass (its float32 result written back
+  into `x`), so the residual stream is read once for the update and the norm instead of twice.
 - `modulated_layer_norm_fp8` / `quantize_rows`: the same norm, or any activation (optionally through GELU-tanh
   first: the FFN's hidden layer), written as float8 e4m3 rows with one float32 scale per row, the input of the
   rowwise-scaled fp8 matmuls (`fp8.py`), in the one pass.
@@ -19,6 +19,7 @@ tensors (tests).
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -116,36 +117,51 @@ if triton is not None:
         tl.store(OUT + row * 2 * HALF + offs, x.to(OUT.dtype.element_ty), mask=mask2)
 
 
+class Residual(NamedTuple):
+    """A residual update `x += y * gate` (`gate` None: `x += y`) of the float32 stream, left for the next norm to
+    make in its own pass over `x`; `add_to` makes it on its own."""
+
+    y: torch.Tensor
+    gate: torch.Tensor | None = None
+
+    def add_to(self, x: torch.Tensor, inplace: bool = True) -> torch.Tensor:
+        if self.gate is None:
+            return x.add_(self.y) if inplace else x + self.y
+        return x.addcmul_(self.y, self.gate) if inplace else x.addcmul(self.y, self.gate)
+
+
 def modulated_layer_norm(
     x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float, dtype: torch.dtype, plus_one: bool = True,
-    residual: torch.Tensor | None = None, gate: torch.Tensor | None = None,
+    residual: Residual | None = None,
 ) -> torch.Tensor:
     """`layer_norm(x) * (plus_one + scale) + shift` in `dtype`.
 
-    `x` `[B, L, D]`; `scale`/`shift` (and `gate`) `[B, 1, D]` (per sample), `[B, L, D]` (per token) or `[D]`
-    (shared). With `residual` `[B, L, D]`, `x` (float32, contiguous) is first updated in place to
-    `x + residual * gate` (`gate` None: `x + residual`) and the norm is of the updated `x`.
+    `x` `[B, L, D]`; `scale`/`shift` (and the residual's gate) `[B, 1, D]` (per sample), `[B, L, D]` (per token) or
+    `[D]` (shared). With `residual` (`y` `[B, L, D]`), `x` (float32) is first updated in place by it and the norm is of
+    the updated `x`.
     """
     if torch.compiler.is_compiling():
-        _add_residual(x, residual, gate)
+        if residual is not None:
+            residual.add_to(x)
         return torch.ops.wan_core.modulated_layer_norm(x, scale, shift, eps, dtype, plus_one)
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
-    _launch_modulated_ln(x, scale, shift, eps, plus_one, out, None, residual, gate)
+    _launch_modulated_ln(x, scale, shift, eps, plus_one, out, None, residual)
     return out
 
 
 def modulated_layer_norm_fp8(
     x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float, plus_one: bool = True,
-    residual: torch.Tensor | None = None, gate: torch.Tensor | None = None,
+    residual: Residual | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`modulated_layer_norm` written as float8 e4m3 rows with one float32 scale per row (`[B, L, 1]`), for the
     rowwise-scaled fp8 matmul that follows: the quantization costs no extra pass over the activation."""
     if torch.compiler.is_compiling():
-        _add_residual(x, residual, gate)
+        if residual is not None:
+            residual.add_to(x)
         return torch.ops.wan_core.modulated_layer_norm_fp8(x, scale, shift, eps, plus_one)
     out = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
     row_scale = torch.empty(*x.shape[:-1], 1, dtype=torch.float32, device=x.device)
-    _launch_modulated_ln(x, scale, shift, eps, plus_one, out, row_scale, residual, gate)
+    _launch_modulated_ln(x, scale, shift, eps, plus_one, out, row_scale, residual)
     return out, row_scale
 
 
@@ -164,15 +180,6 @@ def quantize_rows(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, to
     return out, row_scale
 
 
-def _add_residual(x: torch.Tensor, residual: torch.Tensor | None, gate: torch.Tensor | None) -> None:
-    if residual is None:
-        return
-    if gate is None:
-        x.add_(residual)
-    else:
-        x.addcmul_(residual, gate)
-
-
 def _per_row(t: torch.Tensor, batch: int, seq: int, dim: int) -> tuple[torch.Tensor, int]:
     """A modulation tensor (`[D]`, `[B, 1, D]` or `[B, L, D]`) as float32 rows `[R, D]`, and how many of the
     `batch * seq` token rows share each of them."""
@@ -186,22 +193,23 @@ def _per_row(t: torch.Tensor, batch: int, seq: int, dim: int) -> tuple[torch.Ten
 
 def _launch_modulated_ln(
     x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float, plus_one: bool, out: torch.Tensor,
-    row_scale: torch.Tensor | None, residual: torch.Tensor | None, gate: torch.Tensor | None,
+    row_scale: torch.Tensor | None, residual: Residual | None,
 ) -> None:
     batch, seq, dim = x.shape
     if residual is not None and not (x.is_contiguous() and x.dtype == torch.float32):
-        _add_residual(x, residual, gate)  # the kernel writes the update back only into a float32 contiguous x
+        residual.add_to(x)  # the kernel writes the update back only into a float32 contiguous x
         residual = None
     x = x.contiguous()
     scale2, rows_per_mod = _per_row(scale, batch, seq, dim)
     shift2, _ = _per_row(shift, batch, seq, dim)
-    gate2, rows_per_gate = _per_row(gate, batch, seq, dim) if gate is not None else (x, 1)
+    gated = residual is not None and residual.gate is not None
+    gate2, rows_per_gate = _per_row(residual.gate, batch, seq, dim) if gated else (x, 1)
     block = triton.next_power_of_2(dim)
     quant = row_scale is not None
     _modulated_ln_kernel[(batch * seq,)](
-        x, out, scale2, shift2, row_scale if quant else out, residual.contiguous() if residual is not None else x,
+        x, out, scale2, shift2, row_scale if quant else out, residual.y.contiguous() if residual is not None else x,
         gate2, rows_per_mod, rows_per_gate, dim, eps, PLUS_ONE=plus_one, QUANT=quant, RESIDUAL=residual is not None,
-        GATED=gate is not None, BLOCK=block, num_warps=_warps(block),
+        GATED=gated, BLOCK=block, num_warps=_warps(block),
     )  # fmt: skip
 
 

@@ -23,7 +23,6 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -33,6 +32,7 @@ from ..configs import WanDiTConfig
 from ..errors import InputError, WanError
 from . import fp8, kernels
 from .attention import AttentionBackend, SdpaAttention
+from .kernels import Residual
 from .rope import apply_rope, rope_freqs
 
 FP8 = fp8.FP8
@@ -149,24 +149,6 @@ class TimeCond:
         return [self.pick(mod[k] + self.e) for k in (0, 1)]
 
 
-class Residual(NamedTuple):
-    """A residual update `x += y * gate` (`gate` None: `x += y`) of the float32 stream, left for the next norm to
-    make in its own pass over `x` (the fused kernels); `add_to` makes it on its own."""
-
-    y: torch.Tensor
-    gate: torch.Tensor | None = None
-
-    def add_to(self, x: torch.Tensor, inplace: bool = True) -> torch.Tensor:
-        if self.gate is None:
-            return x.add_(self.y) if inplace else x + self.y
-        return x.addcmul_(self.y, self.gate) if inplace else x.addcmul(self.y, self.gate)
-
-    @staticmethod
-    def kernel_args(update: Residual | None) -> dict:
-        """The norm kernels' `residual` / `gate` arguments for `update` (none for None)."""
-        return {} if update is None else {"residual": update.y, "gate": update.gate}
-
-
 def pending(x: torch.Tensor, update: Residual) -> tuple[torch.Tensor, Residual | None]:
     """`(x, update)` for the next norm to make in place, or, where `x` must not change in place (autograd),
     `(x + update, None)`."""
@@ -182,10 +164,9 @@ def modulated_norm(
     """`layer_norm(x) * (1 + scale) + shift` in float32, returned in `dtype` (with `rows`: as fp8 rows). With
     `residual`, `x` is first updated in place by it (in the norm kernel's pass where that runs)."""
     if kernels.usable(x):
-        add = Residual.kernel_args(residual)
         if rows:
-            return fp8.Fp8Rows(*kernels.modulated_layer_norm_fp8(x, scale, shift, eps, **add), dtype)
-        return kernels.modulated_layer_norm(x, scale, shift, eps, dtype, **add)
+            return fp8.Fp8Rows(*kernels.modulated_layer_norm_fp8(x, scale, shift, eps, residual=residual), dtype)
+        return kernels.modulated_layer_norm(x, scale, shift, eps, dtype, residual=residual)
     if residual is not None:
         residual.add_to(x)
     if rows:
@@ -286,12 +267,12 @@ class WanAttentionBlock(nn.Module):
     ) -> torch.Tensor | fp8.Fp8Rows:
         """The cross-attention's input norm; with `residual`, `x` is first updated in place by it."""
         if isinstance(self.norm3, nn.LayerNorm) and kernels.usable(x):
-            add = Residual.kernel_args(residual)
             weight, bias = self.norm3.weight, self.norm3.bias
             if rows:
-                data, scale = kernels.modulated_layer_norm_fp8(x, weight, bias, self.eps, plus_one=False, **add)
+                data, scale = kernels.modulated_layer_norm_fp8(x, weight, bias, self.eps, plus_one=False,
+                                                               residual=residual)
                 return fp8.Fp8Rows(data, scale, dtype)
-            return kernels.modulated_layer_norm(x, weight, bias, self.eps, dtype, plus_one=False, **add)
+            return kernels.modulated_layer_norm(x, weight, bias, self.eps, dtype, plus_one=False, residual=residual)
         if residual is not None:
             residual.add_to(x)
         if isinstance(self.norm3, nn.LayerNorm):

@@ -3,8 +3,9 @@ model files and settings, each queued through /prompt of its own freshly started
 
 For every run: wall time from POST /prompt to the finished /history entry and to the newest saved MP4 (first
 repeat loads the models: `cold`; later repeats: `warm`, best of), ComfyUI's own execution time, per-GPU memory and
-utilisation over time (nvidia-smi every 0.25 s), peak `torch.cuda.memory_allocated` per device and the device of
-every model from a probe inside the server (`host_probe.py`), and `nvidia-smi --query-compute-apps` at the end.
+utilisation over time (nvidia-smi every 0.25 s), how long each node ran (`node_seconds`), peak
+`torch.cuda.memory_allocated` per device and the device of every model from a probe inside the server
+(`host_probe.py`), and `nvidia-smi --query-compute-apps` at the end.
 Batch runs (8 prompts) add jobs/hour and each job's state and seconds from the batch ledger. Each repeat adds its
 index to the seed (ComfyUI would serve an identical graph from its cache). The JSON (`--out`) is rewritten after every
 repeat; a run past `--run-timeout` is recorded as timed out, with the stacks of the server's threads in its log tail
@@ -46,6 +47,7 @@ from host_results import (  # noqa: E402
     history_error,
     jobs_per_hour,
     ledger_jobs,
+    node_seconds,
     probe_memory,
     probe_placements,
     saved_files,
@@ -80,14 +82,16 @@ def run_repeat(server: ComfyServer, graph: dict, output: Path, timeout: float) -
     with what it saved so far. A batch graph adds each job's last ledger state (`batch_jobs`)."""
     before, ledgers = set(output.rglob("*.mp4")), set(output.rglob(LEDGERS))
     start = time.time()
+    prompt_id = server.queue(graph)
     try:
-        entry, timed_out = server.wait(server.queue(graph), timeout), None
+        entry, timed_out = server.wait(prompt_id, timeout), None
     except TimeoutError as error:  # the server still runs it: the caller stops the run
         entry, timed_out = {}, str(error)
     done = time.time()
     videos = new_videos(output, before)
     error = history_error(entry) or timed_out
-    record = {"t0": start, "t1": done, "wall_s": round(done - start, 3), "exec_s": execution_seconds(entry),
+    record = {"t0": start, "t1": done, "prompt_id": prompt_id, "wall_s": round(done - start, 3),
+              "exec_s": execution_seconds(entry),
               "videos": [str(p.relative_to(output)) for p in videos], "history_files": saved_files(entry),
               "ok": error is None and bool(videos)}
     if videos:
@@ -130,7 +134,7 @@ def probe_or_nothing(server: ComfyServer) -> dict:
         return server.probe()
     except (OSError, ValueError) as error:
         print(f"the probe did not answer: {error}", file=sys.stderr)
-        return {"memory": [], "placements": [], "sample_seconds": []}
+        return {"memory": [], "placements": [], "sample_seconds": [], "events": []}
 
 
 def measure(name: str, graph: dict, settings: BenchSettings, args: argparse.Namespace, base: Path,
@@ -149,6 +153,8 @@ def measure(name: str, graph: dict, settings: BenchSettings, args: argparse.Name
         repeats = run_repeats(server, graphs, output, args.timeout, args.run_timeout, lambda done: publish(
             {"ok": False, "in_progress": True, "server_start_s": ready_s, "repeats": _public(done)}))
         probe, apps = probe_or_nothing(server), compute_apps()
+        for repeat, queued in zip(repeats, graphs, strict=False):  # a timed-out run queued fewer
+            repeat["node_seconds"] = node_seconds(probe["events"], queued, repeat["prompt_id"])
         timed_out = len(repeats) < args.repeats or bool(repeats[-1].get("timed_out"))
         if timed_out:
             server.dump_stacks()
@@ -177,7 +183,7 @@ def measure(name: str, graph: dict, settings: BenchSettings, args: argparse.Name
 
 
 def _public(repeats: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("t0", "t1")} for r in repeats]
+    return [{k: v for k, v in r.items() if k not in ("t0", "t1", "prompt_id")} for r in repeats]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

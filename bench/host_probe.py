@@ -5,13 +5,17 @@
 - every second, where each model sits: the parameter and buffer bytes per device of every module whose class is
   a Wan DiT, VAE or UMT5 (ours: `WanDiT`, `WanVAE`, `UMT5EncoderModel`; ComfyUI's: `WanModel`, `WanVAE`, `T5`).
   Models are registered (by weak reference) when they are built, through a wrapper of `torch.nn.Module.__init__`:
-  no scan of the heap while a run is timed. The time each placement sample takes is reported.
+  no scan of the heap while a run is timed. The time each placement sample takes is reported;
+- when each node starts and each prompt ends: the server's `executing`, `execution_success` and
+  `execution_error` events (sent while a client id is set, as the harness's /prompt does), through a wrapper of
+  `PromptServer.instance.send_sync`, so the harness can say how long each node ran.
 
 On SIGUSR1 it writes the stack of every thread of the server to its stderr (the run's log): the harness sends it
 when a run times out, so the log tells a slow run (threads in the DiT's forward) from a hung one (threads waiting).
 
 GET `/wan22_probe` returns `{"memory": [[t, {device: bytes}]], "placements": [[t, [{"id", "class", "role",
-"bytes": {device: n}}]]], "sample_seconds": [...], "devices": {index: name}}` with `time.time()` stamps.
+"bytes": {device: n}}]]], "sample_seconds": [...], "events": [[t, event, prompt_id, node]], "devices": {index:
+name}}` with `time.time()` stamps.
 """
 
 PROBE_PACKAGE = "wan22_host_probe"
@@ -37,7 +41,8 @@ from server import PromptServer
 
 ROLES = {"WanDiT": "dit", "WanModel": "dit", "WanVAE": "vae", "UMT5EncoderModel": "t5", "T5": "t5"}
 MEMORY_EVERY_S, PLACEMENT_EVERY_S = 0.25, 1.0
-_memory, _placements, _sample_seconds = [], [], []
+TIMED_EVENTS = ("executing", "execution_success", "execution_error")
+_memory, _placements, _sample_seconds, _events = [], [], [], []
 _models = weakref.WeakValueDictionary()
 _module_init = torch.nn.Module.__init__
 
@@ -82,12 +87,24 @@ def _loop():
         time.sleep(MEMORY_EVERY_S)
 
 
+def _timing(send_sync):
+    def send(event, data, sid=None):
+        if event in TIMED_EVENTS and isinstance(data, dict):
+            _events.append([time.time(), event, data.get("prompt_id"), data.get("node")])
+        return send_sync(event, data, sid)
+    return send
+
+
+PromptServer.instance.send_sync = _timing(PromptServer.instance.send_sync)
+
+
 @PromptServer.instance.routes.get("/wan22_probe")
 async def _report(request):
     devices = {i: torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())} \
         if torch.cuda.is_available() else {}
     return web.json_response({"memory": list(_memory), "placements": list(_placements),
-                              "sample_seconds": list(_sample_seconds), "devices": devices})
+                              "sample_seconds": list(_sample_seconds), "events": list(_events),
+                              "devices": devices})
 
 
 threading.Thread(target=_loop, name="wan22-host-probe", daemon=True).start()

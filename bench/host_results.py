@@ -57,6 +57,18 @@ def ledger_jobs(paths: Iterable[Path]) -> list[dict]:
     return jobs
 
 
+def node_seconds(events: list, graph: dict, prompt_id: str) -> list[list]:
+    """`[node id, class_type, seconds]` for each node of `prompt_id` that ran, in order, from the probe's events
+    (`[t, event, prompt_id, node]`): a node runs from its `executing` event to the prompt's next event. Nodes served
+    from ComfyUI's cache send no event and are absent."""
+    mine = sorted((e for e in events if e[2] == prompt_id), key=lambda e: e[0])
+    out = []
+    for (t, event, _, node), (t_next, *_rest) in zip(mine, mine[1:], strict=False):
+        if event == "executing" and node is not None:
+            out.append([node, graph.get(node, {}).get("class_type"), round(t_next - t, 3)])
+    return out
+
+
 def parse_smi_line(line: str, t: float) -> dict | None:
     """One `nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader,nounits` line."""
     parts = [p.strip() for p in line.split(",")]

@@ -12,6 +12,9 @@ ATTENTION = ("fmha", "flash", "attn", "attention", "sdpa", "sage", "int8", "mean
 MATMUL = ("gemm", "nvjet", "xmma", "cutlass", "scaled_mm", "cublas", "matmul", "sm90_", "sm89_")
 
 
+TOP_KERNELS = 16
+
+
 def kind(name: str) -> str:
     low = name.lower()
     if any(k in low for k in ATTENTION):
@@ -24,7 +27,8 @@ def kind(name: str) -> str:
 
 
 def profile_split(fn: Callable[[], object], device: torch.device) -> dict:
-    """Seconds of GPU kernel time per kind over one call of `fn`, their shares, and the top kernels."""
+    """Seconds of GPU kernel time per kind over one call of `fn`, their shares, and the top kernels (seconds and
+    launches)."""
     if device.type != "cuda":
         return {}
     from torch.autograd import DeviceType
@@ -40,10 +44,11 @@ def profile_split(fn: Callable[[], object], device: torch.device) -> dict:
             continue
         sec = event.self_device_time_total / 1e6
         seconds[kind(event.key)] += sec
-        kernels.append((sec, event.key[:90]))
+        kernels.append((sec, event.key[:90], event.count))
     total = sum(seconds.values()) or 1.0
     return {
         "seconds": seconds,
         "share": {k: v / total for k, v in seconds.items()},
-        "top_kernels": [{"seconds": s, "name": n, "kind": kind(n)} for s, n in sorted(kernels, reverse=True)[:8]],
+        "top_kernels": [{"seconds": s, "calls": c, "name": n, "kind": kind(n)}
+                        for s, n, c in sorted(kernels, reverse=True)[:TOP_KERNELS]],
     }

@@ -61,7 +61,8 @@ SCRIPT = textwrap.dedent(
         assert (stream - updated).abs().max() < 1e-5, name
         assert (out - ref).abs().max() < 1e-4, name
 
-    # a whole DiT without autograd (each residual made by the next norm in its kernel) against the same DiT with
+    # a whole DiT without autograd (each residual made by the next norm in its kernel, the FFN's by the next block's
+    # or the head's) against the same DiT with
     # autograd on PyTorch ops alone (each residual made on its own, out of place)
     from wan_core.configs import DIT_CONFIGS
     from wan_core.dit.model import WanDiT, init_random_

@@ -257,6 +257,17 @@ def test_history_entries() -> None:
     assert hr.saved_files(_entry()) == ["wan22/a_00001.mp4"]
 
 
+def test_node_seconds_from_the_probes_events() -> None:
+    graph = {"3": {"class_type": "KSampler"}, "8": {"class_type": "VAEDecode"}, "9": {"class_type": "SaveVideo"}}
+    events = [[10.0, "executing", "p1", "3"], [14.5, "executing", "p1", "8"], [11.0, "executing", "other", "8"],
+              [16.0, "executing", "p1", "9"], [16.25, "execution_success", "p1", None],
+              [20.0, "executing", "p2", "9"], [21.0, "execution_error", "p2", None]]
+    assert hr.node_seconds(events, graph, "p1") == [["3", "KSampler", 4.5], ["8", "VAEDecode", 1.5],
+                                                    ["9", "SaveVideo", 0.25]]
+    assert hr.node_seconds(events, graph, "p2") == [["9", "SaveVideo", 1.0]]
+    assert hr.node_seconds(events, graph, "p3") == []
+
+
 def test_smi_samples() -> None:
     assert hr.parse_smi_line("1, 97, 40321\n", 5.0) == {"t": 5.0, "gpu": 1, "util": 97.0, "mem_mib": 40321.0}
     assert hr.parse_smi_line("[N/A], 3, 4", 5.0) is None

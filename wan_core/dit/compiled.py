@@ -44,10 +44,15 @@ def compilable(attention: AttentionBackend) -> AttentionBackend:
     return CompilableAttention(attention)
 
 
+def blocks_compiled(model: torch.nn.Module) -> bool:
+    """Whether `compile_blocks` compiled the blocks of `model`."""
+    return getattr(model, "_blocks_compiled", False)
+
+
 def compile_blocks(model: torch.nn.Module) -> torch.nn.Module:
     """Compile each block of `model` (a `WanDiT`) in place, once; other callables are returned unchanged."""
     blocks = getattr(model, "blocks", None)
-    if blocks is None or getattr(model, "_blocks_compiled", False):
+    if blocks is None or blocks_compiled(model):
         return model
     for block in blocks:
         block.compile(fullgraph=True, dynamic=False)

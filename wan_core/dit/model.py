@@ -32,6 +32,7 @@ from ..configs import WanDiTConfig
 from ..errors import InputError, WanError
 from . import fp8, kernels
 from .attention import AttentionBackend, SdpaAttention
+from .compiled import blocks_compiled
 from .kernels import Residual
 from .rope import apply_rope, rope_freqs
 
@@ -289,20 +290,29 @@ class WanAttentionBlock(nn.Module):
         return down(fp8.quantize_rows(up(x), gelu=True))
 
     def forward(
-        self, x: torch.Tensor, time: TimeCond, context: torch.Tensor, freqs: torch.Tensor, attention: AttentionBackend
+        self, x: torch.Tensor, time: TimeCond, context: torch.Tensor, freqs: torch.Tensor, attention: AttentionBackend,
+        carry: list[Residual] | None = None,
     ) -> torch.Tensor:
         """`x`: float32 residual stream `[B, L, dim]`; `context`: embedded text `[B, text_len, dim]`. Without
-        autograd `x` is updated in place, each residual update made by the next norm in its pass over `x`."""
+        autograd `x` is updated in place, each residual update made by the next norm in its pass over `x`. With
+        `carry` (a list the caller passes from block to block) that holds across blocks too: the first norm makes
+        the update the previous block left there, and the FFN's update is left there for the next norm (the next
+        block's or the head's) instead of getting a pass of its own."""
         dtype = context.dtype
         rows = self._takes_fp8_rows(x, dtype)
         shift, scale, gate = time.block_chunks(self.modulation, (0, 1, 2))
-        y = self.self_attn(modulated_norm(x, shift, scale, self.eps, dtype, rows), freqs, attention)
+        y = self.self_attn(modulated_norm(x, shift, scale, self.eps, dtype, rows, carry.pop() if carry else None),
+                           freqs, attention)
         x, residual = pending(x, Residual(y, gate))
         y = self.cross_attn(self._norm3(x, dtype, rows, residual), context, getattr(attention, "local", attention))
         x, residual = pending(x, Residual(y))
         shift, scale, gate = time.block_chunks(self.modulation, (3, 4, 5))
         y = self._ffn(modulated_norm(x, shift, scale, self.eps, dtype, rows, residual), rows)
-        return Residual(y, gate).add_to(x, inplace=not torch.is_grad_enabled())
+        x, residual = pending(x, Residual(y, gate))
+        if residual is not None and carry is not None:
+            carry.append(residual)
+            return x
+        return residual.add_to(x) if residual is not None else x
 
 
 class Head(nn.Module):
@@ -312,10 +322,12 @@ class Head(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.patch_volume * cfg.out_dim)
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x: torch.Tensor, time: TimeCond) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, time: TimeCond, residual: Residual | None = None) -> torch.Tensor:
+        """With `residual`, `x` is first updated in place by it (the last block's pending update)."""
         with float32_region(x.device):
             shift, scale = time.head_chunks(self.modulation)
-            return _linear_fp32(self.head, modulated_norm(x, shift, scale, self.eps, torch.float32))
+            return _linear_fp32(self.head, modulated_norm(x, shift, scale, self.eps, torch.float32,
+                                                          residual=residual))
 
 
 class WanDiT(nn.Module):
@@ -472,9 +484,12 @@ class WanDiT(nn.Module):
             sequence = getattr(attention, "sequence", None)  # sequence parallel (wan_core.parallel): this rank's tokens
             if sequence is not None:
                 hidden, time, freqs = sequence.split(hidden, time, freqs)
+            # The update a block leaves for the next norm (WanAttentionBlock.forward); compiled blocks make their own
+            # (their kernels are opaque to the compiler) and would otherwise compile a second graph for the first block.
+            carry: list[Residual] | None = None if blocks_compiled(self) else []
             for block in self.blocks:
-                hidden = block(hidden, time, ctx, freqs, attention)
-            out = self.head(hidden, time)
+                hidden = block(hidden, time, ctx, freqs, attention, carry)
+            out = self.head(hidden, time, carry.pop() if carry else None)
             if sequence is not None:
                 out = sequence.gather(out)
             return self.unpatchify(out, grid)

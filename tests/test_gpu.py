@@ -186,6 +186,30 @@ def test_attention_backends_within_tolerance_of_sdpa(backend):
     assert _rel(got, want) < (0.05 if backend == "sage" else 0.01)  # sage: 8-bit q/k
 
 
+def test_our_sage_preparation_is_sageattentions_bit_for_bit():
+    pytest.importorskip("sageattention")
+    from wan_core.dit import sage_sm90
+
+    gen = torch.Generator("cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 1000, 4, 128, device="cuda", generator=gen).bfloat16() * 3 for _ in range(3))
+    if not sage_sm90.supported(q, k, v):
+        pytest.skip("needs SageAttention 2's sm_90 kernel on a Hopper GPU")
+    from sageattention import sageattn
+    from sageattention.quant import per_channel_fp8
+    from sageattention.triton.quant_per_thread import per_thread_int8
+
+    theirs = per_thread_int8(q, k, k.mean(dim=1, keepdim=True), BLKQ=64, WARPQ=16, BLKK=128, WARPK=128,
+                             tensor_layout="NHD")
+    ours = (*sage_sm90.quantize_q(q), *sage_sm90.quantize_k(k))
+    for name, a, b in zip(("q", "q_scale", "k", "k_scale"), ours, theirs, strict=True):
+        assert torch.equal(a, b), name
+    padded = torch.cat([v, v.new_zeros(2, 1024 - 1000, 4, 128)], dim=1)  # sageattn pads v to 128 tokens
+    v_theirs, scale_theirs, _ = per_channel_fp8(padded, tensor_layout="NHD", smooth_v=False)
+    v_ours, scale_ours = sage_sm90.quantize_v(v)
+    assert torch.equal(v_ours.view(torch.uint8), v_theirs.view(torch.uint8)) and torch.equal(scale_ours, scale_theirs)
+    assert torch.equal(sage_sm90.attention(q, k, v), sageattn(q, k, v, tensor_layout="NHD", is_causal=False))
+
+
 @pytest.mark.parametrize("backend", ["sdpa", "sage"])
 def test_compiled_blocks_match_eager_on_cuda(backend):
     import torch._dynamo

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from . import sage_sm90
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,15 @@ class FlashAttention(AttentionBackend):
 
 
 class SageAttention(AttentionBackend):
-    """SageAttention (8-bit q/k): 2.x built for the GPU, or 1.x from PyPI."""
+    """SageAttention (8-bit q/k): 2.x built for the GPU, or 1.x from PyPI. On Hopper its kernel gets its inputs from
+    our one-pass preparation (`sage_sm90`), the same values `sageattn` would give it in fewer passes."""
 
     name = "sage"
     install_hint = "SageAttention 2 (built from its sources; `pip install sageattention` gives 1.x)"
 
     def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if sage_sm90.supported(q, k, v):
+            return sage_sm90.attention(q, k, v)
         return _sage_fn()(q, k, v, tensor_layout="NHD", is_causal=False)
 
     @staticmethod

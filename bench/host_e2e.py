@@ -19,8 +19,10 @@ repeat; a run past `--run-timeout` is recorded as timed out, with the stacks of 
     python3 bench/host_e2e.py --comfyui /tmp/comfyui --python /tmp/comfyui-venv/bin/python --scale tiny --cpu \
         --width 64 --height 64 --frames 5 --steps 4 --port 8231          # CPU smoke
 
-Runs: native, ours, ours_dual (T5 on GPU 0, experts and VAE on GPU 1: checked from the probe), batch_1gpu,
-batch_2gpu_replica, batch_2gpu_split. Model files go to `--models` once per machine (`host_models.py`).
+Runs: native, ours, ours_dual (T5 on GPU 0, experts and VAE on GPU 1: checked from the probe), native_lightning and
+ours_lightning (the 4-step LoRA pair of each side: `--frames`, size and seed as the others, 4 steps split 2 + 2, CFG
+1, shift 5), batch_1gpu, batch_2gpu_replica, batch_2gpu_split. Model files (with random LoRAs under the published
+Lightning names) go to `--models` once per machine (`host_models.py`).
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ from host_workflows import (  # noqa: E402
 
 LEDGERS = "*.ledger.jsonl"  # the batch queue's job ledgers (wan_core.batch.ledger)
 TIMED_OUT_LOG_LINES = 400  # room for the stacks of every server thread
-RUNS = ("native", "ours", "ours_dual", "batch_1gpu", "batch_2gpu_replica", "batch_2gpu_split")
+RUNS = ("native", "ours", "ours_dual", "native_lightning", "ours_lightning", "batch_1gpu", "batch_2gpu_replica",
+        "batch_2gpu_split")
 DUAL_RUNS = ("ours_dual", "batch_2gpu_split")
 
 
@@ -235,11 +238,18 @@ def main(argv: list[str] | None = None) -> dict:
     subprocess.run([sys.executable, str(Path(__file__).with_name("host_models.py")), str(args.models), args.scale],
                    check=True, stdout=sys.stderr)
     template = installed_template()
-    native = template_api_graph(template) if template is not None else None
-    graphs = {**bench_graphs(settings, native),
-              **{k: v for k, v in bench_graphs(batch_settings).items() if k.startswith("batch")}}
-    alignment = {**{k: v for k, v in misaligned(graphs, settings).items() if not k.startswith("batch")},
-                 **{k: v for k, v in misaligned(graphs, batch_settings).items() if k.startswith("batch")}}
+    native, native_lightning = ((template_api_graph(template), template_api_graph(template, lightning=True))
+                                if template is not None else (None, None))
+    lightning_settings = settings.lightning()
+
+    def settings_of(name: str) -> BenchSettings:
+        return batch_settings if name.startswith("batch") else lightning_settings if "lightning" in name else settings
+
+    graphs = {name: apply_settings(graph, settings_of(name))
+              for name, graph in bench_graphs(settings, native, native_lightning).items()}
+    alignment = {}
+    for chosen in (settings, lightning_settings, batch_settings):
+        alignment.update(misaligned({k: v for k, v in graphs.items() if settings_of(k) is chosen}, chosen))
     if alignment:
         raise SystemExit(f"the graphs do not share the settings: {alignment}")
     base = args.base or Path(tempfile.mkdtemp(prefix="wan22_host_"))
@@ -249,6 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
         "environment": environment(args.comfyui, args.python), "scale": args.scale,
         "server_args": args.server_args, "settings": dataclasses.asdict(settings),
         "batch_settings": {"frames": batch_settings.frames, "steps": batch_settings.steps},
+        "lightning_settings": {"steps": lightning_settings.steps, "cfg": lightning_settings.cfg,
+                               "shift": lightning_settings.shift},
         "native_source": "comfyui-workflow-templates" if native is not None else "rebuilt (host_workflows.py)",
         "base": str(base), "runs": {},
     }
@@ -262,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.runs:
         repeats = args.batch_repeats if name.startswith("batch") else args.repeats
         run_args = argparse.Namespace(**{**vars(args), "repeats": repeats})
-        chosen = batch_settings if name.startswith("batch") else settings
+        chosen = settings_of(name)
         jobs = len(chosen.batch_prompts) if name.startswith("batch") else 1
         print(f"run {name}: {repeats} x {jobs} video(s) of {chosen.frames} frames, {chosen.steps} steps ...",
               file=sys.stderr)

@@ -12,6 +12,9 @@ Wan2.2 template and our workflows load.
   read. It is the demo tokenizer (wan_core.text): its ids fit the real 256384-row embedding as well as the tiny one.
 - `vae/wan_2.1_vae.safetensors`: the official names, bf16, always at real size (ComfyUI builds this VAE with a
   fixed width).
+- `loras/wan2.2_t2v_lightx2v_4steps_lora_v1.1_{high,low}_noise.safetensors`: the published Lightning LoRA names, in
+  the ComfyUI / lightx2v layout (`diffusion_model.<module>.lora_A.weight` `[64, in]`, `lora_B.weight` `[out, 64]`,
+  `.alpha` = 64) for every Linear of the blocks, bf16; small enough that the merged weights stay in range.
 
 `scale="tiny"` shrinks the DiT (dim 256, 2 blocks) and the UMT5 (2 heads, d_ff 64, 1024 tokens; d_model stays
 4096 and 24 blocks, because native ComfyUI fixes the DiT's text width and detects a UMT5 by its 24th block; the
@@ -35,15 +38,20 @@ HIGH_NOISE_FILE = "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
 LOW_NOISE_FILE = "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"
 T5_FILE = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 VAE_FILE = "wan_2.1_vae.safetensors"
+LIGHTNING_HIGH_FILE = "wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors"
+LIGHTNING_LOW_FILE = "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors"
+LORA_RANK = 64
 # (ComfyUI model folder, file name) of every file written.
 MODEL_FILES = (
     ("diffusion_models", HIGH_NOISE_FILE),
     ("diffusion_models", LOW_NOISE_FILE),
     ("text_encoders", T5_FILE),
     ("vae", VAE_FILE),
+    ("loras", LIGHTNING_HIGH_FILE),
+    ("loras", LIGHTNING_LOW_FILE),
 )
 MARKER = "wan22-host-models.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 FP8 = torch.float8_e4m3fn
 _DTYPE_CODES = {torch.float8_e4m3fn: "F8_E4M3", torch.bfloat16: "BF16", torch.float32: "F32", torch.uint8: "U8"}
@@ -196,6 +204,23 @@ def dit_specs(scale: str, config_name: str = "t2v-A14B") -> list[TensorSpec]:
                         lambda name, shape: name.endswith(".weight") and len(shape) == 2)
 
 
+def lora_specs(scale: str, rank: int = LORA_RANK) -> list[TensorSpec]:
+    """A rank-`rank` LoRA for every Linear of the DiT's blocks, lightx2v key names, alpha = rank (scale 1)."""
+    specs: list[TensorSpec] = []
+    for name, shape in dit_shapes(scale).items():
+        if not (name.startswith("blocks.") and name.endswith(".weight") and len(shape) == 2):
+            continue
+        module, (out_features, in_features) = "diffusion_model." + name[: -len(".weight")], shape
+        specs += [
+            TensorSpec(f"{module}.lora_A.weight", (rank, in_features), torch.bfloat16,
+                       _normal((rank, in_features), in_features ** -0.5, torch.bfloat16)),
+            TensorSpec(f"{module}.lora_B.weight", (out_features, rank), torch.bfloat16,
+                       _normal((out_features, rank), 0.01 * rank ** -0.5, torch.bfloat16)),
+            TensorSpec(f"{module}.alpha", (), torch.float32, _const((), float(rank), torch.float32)),
+        ]
+    return specs
+
+
 def umt5_shapes(scale: str) -> dict[str, tuple[int, ...]]:
     """Key -> shape of ComfyUI's umt5 file (transformers names, one stored embedding)."""
     from transformers import UMT5Config, UMT5EncoderModel
@@ -230,6 +255,8 @@ def _file_specs(scale: str) -> Iterator[tuple[str, str, Callable[[], list[Tensor
     yield "diffusion_models", LOW_NOISE_FILE, lambda: dit_specs(scale)
     yield "text_encoders", T5_FILE, lambda: umt5_specs(scale)
     yield "vae", VAE_FILE, vae_specs
+    yield "loras", LIGHTNING_HIGH_FILE, lambda: lora_specs(scale)
+    yield "loras", LIGHTNING_LOW_FILE, lambda: lora_specs(scale)
 
 
 def ensure_model_files(root: str | Path, scale: str = "real", *, device: str | torch.device | None = None,

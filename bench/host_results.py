@@ -162,7 +162,8 @@ def jobs_per_hour(jobs: int, seconds: float) -> float:
 
 def comparisons(runs: dict[str, dict]) -> dict:
     """The issue's ratios from the runs that are present: our single-GPU workflow's speed-up over the native
-    template (target >= 1.25), the dual-GPU one's, and the 2-GPU batch throughput over 1 GPU (target >= 1.9)."""
+    template (target >= 1.25), the dual-GPU one's, the Lightning pair's, and the 2-GPU batch throughput over 1 GPU
+    (target >= 1.9)."""
     def wall(name: str) -> float | None:
         run = runs.get(name, {})
         return run.get("wall_s") if run.get("ok") else None
@@ -172,6 +173,8 @@ def comparisons(runs: dict[str, dict]) -> dict:
     for ours in ("ours", "ours_dual"):
         if native and wall(ours):
             out[f"{ours}_speedup_vs_native"] = round(native / wall(ours), 3)
+    if wall("native_lightning") and wall("ours_lightning"):
+        out["ours_lightning_speedup_vs_native_lightning"] = round(wall("native_lightning") / wall("ours_lightning"), 3)
     one = runs.get("batch_1gpu", {}).get("jobs_per_hour") if runs.get("batch_1gpu", {}).get("ok") else None
     for two in ("batch_2gpu_replica", "batch_2gpu_split"):
         if one and runs.get(two, {}).get("ok"):

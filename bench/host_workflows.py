@@ -5,23 +5,33 @@
   node for node in API format by `native_t2v_graph` under the template's node ids, or converted from the template
   file itself by `template_api_graph` when the package is installed. The template's SaveImage nodes are bypassed
   in the template and left out.
-- Ours: `api/wan22_t2v_a14b.json`, `api/wan22_t2v_a14b_dual_gpu.json`, and the batch graph
-  `api/wan22_batch_dual_gpu.json` in three placements (everything on GPU 0; the shipped T5 on GPU 0 + DiT and VAE
-  on GPU 1; one full replica per GPU).
+- Native Lightning: the template's 4-step LoRA group (`LoraLoaderModelOnly` per expert, 4 steps split 2 + 2, CFG 1,
+  shift 5), rebuilt the same way (`native_t2v_graph(lightning=True)`) or converted.
+- Ours: `api/wan22_t2v_a14b.json`, `api/wan22_t2v_a14b_dual_gpu.json`, `api/wan22_t2v_a14b_lightning.json`, and
+  the batch graph `api/wan22_batch_dual_gpu.json` in three placements (everything on GPU 0; the shipped T5 on GPU 0
+  + DiT and VAE on GPU 1; one full replica per GPU).
 
 `apply_settings` writes `BenchSettings` into any of them; `graph_settings` reads them back, `misaligned` compares.
 The native template switches experts at a fixed step (half of the steps); ours switches at the official timestep
-boundary: both run `steps` DiT steps with CFG, so the work per video is the same.
+boundary (Lightning: at half of the steps too): both run `steps` DiT steps with CFG, so the work per video is the
+same.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from host_models import HIGH_NOISE_FILE, LOW_NOISE_FILE, T5_FILE, VAE_FILE
+from host_models import (
+    HIGH_NOISE_FILE,
+    LIGHTNING_HIGH_FILE,
+    LIGHTNING_LOW_FILE,
+    LOW_NOISE_FILE,
+    T5_FILE,
+    VAE_FILE,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE_NAME = "video_wan2_2_14B_t2v.json"
@@ -67,6 +77,10 @@ class BenchSettings:
     negative: str = DEFAULT_NEGATIVE
     batch_prompts: tuple[str, ...] = field(default=BATCH_PROMPTS)
 
+    def lightning(self) -> BenchSettings:
+        """The same video with the template's Lightning settings: 4 steps (2 + 2), CFG 1, shift 5."""
+        return replace(self, steps=4, cfg=1.0, shift=5.0)
+
 
 # ------------------------------------------------------------------------------------------------ native
 
@@ -75,35 +89,73 @@ def _link(node: str, slot: int = 0) -> list:
     return [node, slot]
 
 
-def native_t2v_graph(settings: BenchSettings = BenchSettings()) -> dict:
-    """The template's fp8_scaled group in API format (node ids as in the template); settings applied."""
+@dataclass(frozen=True)
+class TemplateGroup:
+    """The node ids of one group of the template (each group is a whole workflow)."""
+
+    unet_high: str
+    unet_low: str
+    clip: str
+    vae: str
+    shift_high: str
+    shift_low: str
+    positive: str
+    negative: str
+    latent: str
+    sampler_high: str
+    sampler_low: str
+    decode: str
+    video: str
+    save: str
+    lora_high: str | None = None
+    lora_low: str | None = None
+
+
+PLAIN_GROUP = TemplateGroup("101", "102", "90", "92", "93", "94", "99", "91", "104", "96", "95", "97", "100", "98")
+LIGHTNING_GROUP = TemplateGroup("75", "76", "71", "73", "82", "86", "89", "72", "74", "81", "78", "87", "88", "80",
+                                lora_high="83", lora_low="85")
+
+
+def native_t2v_graph(settings: BenchSettings = BenchSettings(), *, lightning: bool = False) -> dict:
+    """The template's fp8_scaled group, or with `lightning` its 4-step LoRA group, in API format (node ids as in the
+    template); settings applied."""
+    ids = LIGHTNING_GROUP if lightning else PLAIN_GROUP
     half = settings.steps // 2
     graph = {
-        "101": {"class_type": "UNETLoader", "inputs": {"unet_name": HIGH_NOISE_FILE, "weight_dtype": "default"}},
-        "102": {"class_type": "UNETLoader", "inputs": {"unet_name": LOW_NOISE_FILE, "weight_dtype": "default"}},
-        "90": {"class_type": "CLIPLoader", "inputs": {"clip_name": T5_FILE, "type": "wan", "device": "default"}},
-        "92": {"class_type": "VAELoader", "inputs": {"vae_name": VAE_FILE}},
-        "93": {"class_type": "ModelSamplingSD3", "inputs": {"model": _link("101"), "shift": settings.shift}},
-        "94": {"class_type": "ModelSamplingSD3", "inputs": {"model": _link("102"), "shift": settings.shift}},
-        "99": {"class_type": "CLIPTextEncode", "inputs": {"clip": _link("90"), "text": settings.prompt}},
-        "91": {"class_type": "CLIPTextEncode", "inputs": {"clip": _link("90"), "text": settings.negative}},
-        "104": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {
-            "width": settings.width, "height": settings.height, "length": settings.frames, "batch_size": 1}},
-        "96": {"class_type": "KSamplerAdvanced", "inputs": {
-            "model": _link("93"), "positive": _link("99"), "negative": _link("91"), "latent_image": _link("104"),
-            "add_noise": "enable", "noise_seed": settings.seed, "steps": settings.steps, "cfg": settings.cfg,
-            "sampler_name": settings.sampler, "scheduler": "simple", "start_at_step": 0, "end_at_step": half,
-            "return_with_leftover_noise": "enable"}},
-        "95": {"class_type": "KSamplerAdvanced", "inputs": {
-            "model": _link("94"), "positive": _link("99"), "negative": _link("91"), "latent_image": _link("96"),
-            "add_noise": "disable", "noise_seed": 0, "steps": settings.steps, "cfg": settings.cfg,
-            "sampler_name": settings.sampler, "scheduler": "simple", "start_at_step": half, "end_at_step": 10000,
-            "return_with_leftover_noise": "disable"}},
-        "97": {"class_type": "VAEDecode", "inputs": {"samples": _link("95"), "vae": _link("92")}},
-        "100": {"class_type": "CreateVideo", "inputs": {"images": _link("97"), "fps": settings.fps}},
-        "98": {"class_type": "SaveVideo", "inputs": {"video": _link("100"), "filename_prefix": "video/ComfyUI",
-                                                     "format": "auto", "codec": "auto"}},
+        **{node: {"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": "default"}}
+           for node, name in ((ids.unet_high, HIGH_NOISE_FILE), (ids.unet_low, LOW_NOISE_FILE))},
+        ids.clip: {"class_type": "CLIPLoader", "inputs": {"clip_name": T5_FILE, "type": "wan", "device": "default"}},
+        ids.vae: {"class_type": "VAELoader", "inputs": {"vae_name": VAE_FILE}},
     }
+    high, low = ids.unet_high, ids.unet_low
+    if lightning:
+        for node, model, lora in ((ids.lora_high, high, LIGHTNING_HIGH_FILE), (ids.lora_low, low, LIGHTNING_LOW_FILE)):
+            graph[node] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+                "lora_name": lora, "strength_model": 1.0, "model": _link(model)}}
+        high, low = ids.lora_high, ids.lora_low
+    graph.update({
+        ids.shift_high: {"class_type": "ModelSamplingSD3", "inputs": {"model": _link(high), "shift": settings.shift}},
+        ids.shift_low: {"class_type": "ModelSamplingSD3", "inputs": {"model": _link(low), "shift": settings.shift}},
+        ids.positive: {"class_type": "CLIPTextEncode", "inputs": {"clip": _link(ids.clip), "text": settings.prompt}},
+        ids.negative: {"class_type": "CLIPTextEncode", "inputs": {"clip": _link(ids.clip), "text": settings.negative}},
+        ids.latent: {"class_type": "EmptyHunyuanLatentVideo", "inputs": {
+            "width": settings.width, "height": settings.height, "length": settings.frames, "batch_size": 1}},
+        ids.sampler_high: {"class_type": "KSamplerAdvanced", "inputs": {
+            "model": _link(ids.shift_high), "positive": _link(ids.positive), "negative": _link(ids.negative),
+            "latent_image": _link(ids.latent), "add_noise": "enable", "noise_seed": settings.seed,
+            "steps": settings.steps, "cfg": settings.cfg, "sampler_name": settings.sampler, "scheduler": "simple",
+            "start_at_step": 0, "end_at_step": half, "return_with_leftover_noise": "enable"}},
+        ids.sampler_low: {"class_type": "KSamplerAdvanced", "inputs": {
+            "model": _link(ids.shift_low), "positive": _link(ids.positive), "negative": _link(ids.negative),
+            "latent_image": _link(ids.sampler_high), "add_noise": "disable", "noise_seed": 0,
+            "steps": settings.steps, "cfg": settings.cfg, "sampler_name": settings.sampler, "scheduler": "simple",
+            "start_at_step": half, "end_at_step": settings.steps if lightning else 10000,
+            "return_with_leftover_noise": "disable"}},
+        ids.decode: {"class_type": "VAEDecode", "inputs": {"samples": _link(ids.sampler_low), "vae": _link(ids.vae)}},
+        ids.video: {"class_type": "CreateVideo", "inputs": {"images": _link(ids.decode), "fps": settings.fps}},
+        ids.save: {"class_type": "SaveVideo", "inputs": {"video": _link(ids.video), "filename_prefix": "video/ComfyUI",
+                                                         "format": "auto", "codec": "auto"}},
+    })
     return graph
 
 
@@ -185,13 +237,18 @@ def batch_graph(placement: str) -> dict:
     return graph
 
 
-def bench_graphs(settings: BenchSettings, native: dict | None = None) -> dict[str, dict]:
-    """Every graph of the benchmark by run name, settings applied. `native`: the native graph to use (the
-    converted template); default the rebuilt one."""
+def bench_graphs(settings: BenchSettings, native: dict | None = None, native_lightning: dict | None = None
+                 ) -> dict[str, dict]:
+    """Every graph of the benchmark by run name, `settings` applied (the caller applies other settings to the batch
+    and Lightning graphs). `native`, `native_lightning`: the native graphs to use (converted from the installed
+    template); default the rebuilt ones."""
     graphs = {
         "native": copy.deepcopy(native) if native is not None else native_t2v_graph(settings),
         "ours": load_api("wan22_t2v_a14b"),
         "ours_dual": load_api("wan22_t2v_a14b_dual_gpu"),
+        "native_lightning": copy.deepcopy(native_lightning) if native_lightning is not None
+        else native_t2v_graph(settings, lightning=True),
+        "ours_lightning": load_api("wan22_t2v_a14b_lightning"),
         "batch_1gpu": batch_graph("one_gpu"),
         "batch_2gpu_split": batch_graph("split"),
         "batch_2gpu_replica": batch_graph("replica"),
@@ -237,6 +294,8 @@ def apply_settings(graph: dict, settings: BenchSettings) -> dict:
             inputs["weight_dtype"] = settings.our_dit_weights
         elif kind == "Wan22DiTSampler":
             inputs.update(_sampler_inputs(settings))
+            if inputs.get("boundary_step", -1) >= 0:  # experts switched by step count (Lightning): half and half
+                inputs["boundary_step"] = half
         elif kind == "Wan22BatchQueueManager":
             inputs.update(_sampler_inputs(settings), prompts="\n".join(settings.batch_prompts), style="none",
                           negative_prompt=settings.negative)

@@ -62,6 +62,23 @@ def test_dit_file_has_the_keys_and_scales_native_comfyui_detects(tiny_models: Pa
     assert header["text_embedding.0.weight"]["shape"] == [dim, 4096]
 
 
+def test_lightning_loras_are_lightx2v_files_for_every_block_linear(tiny_models: Path) -> None:
+    from wan_core.lora.files import read_lora
+
+    shapes = host_models.dit_shapes("tiny")
+    linears = {name[: -len(".weight")]: shape for name, shape in shapes.items()
+               if name.startswith("blocks.") and name.endswith(".weight") and len(shape) == 2}
+    for name in (host_models.LIGHTNING_HIGH_FILE, host_models.LIGHTNING_LOW_FILE):
+        path = tiny_models / "loras" / name
+        header = _header(path)
+        assert header["diffusion_model.blocks.0.ffn.0.lora_A.weight"]["shape"] == [64, linears["blocks.0.ffn.0"][1]]
+        lora = read_lora(path)
+        assert lora.layout == "comfyui" and set(lora.layers) == set(linears)
+        layer = lora.layers["blocks.1.self_attn.q"]
+        assert (layer.rank, layer.alpha, tuple(layer.up.shape)) == (64, 64.0, (linears["blocks.1.self_attn.q"][0], 64))
+        assert 0 < layer.scale(1.0) * (layer.up.float() @ layer.down.float()).std() < 0.01
+
+
 def test_our_dit_loader_reads_the_file_with_its_scales(tiny_models: Path) -> None:
     from safetensors import safe_open
 
@@ -159,6 +176,12 @@ def test_every_graph_gets_the_same_settings() -> None:
     assert native["95"]["inputs"]["start_at_step"] == 3 and native["104"]["inputs"]["length"] == 17
     assert graphs["ours"]["6"]["inputs"]["solver"] == "euler"
     assert graphs["batch_1gpu"]["30"]["inputs"]["prompts"].count("\n") == 7
+    native_lightning, ours_lightning = graphs["native_lightning"], graphs["ours_lightning"]
+    assert [native_lightning[i]["inputs"]["end_at_step"] for i in ("81", "78")] == [3, 10000]
+    assert native_lightning["85"]["inputs"]["lora_name"] == host_models.LIGHTNING_LOW_FILE
+    assert ours_lightning["6"]["inputs"]["boundary_step"] == 3 and graphs["ours"]["6"]["inputs"]["boundary_step"] == -1
+    lightning = settings.lightning()
+    assert (lightning.steps, lightning.cfg, lightning.shift, lightning.width) == (4, 1.0, 5.0, 320)
 
 
 @pytest.mark.parametrize(("name", "node", "field", "value", "setting"), [
@@ -207,15 +230,18 @@ def test_template_conversion_maps_widgets_links_and_groups() -> None:
         "unet_name": "b.safetensors", "weight_dtype": "default"}}}
 
 
-def test_rebuilt_native_graph_is_the_installed_template() -> None:
+@pytest.mark.parametrize("lightning", [False, True], ids=["fp8_scaled", "lightning"])
+def test_rebuilt_native_graph_is_the_installed_template(lightning: bool) -> None:
     template = hw.installed_template()
     if template is None:
         pytest.skip("comfyui-workflow-templates is not installed")
-    converted = hw.template_api_graph(template)
-    texts = converted["99"]["inputs"]["text"], converted["91"]["inputs"]["text"]
-    seed = converted["96"]["inputs"]["noise_seed"]
-    rebuilt = hw.native_t2v_graph(hw.BenchSettings(width=640, height=640, frames=81, steps=20, cfg=3.5, seed=seed,
-                                                   prompt=texts[0], negative=texts[1]))
+    converted = hw.template_api_graph(template, lightning=lightning)
+    group = hw.LIGHTNING_GROUP if lightning else hw.PLAIN_GROUP
+    texts = converted[group.positive]["inputs"]["text"], converted[group.negative]["inputs"]["text"]
+    settings = hw.BenchSettings(width=640, height=640, frames=81, steps=20, cfg=3.5,
+                                seed=converted[group.sampler_high]["inputs"]["noise_seed"], prompt=texts[0],
+                                negative=texts[1])
+    rebuilt = hw.native_t2v_graph(settings.lightning() if lightning else settings, lightning=lightning)
     assert json.loads(json.dumps(converted), parse_float=lambda x: round(float(x), 6)) == rebuilt
 
 
@@ -308,10 +334,12 @@ def test_model_placements_and_the_dual_gpu_check() -> None:
 def test_comparisons() -> None:
     runs = {"native": {"ok": True, "wall_s": 150.0}, "ours": {"ok": True, "wall_s": 100.0},
             "ours_dual": {"ok": False, "wall_s": 1.0},
+            "native_lightning": {"ok": True, "wall_s": 30.0}, "ours_lightning": {"ok": True, "wall_s": 24.0},
             "batch_1gpu": {"ok": True, "jobs_per_hour": 10.0},
             "batch_2gpu_replica": {"ok": True, "jobs_per_hour": 19.5}}
-    assert hr.comparisons(runs) == {"ours_speedup_vs_native": 1.5, "batch_2gpu_replica_vs_1gpu": 1.95,
-                                    "target_single_gpu_1.25x": True, "target_batch_1.9x": True}
+    assert hr.comparisons(runs) == {"ours_speedup_vs_native": 1.5, "ours_lightning_speedup_vs_native_lightning": 1.25,
+                                    "batch_2gpu_replica_vs_1gpu": 1.95, "target_single_gpu_1.25x": True,
+                                    "target_batch_1.9x": True}
     assert hr.jobs_per_hour(8, 1800.0) == 16.0
 
 

@@ -18,8 +18,10 @@ CATEGORY = "Wan2.2"
 
 
 def video_to_images(video: torch.Tensor) -> torch.Tensor:
-    """`[3, F, H, W]` in [-1, 1] -> ComfyUI IMAGE `[F, H, W, 3]` in 0..1 (float32, CPU)."""
-    return video.permute(1, 2, 3, 0).to("cpu", torch.float32).add(1.0).div(2.0).clamp(0.0, 1.0)
+    """`[3, F, H, W]` in [-1, 1] -> ComfyUI IMAGE `[F, H, W, 3]` in 0..1 (float32, CPU, contiguous). The arithmetic
+    and the transpose run where the video is (the GPU after a decode), then one copy to the CPU."""
+    images = video.to(torch.float32).add(1.0).div_(2.0).clamp_(0.0, 1.0)
+    return images.permute(1, 2, 3, 0).contiguous().cpu()
 
 
 def images_to_video(images: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Writing a generated video `[3, F, H, W]` in [-1, 1]: MP4 (H.264, yuv420p), PNG frames, safetensors tensor.
 
-Frames are converted to 8-bit one at a time, so writing never holds a second full copy of the video.
+Frames are converted to 8-bit a few at a time (`FRAMES_PER_CHUNK`, one multi-threaded torch pass per chunk), so
+writing never holds a second full copy of the video.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from .io.atomic import OutputWriteError, atomic_target, describe_message, descri
 VIDEO_TENSOR_KEY = "video"
 # imageio-ffmpeg's quality scale (0..10); 8 is what the official Wan2.2 `save_video` uses.
 MP4_QUALITY = 8
+# x264's speed preset: at this near-lossless CRF, `veryfast` encoded our test videos (81 frames, 832x480, noise and
+# smooth motion) 2.2-2.7x faster than the default `medium`, into files of the same size.
+X264_PRESET = "veryfast"
+FRAMES_PER_CHUNK = 8
 
 
 def _check_video(video: torch.Tensor) -> None:
@@ -37,12 +42,13 @@ def _check_video(video: torch.Tensor) -> None:
 
 
 def iter_frames_uint8(video: torch.Tensor) -> Iterator[np.ndarray]:
-    """The frames of a `[3, F, H, W]` video in [-1, 1] as contiguous `[H, W, 3]` uint8 arrays, one at a time."""
+    """The frames of a `[3, F, H, W]` video in [-1, 1] (any strides, e.g. a view of a ComfyUI IMAGE) as contiguous
+    `[H, W, 3]` uint8 arrays, in order."""
     _check_video(video)
-    for index in range(video.shape[1]):
-        frame = video[:, index].detach().to("cpu", torch.float32)
-        frame = frame.clamp(-1.0, 1.0).add(1.0).mul(127.5).round().to(torch.uint8)
-        yield np.ascontiguousarray(frame.permute(1, 2, 0).numpy())
+    for start in range(0, video.shape[1], FRAMES_PER_CHUNK):
+        chunk = video[:, start : start + FRAMES_PER_CHUNK].detach().permute(1, 2, 3, 0).to("cpu", torch.float32)
+        chunk = chunk.clamp(-1.0, 1.0).add_(1.0).mul_(127.5).round_().to(torch.uint8).contiguous()
+        yield from chunk.numpy()
 
 
 def _png_path(folder: Path, index: int) -> Path:
@@ -82,14 +88,15 @@ def save_video(
 
 
 def _ffmpeg_command(path: Path, width: int, height: int, fps: float) -> list[str]:
-    """imageio-ffmpeg's `write_frames` command for libx264 at MP4_QUALITY, with macro block size 2."""
+    """imageio-ffmpeg's `write_frames` command for libx264 at MP4_QUALITY (and X264_PRESET), with macro block size
+    2."""
     import imageio_ffmpeg
 
     crf = int((1 - MP4_QUALITY / 10.0) * 51)
     command = [
         imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
         "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-",
-        "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf),
+        "-vcodec", "libx264", "-preset", X264_PRESET, "-pix_fmt", "yuv420p", "-crf", str(crf),
     ]  # fmt: skip
     if width % 2 or height % 2:
         command += ["-vf", f"scale={width + width % 2}:{height + height % 2}"]

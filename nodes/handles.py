@@ -175,10 +175,11 @@ class T5Handle(ModelHandle):
     def load(self, cache: ModelCache | None = None) -> Any:
         from wan_core.text.encoder import load_text_encoder
 
-        def read() -> Any:
-            return load_text_encoder(
-                self.path, tokenizer=self.tokenizer_path, device="cpu", dtype=COMPUTE_DTYPES[self.weight_dtype]
-            )
+        def read() -> Any:  # read onto a GPU it runs on: converted there (see text_encoder_from_state_dict)
+            device = self.target_device()
+            return load_text_encoder(self.path, tokenizer=self.tokenizer_path,
+                                     device=device if device.type == "cuda" else "cpu",
+                                     dtype=COMPUTE_DTYPES[self.weight_dtype])
 
         return self._load_cached(self.path, (self.weight_dtype, self.tokenizer_path), read, cache)
 

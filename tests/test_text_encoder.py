@@ -475,6 +475,20 @@ def test_public_api(official_ckpt):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_an_fp8_file_read_onto_the_gpu_has_the_cpu_loads_weights(tmp_path, tiny, spiece_bytes):
+    """Read straight onto a GPU, an fp8 file is dequantized there: the weights are the CPU load's, bit for bit."""
+    sd = {k: v.contiguous() for k, v in tiny.state_dict().items() if k != keymap.EMBED_TOKENS}
+    path = tmp_path / "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+    save_file({**quantize_fp8_scaled(sd), "spiece_model": torch.frombuffer(bytearray(spiece_bytes),
+                                                                          dtype=torch.uint8)}, path)
+    cpu, gpu = load_text_encoder(path), load_text_encoder(path, device="cuda")
+    assert gpu.device.type == "cuda" and gpu.dtype == cpu.dtype == torch.bfloat16
+    want = cpu.model.state_dict()
+    for name, tensor in gpu.model.state_dict().items():
+        assert tensor.device.type == "cuda" and torch.equal(tensor.cpu(), want[name]), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_gpu_matches_cpu(official_ckpt, dtype):
     cpu = load_text_encoder(official_ckpt).encode([EN, ZH])

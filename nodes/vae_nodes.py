@@ -8,6 +8,7 @@ import torch
 from wan_core.errors import InputError
 from wan_core.io.files import resolve_inside
 from wan_core.kept_latents import keep_latents_on_failure, load_latents
+from wan_core.video_io import FRAMES_PER_CHUNK
 
 from . import host
 from .devices import announce_device
@@ -19,9 +20,14 @@ CATEGORY = "Wan2.2"
 
 def video_to_images(video: torch.Tensor) -> torch.Tensor:
     """`[3, F, H, W]` in [-1, 1] -> ComfyUI IMAGE `[F, H, W, 3]` in 0..1 (float32, CPU, contiguous). The arithmetic
-    and the transpose run where the video is (the GPU after a decode), then one copy to the CPU."""
-    images = video.to(torch.float32).add(1.0).div_(2.0).clamp_(0.0, 1.0)
-    return images.permute(1, 2, 3, 0).contiguous().cpu()
+    and the transpose run where the video is (the GPU after a decode), a few frames at a time (a long video's float32
+    copy never sits on the GPU whole), each chunk copied once to the CPU."""
+    _, frames, height, width = video.shape
+    images = torch.empty(frames, height, width, 3, dtype=torch.float32)
+    for start in range(0, frames, FRAMES_PER_CHUNK):
+        chunk = video[:, start : start + FRAMES_PER_CHUNK].to(torch.float32).add(1.0).div_(2.0).clamp_(0.0, 1.0)
+        images[start : start + FRAMES_PER_CHUNK].copy_(chunk.permute(1, 2, 3, 0))
+    return images
 
 
 def images_to_video(images: torch.Tensor) -> torch.Tensor:

@@ -6,13 +6,11 @@ whose fp8 images are exact."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+
+from tests.triton_interpreter import assert_runs_in_interpreter
 
 pytest.importorskip("triton")
 
@@ -81,7 +79,4 @@ SCRIPT = textwrap.dedent(
 
 
 def test_sage_inputs_have_the_kernels_layout():
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+    assert_runs_in_interpreter(SCRIPT)

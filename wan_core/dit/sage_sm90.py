@@ -47,17 +47,24 @@ if triton is not None:
         return y.to(tl.int8)
 
     @triton.jit
+    def _rows(X, L, s_xb, s_xl, s_xh, ROWS: tl.constexpr, C: tl.constexpr):
+        """This program's block of `ROWS` token rows of one head: (values, row indices `[ROWS, 1]`, in-range mask)."""
+        blk, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        rows = blk * ROWS + tl.arange(0, ROWS)
+        mask = rows[:, None] < L
+        x = tl.load(X + b * s_xb + h * s_xh + rows[:, None] * s_xl + tl.arange(0, C)[None, :], mask=mask, other=0.0)
+        return x, rows[:, None], mask
+
+    @triton.jit
     def _quant_q_kernel(X, OUT, SCALE, L, s_xb, s_xl, s_xh, s_ob, s_ol, s_oh, s_sb, s_sh,
                         C: tl.constexpr):
         blk, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        rows = blk * 64 + tl.arange(0, 64)
-        cols = tl.arange(0, C)
-        mask = rows[:, None] < L
-        x = tl.load(X + b * s_xb + h * s_xh + rows[:, None] * s_xl + cols[None, :], mask=mask, other=0.0)
+        x, rows, mask = _rows(X, L, s_xb, s_xl, s_xh, 64, C)
         x4 = tl.reshape(x.to(tl.float32), (4, 2, 8, C))  # row 16w + 8i + t -> (w, i, t)
         scale = tl.max(tl.max(tl.abs(x4), axis=3), axis=1) / 127.0 + 0.0000001  # [4, 8]
         q = _round_int8(x4, scale[:, None, :, None])
-        tl.store(OUT + b * s_ob + h * s_oh + rows[:, None] * s_ol + cols[None, :], tl.reshape(q, (64, C)), mask=mask)
+        tl.store(OUT + b * s_ob + h * s_oh + rows * s_ol + tl.arange(0, C)[None, :], tl.reshape(q, (64, C)),
+                 mask=mask)
         w, t = tl.arange(0, 4), tl.arange(0, 8)
         tl.store(SCALE + b * s_sb + h * s_sh + (blk * 4 + w)[:, None] * 8 + t[None, :], scale)
 
@@ -65,17 +72,14 @@ if triton is not None:
     def _quant_k_kernel(X, MEAN, OUT, SCALE, L, s_xb, s_xl, s_xh, s_mb, s_mh, s_ob, s_ol, s_oh, s_sb, s_sh,
                         C: tl.constexpr):
         blk, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        rows = blk * 128 + tl.arange(0, 128)
-        cols = tl.arange(0, C)
-        mask = rows[:, None] < L
-        x = tl.load(X + b * s_xb + h * s_xh + rows[:, None] * s_xl + cols[None, :], mask=mask, other=0.0)
-        mean = tl.load(MEAN + b * s_mb + h * s_mh + cols)
+        x, rows, mask = _rows(X, L, s_xb, s_xl, s_xh, 128, C)
+        mean = tl.load(MEAN + b * s_mb + h * s_mh + tl.arange(0, C))
         x = (x.to(tl.float32) - mean.to(tl.float32)[None, :]).to(x.dtype)  # `k - km` in k's dtype, as torch does
-        x = tl.where(mask, x.to(tl.float32), 0.0)
-        x4 = tl.reshape(x, (16, 4, 2, C))  # row 8j + 2t + i -> (j, t, i)
+        x4 = tl.reshape(tl.where(mask, x.to(tl.float32), 0.0), (16, 4, 2, C))  # row 8j + 2t + i -> (j, t, i)
         scale = tl.max(tl.max(tl.max(tl.abs(x4), axis=3), axis=2), axis=0) / 127.0 + 0.0000001  # [4]
         k = _round_int8(x4, scale[None, :, None, None])
-        tl.store(OUT + b * s_ob + h * s_oh + rows[:, None] * s_ol + cols[None, :], tl.reshape(k, (128, C)), mask=mask)
+        tl.store(OUT + b * s_ob + h * s_oh + rows * s_ol + tl.arange(0, C)[None, :], tl.reshape(k, (128, C)),
+                 mask=mask)
         tl.store(SCALE + b * s_sb + h * s_sh + blk * 4 + tl.arange(0, 4), scale)
 
     @triton.jit
@@ -113,6 +117,7 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
         and q.dtype == k.dtype == v.dtype
         and q.shape[-1] in (64, 128)
         and q.shape[2] == k.shape[2] == v.shape[2]
+        and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
         and torch.cuda.get_device_capability(q.device) == (9, 0)
         and _kernel_entry() is not None
     )

@@ -245,8 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     def settings_of(name: str) -> BenchSettings:
         return batch_settings if name.startswith("batch") else lightning_settings if "lightning" in name else settings
 
-    graphs = {name: apply_settings(graph, settings_of(name))
-              for name, graph in bench_graphs(settings, native, native_lightning).items()}
+    graphs = bench_graphs(settings, native, native_lightning, settings_of)
     alignment = {}
     for chosen in (settings, lightning_settings, batch_settings):
         alignment.update(misaligned({k: v for k, v in graphs.items() if settings_of(k) is chosen}, chosen))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -237,11 +238,11 @@ def batch_graph(placement: str) -> dict:
     return graph
 
 
-def bench_graphs(settings: BenchSettings, native: dict | None = None, native_lightning: dict | None = None
-                 ) -> dict[str, dict]:
-    """Every graph of the benchmark by run name, `settings` applied (the caller applies other settings to the batch
-    and Lightning graphs). `native`, `native_lightning`: the native graphs to use (converted from the installed
-    template); default the rebuilt ones."""
+def bench_graphs(settings: BenchSettings, native: dict | None = None, native_lightning: dict | None = None,
+                 settings_of: Callable[[str], BenchSettings] | None = None) -> dict[str, dict]:
+    """Every graph of the benchmark by run name, with `settings_of(name)` applied (default: `settings` to all).
+    `native`, `native_lightning`: the native graphs to use (converted from the installed template); default the
+    rebuilt ones, built with `settings`."""
     graphs = {
         "native": copy.deepcopy(native) if native is not None else native_t2v_graph(settings),
         "ours": load_api("wan22_t2v_a14b"),
@@ -253,7 +254,8 @@ def bench_graphs(settings: BenchSettings, native: dict | None = None, native_lig
         "batch_2gpu_split": batch_graph("split"),
         "batch_2gpu_replica": batch_graph("replica"),
     }
-    return {name: apply_settings(graph, settings) for name, graph in graphs.items()}
+    return {name: apply_settings(graph, settings_of(name) if settings_of else settings)
+            for name, graph in graphs.items()}
 
 
 # ------------------------------------------------------------------------------------------------ settings

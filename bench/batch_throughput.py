@@ -5,7 +5,8 @@ through the real batch engine (`BatchScheduler`, `PipelineStages`, one `Worker.p
 The DiT experts and the VAE have real shapes and random weights (A14B: two 14B experts per GPU, bf16; 5B: one model
 and the Wan2.2 VAE). The text encoder is a stand-in returning random [L, 4096] embeddings: UMT5 takes well under 1%
 of a job. Few steps and few frames keep a run inside one 10-minute call; GPU utilisation of every GPU is sampled in a
-background thread during each timed batch.
+background thread during each timed batch, and each stage of each job is timed (`timeline`: per device, the
+models' busy time, and the head and tail of the batch that no computation on that device covered).
 
     python bench/batch_throughput.py                           # every visible GPU, A14B and 5B shapes
     python bench/batch_throughput.py --tiny                    # CPU smoke check with the tiny configs
@@ -72,6 +73,64 @@ class RandomTextEncoder:
         return self
 
 
+class StageTimeline:
+    """When each stage of each job ran, per device (recorded by `TimedStages`), and what it adds up to per device:
+    the models' busy time on the compute lane, the writes, and the head and tail of the batch that no job's
+    computation covered on that device."""
+
+    def __init__(self):
+        self.spans: list[tuple[str, str, int, float, float]] = []  # (device, stage, job, start, end)
+        self._lock = threading.Lock()
+
+    def record(self, device: str, stage: str, job: int, start: float, end: float) -> None:
+        with self._lock:
+            self.spans.append((device, stage, job, start, end))
+
+    def summary(self, batch_start: float, batch_end: float) -> dict:
+        out = {}
+        for device in sorted({span[0] for span in self.spans}):
+            mine = [s for s in self.spans if s[0] == device]
+            compute = [s for s in mine if s[1] != "write"]
+            writes = [s for s in mine if s[1] == "write"]
+            per_stage = {stage: round(sum(s[4] - s[3] for s in mine if s[1] == stage), 2)
+                         for stage in ("encode", "denoise", "decode", "write")}
+            out[device] = {
+                "jobs": len(writes), "stage_seconds": per_stage,
+                "compute_busy_seconds": round(sum(s[4] - s[3] for s in compute), 2),
+                "head_seconds": round(min(s[3] for s in compute) - batch_start, 2),
+                "tail_seconds": round(batch_end - max(s[4] for s in compute), 2),
+                "last_write_seconds": round(max(writes, key=lambda s: s[4])[4] - max(writes, key=lambda s: s[4])[3], 2),
+            }
+        return out
+
+
+class TimedStages(PipelineStages):
+    """`PipelineStages` that report each stage's start and end to a `StageTimeline`."""
+
+    timeline: StageTimeline | None = None
+
+    def _timed(self, stage: str, device: str, job: BatchJob, call):
+        start = time.perf_counter()
+        try:
+            return call()
+        finally:
+            if self.timeline is not None:
+                self.timeline.record(device, stage, job.index, start, time.perf_counter())
+
+    def encode(self, job):
+        return self._timed("encode", self.encode_device, job, lambda: super(TimedStages, self).encode(job))
+
+    def denoise(self, job, cond, cancel, progress):
+        return self._timed("denoise", self.denoise_device, job,
+                           lambda: super(TimedStages, self).denoise(job, cond, cancel, progress))
+
+    def decode(self, job, latents):
+        return self._timed("decode", self.decode_device, job, lambda: super(TimedStages, self).decode(job, latents))
+
+    def write(self, job, decoded):
+        return self._timed("write", self.decode_device, job, lambda: super(TimedStages, self).write(job, decoded))
+
+
 class UtilisationSampler:
     """Samples the utilisation (%) of every GPU every `period` seconds in a background thread."""
 
@@ -120,7 +179,7 @@ def build_worker(device: str, task: str, args: argparse.Namespace, output_dir: P
     low = build_ours(config, torch.device(device), dtype) if task_config.is_moe else None
     vae = build_vae(vae_name).to(device).eval()
     settings = SamplingSettings(task_config, "unipc", task_config.sample_shift, task_config.guide_scale)
-    stages = PipelineStages(
+    stages = TimedStages(
         settings=settings,
         text_encoder=LazyModel(lambda: RandomTextEncoder(device, config.text_dim)),
         experts=LazyModel(lambda: (high, low)),
@@ -132,15 +191,18 @@ def build_worker(device: str, task: str, args: argparse.Namespace, output_dir: P
 
 
 def run_batch(workers: list[Worker], jobs: list[BatchJob], ledger_file: Path, gpus: int) -> tuple[float, dict]:
+    timeline = StageTimeline()
+    for worker in workers:
+        worker.stages.timeline = timeline
     with JobLedger(ledger_file) as ledger, UtilisationSampler(gpus) as sampler:
         scheduler = BatchScheduler(workers, 0, None, ledger, auto_clear_cache=False)
         start = time.perf_counter()
         summary = scheduler.run(jobs)
-        seconds = time.perf_counter() - start
+        end = time.perf_counter()
     failed = [r for r in summary.results if r.state != "done"]
     if failed:
         raise RuntimeError(f"{len(failed)} job(s) did not finish:\n{summary.table()}")
-    return seconds, {"utilisation": sampler.summary()}
+    return end - start, {"utilisation": sampler.summary(), "timeline": timeline.summary(start, end)}
 
 
 def measure(task: str, devices: list[str], args: argparse.Namespace, scratch: Path) -> dict:

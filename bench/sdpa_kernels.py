@@ -1,10 +1,10 @@
 """PyTorch's own attention kernels at Wan2.2 self-attention shapes: which one `F.scaled_dot_product_attention`
 should run (its default on Hopper is FlashAttention-2; cuDNN's fused attention is another built-in choice), with
 SageAttention 2 where installed as the outside reference, in the variants its sm_90 entry point takes (`sage` is
-its default: per-thread q/k scales, K smoothed; `sage_per_warp`, `sage_unsmoothed`). Prints one JSON object: seconds
-per call (median of
-`--runs`, order rotated each round), TFLOP/s (4 * L^2 * heads * head_dim per call) and the largest difference to an
-fp32 reference on the first 256 queries.
+its default: per-thread q/k scales, K smoothed; `sage_per_warp`, `sage_unsmoothed`), and our `flash_attn` backend
+where a FlashAttention build imports (FA3 from `pip install fa3-fwd` on Hopper).
+Prints one JSON object: seconds per call (median of `--runs`, order rotated each round), TFLOP/s
+(4 * L^2 * heads * head_dim per call) and the largest difference to an fp32 reference on the first 256 queries.
 
     python bench/sdpa_kernels.py --json sdpa.json
 """
@@ -30,11 +30,16 @@ SAGE_VARIANTS = {
     "sage_per_warp": {"qk_quant_gran": "per_warp"},
     "sage_unsmoothed": {"smooth_k": False},
 }
+OUR_BACKENDS = ("flash_attn",)  # wan_core's FlashAttention backend: the newest FlashAttention that imports
 SHAPES = {"480p 81f": 32760, "720p 81f": 75600}
 
 
 def run_kernel(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """`[B, H, L, D]` in, same out."""
+    if name in OUR_BACKENDS:
+        from wan_core.dit.attention import get_backend
+
+        return get_backend(name, q.device)(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
     if name in SAGE_VARIANTS:
         from sageattention import sageattn, sageattn_qk_int8_pv_fp8_cuda_sm90
 
@@ -86,6 +91,9 @@ def main() -> None:
             names += [n for n in SAGE_VARIANTS if n != "sage"]
     except ImportError:
         pass
+    from wan_core.dit.attention import BACKENDS
+
+    names += [n for n in OUR_BACKENDS if BACKENDS[n].available()]
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "cudnn": torch.backends.cudnn.version(),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "shapes": {}}

@@ -154,6 +154,15 @@ def test_one_tile_is_the_untiled_result():
     assert torch.equal(vae.encode(video, tile_size=(48, 48)), vae.encode(video))
 
 
+@pytest.mark.parametrize("name", ["tiny-wan2.1", "tiny-wan2.2"])
+def test_decoding_a_latent_frame_at_a_time_is_the_whole_decode(name):
+    vae = _model(name)
+    latents = torch.randn(1, vae.z_dim, 3, 4, 6) * 3
+    chunks = list(vae.decode_chunks(latents))
+    assert [c.shape[2] for c in chunks] == [1, 4, 4]
+    assert torch.equal(torch.cat(chunks, dim=2), vae.decode(latents))
+
+
 def _oom_above(vae, method: str, limit: int, calls: list):
     """Make `vae.model.<method>` raise CUDA out-of-memory for inputs wider than `limit` (its own grid units)."""
     original = getattr(vae.model, method)

@@ -87,3 +87,48 @@ def test_wrong_video_shape_is_an_input_error(tmp_path, shape):
     with pytest.raises(InputError, match=r"\[3, F, H, W\]|no frames"):
         save_video(tmp_path / "x.mp4", torch.zeros(shape), fps=16)
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_a_stream_fed_in_parts_writes_the_same_file_as_the_whole_video(tmp_path):
+    from wan_core.video_io import Mp4Stream
+
+    video = smooth_video(frames=13)
+    whole = save_video(tmp_path / "whole.mp4", video, 16)
+    stream = Mp4Stream(tmp_path / "parts.mp4", 64, 48, 16)
+    for start, end in ((0, 1), (1, 5), (5, 9), (9, 13)):  # as the VAE decodes: 1 frame, then 4 per latent frame
+        stream.add(video[:, start:end])
+    assert not (tmp_path / "parts.mp4").exists()  # not in place before it is finished and checked
+    parts = stream.finish()
+    assert parts == tmp_path / "parts.mp4" and stream.frames == 13
+    assert parts.read_bytes() == whole.read_bytes()
+
+
+def test_a_stream_given_frames_of_another_size_is_refused(tmp_path):
+    from wan_core.video_io import Mp4Stream
+
+    stream = Mp4Stream(tmp_path / "v.mp4", 64, 48, 16)
+    with pytest.raises(InputError, match=r"frames of 32x48 cannot join a 64x48 video \(v\.mp4\)"):
+        stream.add(smooth_video(width=32))
+    stream.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_aborted_or_dropped_stream_stops_ffmpeg_and_leaves_the_old_file(tmp_path):
+    import gc
+
+    from wan_core.video_io import Mp4Stream
+
+    target = tmp_path / "v.mp4"
+    target.write_bytes(b"old")
+    aborted = Mp4Stream(target, 64, 48, 16)
+    aborted.add(smooth_video())
+    aborted.abort()
+    assert aborted._process.returncode is not None
+
+    dropped = Mp4Stream(target, 64, 48, 16)
+    dropped.add(smooth_video())
+    process = dropped._process
+    del dropped  # a job cancelled between its decode and its write drops its stream unfinished
+    gc.collect()
+    assert process.returncode is not None
+    assert list(tmp_path.iterdir()) == [target] and target.read_bytes() == b"old"

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -42,17 +43,13 @@ def _check_video(video: torch.Tensor) -> None:
 
 
 def iter_frames_uint8(video: torch.Tensor) -> Iterator[np.ndarray]:
-    """The frames of a `[3, F, H, W]` video in [-1, 1] (any strides, e.g. a view of a ComfyUI IMAGE) as contiguous
-    `[H, W, 3]` uint8 arrays, in order."""
+    """The frames of a `[3, F, H, W]` video in [-1, 1] (any strides, e.g. a view of a ComfyUI IMAGE; on any device,
+    converted there) as contiguous `[H, W, 3]` uint8 arrays, in order."""
     _check_video(video)
     for start in range(0, video.shape[1], FRAMES_PER_CHUNK):
-        chunk = video[:, start : start + FRAMES_PER_CHUNK].detach().permute(1, 2, 3, 0).to("cpu", torch.float32)
-        chunk = chunk.clamp(-1.0, 1.0).add_(1.0).mul_(127.5).round_().to(torch.uint8).contiguous()
+        chunk = video[:, start : start + FRAMES_PER_CHUNK].detach().permute(1, 2, 3, 0).to(torch.float32)
+        chunk = chunk.clamp(-1.0, 1.0).add_(1.0).mul_(127.5).round_().to(torch.uint8).cpu().contiguous()
         yield from chunk.numpy()
-
-
-def _png_path(folder: Path, index: int) -> Path:
-    return folder / f"frame_{index:05d}.png"
 
 
 def save_video(
@@ -71,20 +68,95 @@ def save_video(
     H.264 with yuv420p needs even sizes: an odd width or height is scaled up by one pixel by ffmpeg.
     """
     _check_video(video)
-    path = Path(path)
-    png_folder = None
-    if frames_dir is not None:
-        png_folder = Path(frames_dir)
+    stream = Mp4Stream(path, int(video.shape[3]), int(video.shape[2]), fps, frames_dir=frames_dir)
+    try:
+        stream.add(video)
+    except BaseException:
+        stream.abort()
+        raise
+    return stream.finish(finalize)
+
+
+class Mp4Stream:
+    """An MP4 written while its frames are still being made (`save_video`'s checks and atomic rename): `add` hands
+    each part of the video to ffmpeg as it comes, `finish` waits for the encode, checks it and renames the file into
+    place, `abort` stops it. A stream dropped unfinished is aborted (its ffmpeg killed, its temporary file removed)."""
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: float, *, frames_dir: str | Path | None = None):
+        self.path = Path(path)
+        self.width, self.height = width, height
+        self.frames = 0
+        self._png_folder = None
+        if frames_dir is not None:
+            self._png_folder = Path(frames_dir)
+            try:
+                self._png_folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise OutputWriteError(f"cannot write {self._png_folder}: {describe_os_error(error)}") from error
+        self._target = contextlib.ExitStack()
+        self._scratch = self._target.enter_context(atomic_target(self.path))
+        self._process = subprocess.Popen(
+            _ffmpeg_command(self._scratch, width, height, fps), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        self._errors: list[bytes] = []
+        errors, process = self._errors, self._process  # the reader must not keep `self` alive (see `_cleanup`)
+        self._reader = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
+        self._reader.start()
+        self._broken = False
+        self._cleanup = weakref.finalize(self, _abort, self._process, self._target)
+
+    def add(self, video: torch.Tensor) -> None:
+        """Append the frames of `video` `[3, f, H, W]` in [-1, 1] (any device)."""
+        _check_video(video)
+        if (int(video.shape[2]), int(video.shape[3])) != (self.height, self.width):
+            raise InputError(f"frames of {video.shape[3]}x{video.shape[2]} cannot join a {self.width}x{self.height} "
+                             f"video ({self.path.name}).")
+        for frame in iter_frames_uint8(video):
+            if not self._broken:
+                try:
+                    self._process.stdin.write(frame.tobytes())
+                except (BrokenPipeError, OSError):
+                    self._broken = True  # ffmpeg has died; its exit status and message say why
+            if self._png_folder is not None:
+                _save_png(_png_path(self._png_folder, self.frames), frame)
+            self.frames += 1
+
+    def finish(self, finalize: Callable[[Path], None] | None = None) -> Path:
+        """Wait for the encode, check it (and run `finalize` on the file) and rename it to `path`."""
         try:
-            png_folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise OutputWriteError(f"cannot write {png_folder}: {describe_os_error(error)}") from error
-    with atomic_target(path) as scratch:
-        _encode_mp4(scratch, video, fps, png_folder, target=path)
-        if finalize is not None:
-            finalize(scratch)
-        verify_mp4(scratch, int(video.shape[1]), target=path)
-    return path
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self._process.stdin.close()
+            returncode = self._process.wait()
+            self._reader.join()
+            if returncode != 0 or self._broken:
+                message = b"".join(self._errors).decode("utf-8", "replace")
+                raise OutputWriteError(f"cannot write {self.path}: {_ffmpeg_cause(returncode, message)}")
+            if finalize is not None:
+                finalize(self._scratch)
+            verify_mp4(self._scratch, self.frames, target=self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._cleanup.detach()
+        self._target.close()
+        return self.path
+
+    def abort(self) -> None:
+        """Stop the encode and remove the temporary file; `path` stays as it was."""
+        self._cleanup()
+
+
+def _abort(process: subprocess.Popen, target: contextlib.ExitStack) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    with contextlib.suppress(OutputWriteError):
+        target.__exit__(OutputWriteError, OutputWriteError("aborted"), None)  # the scratch file goes, no rename
+
+
+def _png_path(folder: Path, index: int) -> Path:
+    return folder / f"frame_{index:05d}.png"
 
 
 def _ffmpeg_command(path: Path, width: int, height: int, fps: float) -> list[str]:
@@ -101,38 +173,6 @@ def _ffmpeg_command(path: Path, width: int, height: int, fps: float) -> list[str
     if width % 2 or height % 2:
         command += ["-vf", f"scale={width + width % 2}:{height + height % 2}"]
     return command + ["-v", "error", str(path)]
-
-
-def _encode_mp4(path: Path, video: torch.Tensor, fps: float, png_folder: Path | None, *, target: Path) -> None:
-    height, width = int(video.shape[2]), int(video.shape[3])
-    process = subprocess.Popen(
-        _ffmpeg_command(path, width, height, fps), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    errors: list[bytes] = []
-    reader = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
-    reader.start()
-    broken = False
-    try:
-        for index, frame in enumerate(iter_frames_uint8(video)):
-            if not broken:
-                try:
-                    process.stdin.write(frame.tobytes())
-                except (BrokenPipeError, OSError):
-                    broken = True  # ffmpeg has died; its exit status and message say why
-            if png_folder is not None:
-                _save_png(_png_path(png_folder, index), frame)
-        with contextlib.suppress(BrokenPipeError, OSError):
-            process.stdin.close()
-        returncode = process.wait()
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    reader.join()
-    if returncode != 0 or broken:
-        message = b"".join(errors).decode("utf-8", "replace")
-        raise OutputWriteError(f"cannot write {target}: {_ffmpeg_cause(returncode, message)}")
 
 
 def _ffmpeg_cause(returncode: int, message: str) -> str:

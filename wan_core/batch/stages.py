@@ -8,7 +8,7 @@ are all done loads nothing, and the text encoder of a split worker loads while t
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -23,7 +23,7 @@ from wan_core.pipeline.pipeline import WanPipeline
 from wan_core.pipeline.request import SamplingRequest
 from wan_core.pipeline.tasks import TaskConfig
 from wan_core.runtime import Runtime
-from wan_core.video_io import save_video
+from wan_core.video_io import Mp4Stream, save_video
 
 T = TypeVar("T")
 PromptBuilder = Callable[[BatchJob], tuple[str, str]]  # job -> (positive, negative) as the text encoder gets them
@@ -68,11 +68,12 @@ class SamplingSettings:
 
 
 class DecodedVideo(NamedTuple):
-    """A job's decoded video (`[3, F, H, W]` in [-1, 1], on the CPU) with the latents it came from, kept should the
-    write fail."""
+    """A job's decoded video with the latents it came from, kept should the write fail: the MP4 being encoded while
+    the VAE made it (`Mp4Stream`, finished by `write`), or the whole video (`[3, F, H, W]` in [-1, 1], on the CPU)
+    where it had to be decoded in tiles."""
 
     latents: torch.Tensor
-    video: torch.Tensor
+    video: Mp4Stream | torch.Tensor
 
 
 @dataclass
@@ -118,22 +119,46 @@ class PipelineStages:
         return pipeline.sample(positive, negative, request, progress=on_step, cancel=cancel)
 
     def decode(self, job: BatchJob, latents: torch.Tensor) -> DecodedVideo:
-        """The job's video on the CPU. On a failure the latents are kept in the output folder and the job fails; the
-        ledger then runs it again on resume."""
+        """The job's video, handed to ffmpeg a latent frame at a time as the VAE decodes it, so that only the end of
+        the encode is left for `write`. Where the untiled decode runs out of CUDA memory, the video is decoded again
+        in tiles onto the CPU and `write` encodes it whole. On a failure the latents are kept in the output folder and
+        the job fails; the ledger then runs it again on resume."""
 
-        def decode() -> torch.Tensor:
-            return self._pipeline(self.decode_device, vae=self.vae.get()).decode(latents.to(self.decode_device)).cpu()
+        def decode() -> Mp4Stream | torch.Tensor:
+            pipeline = self._pipeline(self.decode_device, vae=self.vae.get())
+            try:
+                return self._streamed(job, pipeline.decode_chunks(latents.to(self.decode_device)))
+            except torch.cuda.OutOfMemoryError:
+                pass  # retried outside the except block, so that the failed attempt's tensors are freed first
+            return pipeline.decode(latents.to(self.decode_device)).cpu()
 
         return DecodedVideo(latents, self._keeping_latents(job, latents, decode))
 
     def write(self, job: BatchJob, decoded: DecodedVideo) -> Path:
-        """Write the decoded video (verified, renamed into place only when whole); on a failure the latents are
-        kept, as in `decode`."""
-        final = output_path(self.output_dir, self.batch, job.index)
-        return self._keeping_latents(
-            job, decoded.latents,
-            lambda: save_video(final, decoded.video, self.settings.task.fps, finalize=self.finish_video),
-        )  # fmt: skip
+        """Finish the video's MP4 (verified, renamed into place only when whole); on a failure the latents are kept,
+        as in `decode`."""
+
+        def write() -> Path:
+            if isinstance(decoded.video, Mp4Stream):
+                return decoded.video.finish(self.finish_video)
+            final = output_path(self.output_dir, self.batch, job.index)
+            return save_video(final, decoded.video, self.settings.task.fps, finalize=self.finish_video)
+
+        return self._keeping_latents(job, decoded.latents, write)
+
+    def _streamed(self, job: BatchJob, chunks: Iterator[torch.Tensor]) -> Mp4Stream:
+        stream = None
+        try:
+            for chunk in chunks:
+                if stream is None:
+                    final = output_path(self.output_dir, self.batch, job.index)
+                    stream = Mp4Stream(final, chunk.shape[-1], chunk.shape[-2], self.settings.task.fps)
+                stream.add(chunk)
+        except BaseException:
+            if stream is not None:
+                stream.abort()
+            raise
+        return stream
 
     def _keeping_latents(self, job: BatchJob, latents: torch.Tensor, step: Callable[[], T]) -> T:
         stem = output_path(self.output_dir, self.batch, job.index).stem

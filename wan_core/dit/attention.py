@@ -72,7 +72,8 @@ class SdpaAttention(AttentionBackend):
 
 
 class FlashAttention(AttentionBackend):
-    """The newest FlashAttention that imports: FA4 (CuTe DSL), FA3 (`flash_attn_interface`), FA2."""
+    """The newest FlashAttention that imports: FA4 (CuTe DSL), FA3 (`flash_attn_interface`, or `fa3-fwd`'s
+    `fa3_fwd_interface`), FA2."""
 
     name = "flash_attn"
     install_hint = "`pip install flash-attn-4`, FlashAttention-3 or `pip install flash-attn`"
@@ -108,6 +109,7 @@ def _flash_fn() -> Callable | None:
     candidates = (
         ("flash_attn.cute", "flash_attn_func"),
         ("flash_attn_interface", "flash_attn_func"),
+        ("fa3_fwd_interface", "flash_attn_func"),
         ("flash_attn", "flash_attn_func"),
     )
     for module, name in candidates:

@@ -9,6 +9,7 @@ between stages, the text encoder and VAE) waits in CPU RAM, as the official ``of
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import torch
 
@@ -108,6 +109,13 @@ class WanPipeline:
         with self.runtime.on_device(self._require_vae("decode")) as vae, torch.no_grad():
             video = vae.decode(latents[None].to(self.device), **kwargs)[0]
         return video.float()
+
+    def decode_chunks(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        """`decode`'s video a latent frame at a time (`[3, 1 or 4, H, W]`, float32, on the VAE's device), untiled
+        (`WanVAE.decode_chunks`)."""
+        with self.runtime.on_device(self._require_vae("decode")) as vae, torch.no_grad():
+            for chunk in vae.decode_chunks(latents[None].to(self.device)):
+                yield chunk[0]
 
     def generate(
         self,

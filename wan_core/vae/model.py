@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -165,12 +165,8 @@ class WanVAE(nn.Module):
         the tile (float) or a number of pixels (int). Without it, a CUDA out-of-memory error makes the decode retry
         in tiles of `self.fallback_tile_size` pixels (and smaller), with a warning in the log.
         """
-        if latents.ndim != 5 or latents.shape[1] != self.z_dim:
-            raise InputError(f"latents must be [B, {self.z_dim}, T, H, W], got shape {tuple(latents.shape)}")
         st, ss = self.stride[0], self.stride[1]
-        # as the reference: z / (1 / std) + mean
-        z = latents.to(self.device, torch.float32) / (1.0 / self._stat("latents_std")) + self._stat("latents_mean")
-        z = z.to(self.dtype)
+        z = self._denormalized(latents)
 
         def tiled(size: tuple[int, int]) -> torch.Tensor:
             lat, ov = latent_tiles(size, tile_overlap, ss)
@@ -179,6 +175,23 @@ class WanVAE(nn.Module):
         video = self._run("decode", lambda: self.model.decode_raw(z), tiled, tile_size, tuple(latents.shape))
         check_finite(video, "the VAE's decoded video", VAE_CAUSES)
         return video.float().clamp_(-1.0, 1.0)
+
+    @torch.no_grad()
+    def decode_chunks(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        """`decode`'s video a latent frame at a time (`[B, 3, 1, ...]`, then `[B, 3, 4, ...]` each), so each part
+        can be written while the next is decoded. Untiled: a CUDA out-of-memory error reaches the caller, whose
+        fallback is `decode` (which retries in tiles)."""
+        for chunk in self.model.decode_chunks(self._denormalized(latents)):
+            check_finite(chunk, "the VAE's decoded video", VAE_CAUSES)
+            yield chunk.float().clamp_(-1.0, 1.0)
+
+    def _denormalized(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's own latents (model dtype and device) of normalized `latents` [B, z, T, H, W]."""
+        if latents.ndim != 5 or latents.shape[1] != self.z_dim:
+            raise InputError(f"latents must be [B, {self.z_dim}, T, H, W], got shape {tuple(latents.shape)}")
+        # as the reference: z / (1 / std) + mean
+        z = latents.to(self.device, torch.float32) / (1.0 / self._stat("latents_std")) + self._stat("latents_mean")
+        return z.to(self.dtype)
 
 
 def build_vae(name_or_config: str | VAEConfig = "wan2.1") -> WanVAE:

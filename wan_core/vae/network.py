@@ -13,6 +13,8 @@ causal context from chunk to chunk.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn as nn
 
@@ -125,13 +127,13 @@ class WanVAENet(nn.Module):
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """Video [B, 3, 1 + 4(T-1), H*s, W*s] of unnormalized latents `z` [B, z, T, H, W], not clamped."""
+        outs = list(self.decode_chunks(z))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+    def decode_chunks(self, z: torch.Tensor) -> Iterator[torch.Tensor]:
+        """`decode_raw`'s video a latent frame at a time: its first frame, then 4 frames per later latent frame."""
         x = self.conv2(z)
         cache = FeatureCache(self._decoder_slots)
-        outs = []
         for i in range(x.shape[2]):
             cache.begin_chunk()
-            outs.append(self.decoder(x[:, :, i : i + 1], cache, first_chunk=i == 0))
-        del cache, x
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-        del outs
-        return unpatchify(out, self.config.patch_size)
+            yield unpatchify(self.decoder(x[:, :, i : i + 1], cache, first_chunk=i == 0), self.config.patch_size)

@@ -76,7 +76,9 @@ class FlashAttention(AttentionBackend):
     `fa3_fwd_interface`), FA2."""
 
     name = "flash_attn"
-    install_hint = "`pip install flash-attn-4`, FlashAttention-3 or `pip install flash-attn`"
+    install_hint = (
+        "`pip install flash-attn-4`, FlashAttention-3 (`pip install fa3-fwd` on Hopper) or `pip install flash-attn`"
+    )
 
     def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out = _flash_fn()(q, k, v)

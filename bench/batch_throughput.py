@@ -2,11 +2,12 @@
 through the real batch engine (`BatchScheduler`, `PipelineStages`, one `Worker.pipelined` per GPU, as the node's
 `replica per GPU` mode builds them). Prints one JSON object.
 
-The DiT experts and the VAE have real shapes and random weights (A14B: two 14B experts per GPU, bf16; 5B: one model
-and the Wan2.2 VAE). The text encoder is a stand-in returning random [L, 4096] embeddings: UMT5 takes well under 1%
-of a job. Few steps and few frames keep a run inside one 10-minute call; GPU utilisation of every GPU is sampled in a
-background thread during each timed batch, and each stage of each job is timed (`timeline`: per device, the
-models' busy time, and the head and tail of the batch that no computation on that device covered).
+The DiT experts and the VAE have real shapes and random bf16 weights (A14B: two 14B experts per GPU and the Wan2.1 VAE;
+5B: one model and the Wan2.2 VAE; bf16 is how ComfyUI's VAE files store them). The text encoder is a stand-in returning
+random [L, 4096] embeddings: UMT5 takes well under 1% of a job. Few steps and few frames keep a run inside one 10-minute
+call; GPU utilisation of every GPU is sampled in a background thread during each timed batch, and each stage of each job
+is timed (`timeline`: per device, the models' busy time, and the head and tail of the batch that no computation on that
+device covered).
 
     python bench/batch_throughput.py                           # every visible GPU, A14B and 5B shapes
     python bench/batch_throughput.py --tiny                    # CPU smoke check with the tiny configs
@@ -177,7 +178,7 @@ def build_worker(device: str, task: str, args: argparse.Namespace, output_dir: P
     task_config = get_task(task)
     high = build_ours(config, torch.device(device), dtype)
     low = build_ours(config, torch.device(device), dtype) if task_config.is_moe else None
-    vae = build_vae(vae_name).to(device).eval()
+    vae = build_vae(vae_name).to(device=device, dtype=dtype).eval()  # bf16, as ComfyUI's VAE files store it
     settings = SamplingSettings(task_config, "unipc", task_config.sample_shift, task_config.guide_scale)
     stages = TimedStages(
         settings=settings,

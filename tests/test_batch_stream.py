@@ -80,3 +80,21 @@ def test_a_decode_failing_half_way_stops_its_stream_and_keeps_the_latents(tmp_pa
     assert "The latents are kept in" in str(failure.value)
     assert streams and streams[0]._process.returncode is not None  # its ffmpeg was stopped
     assert [p.suffix for p in tmp_path.iterdir()] == [".safetensors"]  # the kept latents, no MP4 or temporary file
+
+
+def test_a_job_interrupted_between_its_decode_and_its_write_leaves_no_file_and_no_ffmpeg(tmp_path, monkeypatch):
+    from wan_core.batch import BatchScheduler, JobLedger, Worker
+
+    stages = _stages(tmp_path)
+    decoded = []
+    decode = FixedLatentStages.decode
+    monkeypatch.setattr(FixedLatentStages, "decode", lambda self, job, latents: decoded.append(
+        decode(self, job, latents)) or decoded[-1])
+    with JobLedger(tmp_path / "b.ledger.jsonl") as ledger:
+        scheduler = BatchScheduler([Worker.pipelined(stages)], ledger=ledger, is_interrupted=lambda: bool(decoded))
+        summary = scheduler.run([JOB])
+    assert [r.state for r in summary.results] == ["cancelled"] and "cancelled in write" in summary.results[0].error
+    process = decoded[0].video._process
+    decoded.clear()  # the test's own reference: the scheduler dropped its copy when the job ended
+    assert process.wait(timeout=10) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.ledger.jsonl"]

@@ -193,6 +193,42 @@ def test_demo_writes_a_playable_mp4_the_frames_and_the_tensor(capsys, monkeypatc
 
 
 
+def test_a_plain_mp4_streamed_while_decoding_is_the_file_the_whole_video_gives(capsys, monkeypatch, demo_home,
+                                                                               tmp_path):
+    small = ("--size", "64*48", "--frame_num", "9", "--sample_steps", "2", "--base_seed", "5")
+    run_demo(capsys, monkeypatch, demo_home, tmp_path / "whole", *small)  # --save_tensor: decoded whole first
+    from wan_core.pipeline.pipeline import WanPipeline
+
+    def whole_decode(*args, **kwargs):
+        raise AssertionError("a plain MP4 must not wait for the whole video")
+
+    monkeypatch.setattr(WanPipeline, "decode", whole_decode)
+    code, stdout, err = run_cli(capsys, "--demo", "--device", "cpu", "--save_file", str(tmp_path / "streamed.mp4"),
+                                "--save_frames", str(tmp_path / "frames"), *small)
+    assert code == 0, err
+    assert f"Saved {tmp_path / 'streamed.mp4'} (9 frames, 64x48, 16 fps)." in stdout
+    assert (tmp_path / "streamed.mp4").read_bytes() == (tmp_path / "whole" / "video.mp4").read_bytes()
+    assert len(list((tmp_path / "frames").glob("frame_*.png"))) == 9
+
+
+def test_a_plain_mp4_whose_streamed_decode_runs_out_of_memory_is_decoded_whole(capsys, monkeypatch, demo_home,
+                                                                                 tmp_path):
+    from wan_core.vae.model import WanVAE
+
+    small = ("--size", "64*48", "--frame_num", "9", "--sample_steps", "2", "--base_seed", "5")
+    run_demo(capsys, monkeypatch, demo_home, tmp_path / "whole", *small)
+
+    def out_of_memory(self, latents):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        yield
+
+    monkeypatch.setattr(WanVAE, "decode_chunks", out_of_memory)
+    code, stdout, err = run_cli(capsys, "--demo", "--device", "cpu", "--save_file", str(tmp_path / "v.mp4"), *small)
+    assert code == 0, err
+    assert (tmp_path / "v.mp4").read_bytes() == (tmp_path / "whole" / "video.mp4").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4", "whole"]
+
+
 def test_demo_same_seed_same_video_other_seed_other_video(capsys, monkeypatch, demo_home, tmp_path):
     small = ("--size", "64*48", "--frame_num", "5", "--sample_steps", "3")
     _, first = run_demo(capsys, monkeypatch, demo_home, tmp_path / "a", "--base_seed", "7", *small)

@@ -14,6 +14,7 @@ import torch
 from .errors import InputError
 from .io.atomic import probe_writable
 from .kept_latents import keep_latents_on_failure, load_latents
+from .video_io import Mp4Stream
 
 if TYPE_CHECKING:
     from .generate import Request
@@ -62,10 +63,20 @@ def decode_and_write(
     pipeline: WanPipeline, latents: torch.Tensor, request: Request, args: argparse.Namespace, say: Say
 ) -> None:
     """Decode `latents` and write every requested output; on any failure the latents are kept beside --save_file
-    and the error says how to decode them later."""
+    and the error says how to decode them later. A plain MP4 (with or without --save_frames) is encoded while the VAE
+    decodes; --interpolate and --save_tensor need the whole video first."""
 
     def finish() -> None:
-        write_outputs(pipeline.decode(latents).cpu(), request, args, say)
+        if args.interpolate != 1 or args.save_tensor:
+            write_outputs(pipeline.decode(latents).cpu(), request, args, say)
+            return
+        fps = request.sampling.task.fps
+        decoded = pipeline.decode_into_mp4(latents, request.save_file, fps, frames_dir=args.save_frames)
+        if not isinstance(decoded, Mp4Stream):  # decoded in tiles after running out of memory
+            write_outputs(decoded, request, args, say)
+            return
+        decoded.finish()
+        _say_saved(request.save_file, decoded.frames, decoded.width, decoded.height, fps, args, say)
 
     folder = request.save_file.parent if str(request.save_file.parent) else Path(".")
     keep_latents_on_failure(
@@ -81,12 +92,17 @@ def write_outputs(video: torch.Tensor, request: Request, args: argparse.Namespac
 
     video, fps = interpolate_video(args, video, request.sampling.task.fps, request.runtime.device, say)
     save_video(request.save_file, video, fps, frames_dir=args.save_frames)
-    say(f"Saved {request.save_file} ({video.shape[1]} frames, {video.shape[3]}x{video.shape[2]}, {fps:g} fps).")
-    if args.save_frames:
-        say(f"Saved the frames as PNGs in {args.save_frames}.")
+    _say_saved(request.save_file, video.shape[1], video.shape[3], video.shape[2], fps, args, say)
     if args.save_tensor:
         save_tensor(args.save_tensor, video)
         say(f"Saved the video tensor [3, F, H, W] in [-1, 1] to {args.save_tensor}.")
+
+
+def _say_saved(path: Path, frames: int, width: int, height: int, fps: float, args: argparse.Namespace,
+               say: Say) -> None:
+    say(f"Saved {path} ({frames} frames, {width}x{height}, {fps:g} fps).")
+    if args.save_frames:
+        say(f"Saved the frames as PNGs in {args.save_frames}.")
 
 
 def decode_latents_file(request: Request, args: argparse.Namespace, say: Say) -> int:

@@ -8,7 +8,7 @@ are all done loads nothing, and the text encoder of a split worker loads while t
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -126,11 +126,8 @@ class PipelineStages:
 
         def decode() -> Mp4Stream | torch.Tensor:
             pipeline = self._pipeline(self.decode_device, vae=self.vae.get())
-            try:
-                return self._streamed(job, pipeline.decode_chunks(latents.to(self.decode_device)))
-            except torch.cuda.OutOfMemoryError:
-                pass  # retried outside the except block, so that the failed attempt's tensors are freed first
-            return pipeline.decode(latents.to(self.decode_device)).cpu()
+            final = output_path(self.output_dir, self.batch, job.index)
+            return pipeline.decode_into_mp4(latents.to(self.decode_device), final, self.settings.task.fps)
 
         return DecodedVideo(latents, self._keeping_latents(job, latents, decode))
 
@@ -145,20 +142,6 @@ class PipelineStages:
             return save_video(final, decoded.video, self.settings.task.fps, finalize=self.finish_video)
 
         return self._keeping_latents(job, decoded.latents, write)
-
-    def _streamed(self, job: BatchJob, chunks: Iterator[torch.Tensor]) -> Mp4Stream:
-        stream = None
-        try:
-            for chunk in chunks:
-                if stream is None:
-                    final = output_path(self.output_dir, self.batch, job.index)
-                    stream = Mp4Stream(final, chunk.shape[-1], chunk.shape[-2], self.settings.task.fps)
-                stream.add(chunk)
-        except BaseException:
-            if stream is not None:
-                stream.abort()
-            raise
-        return stream
 
     def _keeping_latents(self, job: BatchJob, latents: torch.Tensor, step: Callable[[], T]) -> T:
         stem = output_path(self.output_dir, self.batch, job.index).stem

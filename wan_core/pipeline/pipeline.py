@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
 from ..errors import InputError
 from ..runtime import Runtime, move_to
+from ..video_io import Mp4Stream
 from . import conditioning
 from .denoise import CancelCheck, ProgressCallback, sample_latents
 from .request import SamplingRequest
@@ -116,6 +118,27 @@ class WanPipeline:
         with self.runtime.on_device(self._require_vae("decode")) as vae, torch.no_grad():
             for chunk in vae.decode_chunks(latents[None].to(self.device)):
                 yield chunk[0]
+
+    def decode_into_mp4(
+        self, latents: torch.Tensor, path: str | Path, fps: float, *, frames_dir: str | Path | None = None
+    ) -> Mp4Stream | torch.Tensor:
+        """`decode`, each latent frame's video handed to ffmpeg as soon as it is made: the MP4 being written at
+        `path` (`Mp4Stream`, for the caller to `finish`), so that only the end of the encode is left after the
+        decode. Where the untiled decode runs out of CUDA memory, the stream is dropped and the whole video is
+        decoded again in tiles and returned (float32, CPU) for the caller to write."""
+        stream = None
+        try:
+            for chunk in self.decode_chunks(latents):
+                if stream is None:
+                    stream = Mp4Stream(path, chunk.shape[-1], chunk.shape[-2], fps, frames_dir=frames_dir)
+                stream.add(chunk)
+            return stream
+        except BaseException as error:
+            if stream is not None:
+                stream.abort()
+            if not isinstance(error, torch.cuda.OutOfMemoryError):
+                raise
+        return self.decode(latents).cpu()  # outside the except block, so the failed attempt's tensors are freed
 
     def generate(
         self,

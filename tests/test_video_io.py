@@ -132,3 +132,13 @@ def test_an_aborted_or_dropped_stream_stops_ffmpeg_and_leaves_the_old_file(tmp_p
     gc.collect()
     assert process.returncode is not None
     assert list(tmp_path.iterdir()) == [target] and target.read_bytes() == b"old"
+
+
+def test_a_stream_whose_ffmpeg_cannot_start_leaves_nothing(tmp_path, monkeypatch):
+    from wan_core import video_io
+
+    monkeypatch.setattr(video_io, "_ffmpeg_command", lambda *a: [str(tmp_path / "no-such-ffmpeg")])
+    target = tmp_path / "out" / "v.mp4"
+    with pytest.raises(FileNotFoundError):
+        video_io.Mp4Stream(target, 64, 48, 16)
+    assert list((tmp_path / "out").iterdir()) == []

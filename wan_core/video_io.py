@@ -95,10 +95,14 @@ class Mp4Stream:
                 raise OutputWriteError(f"cannot write {self._png_folder}: {describe_os_error(error)}") from error
         self._target = contextlib.ExitStack()
         self._scratch = self._target.enter_context(atomic_target(self.path))
-        self._process = subprocess.Popen(
-            _ffmpeg_command(self._scratch, width, height, fps), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
+        try:
+            self._process = subprocess.Popen(
+                _ffmpeg_command(self._scratch, width, height, fps), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )  # fmt: skip
+        except BaseException:
+            _discard(self._target)
+            raise
         self._errors: list[bytes] = []
         errors, process = self._errors, self._process  # the reader must not keep `self` alive (see `_cleanup`)
         self._reader = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
@@ -151,8 +155,13 @@ def _abort(process: subprocess.Popen, target: contextlib.ExitStack) -> None:
     if process.poll() is None:
         process.kill()
     process.wait()
+    _discard(target)
+
+
+def _discard(target: contextlib.ExitStack) -> None:
+    """Leave the `atomic_target` in `target` as on an error: its temporary file goes, nothing is renamed."""
     with contextlib.suppress(OutputWriteError):
-        target.__exit__(OutputWriteError, OutputWriteError("aborted"), None)  # the scratch file goes, no rename
+        target.__exit__(OutputWriteError, OutputWriteError("aborted"), None)
 
 
 def _png_path(folder: Path, index: int) -> Path:

@@ -92,9 +92,34 @@ def test_attention_registry():
 
 
 def test_explicit_backend_that_does_not_import_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(attention_module, "_flash_fn", lambda: None)
+    monkeypatch.setattr(attention_module, "_flash_fn", lambda capability=None: None)
     with pytest.raises(InputError, match=r"attention 'flash_attn' .* does not import here\. Install .*flash-attn"):
         get_backend("flash_attn")
+
+
+def test_flash_attention_3_is_used_on_hopper_only(monkeypatch):
+    import sys
+    import types
+
+    fa3 = types.ModuleType("fa3_fwd_interface")
+    fa3.flash_attn_func = lambda q, k, v: (q, None)
+    for module in ("flash_attn", "flash_attn.cute", "flash_attn_interface"):  # as where none of them is installed
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setitem(sys.modules, "fa3_fwd_interface", fa3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention_module, "_sage_fn", lambda: None)
+    attention_module._flash_fn.cache_clear()
+    try:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+        assert get_backend("flash_attn", "cuda:0") == attention_module.FlashAttention()
+        assert get_backend("auto", "cuda:0").name == "flash_attn"
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+        assert get_backend("auto", "cuda:0") == SdpaAttention()  # FA3 would fail on an Ada GPU
+        with pytest.raises(InputError, match=r"'flash_attn': the build installed here does not run on this GPU "
+                                             r"\(sm_89; FlashAttention-3 is for Hopper only\)"):
+            get_backend("flash_attn", "cuda:0")
+    finally:
+        attention_module._flash_fn.cache_clear()
 
 
 def test_a_wrapping_backend_sees_every_attention_call_and_changes_nothing():

@@ -49,6 +49,11 @@ class AttentionBackend:
         """Whether the kernel imports here (SDPA always does)."""
         return True
 
+    @staticmethod
+    def runs_on(device: torch.device) -> bool:
+        """Whether a build that imports runs on CUDA `device` (some are made for one GPU architecture)."""
+        return True
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
@@ -81,12 +86,16 @@ class FlashAttention(AttentionBackend):
     )
 
     def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        out = _flash_fn()(q, k, v)
+        out = _flash_fn(torch.cuda.get_device_capability(q.device))(q, k, v)
         return out[0] if isinstance(out, tuple) else out
 
     @staticmethod
     def available() -> bool:
         return _flash_fn() is not None
+
+    @staticmethod
+    def runs_on(device: torch.device) -> bool:
+        return _flash_fn(torch.cuda.get_device_capability(device)) is not None
 
 
 class SageAttention(AttentionBackend):
@@ -106,8 +115,12 @@ class SageAttention(AttentionBackend):
         return _sage_fn() is not None
 
 
+FLASH_ATTENTION_3 = ("flash_attn_interface", "fa3_fwd_interface")  # built for Hopper (sm_90) only
+
+
 @functools.cache
-def _flash_fn() -> Callable | None:
+def _flash_fn(capability: tuple[int, int] | None = None) -> Callable | None:
+    """The newest FlashAttention's `flash_attn_func` that imports; given a GPU's capability, one that runs there."""
     candidates = (
         ("flash_attn.cute", "flash_attn_func"),
         ("flash_attn_interface", "flash_attn_func"),
@@ -115,6 +128,8 @@ def _flash_fn() -> Callable | None:
         ("flash_attn", "flash_attn_func"),
     )
     for module, name in candidates:
+        if capability is not None and module in FLASH_ATTENTION_3 and capability != (9, 0):
+            continue
         try:
             mod = __import__(module, fromlist=[name])
             return getattr(mod, name)
@@ -156,7 +171,7 @@ def _fastest(device: torch.device | None) -> AttentionBackend:
         capability = torch.cuda.get_device_capability(device)
         if capability >= (8, 0) and SageAttention.available() and _sage_version() >= (2,):
             return SageAttention()
-        if FlashAttention.available():
+        if FlashAttention.available() and FlashAttention.runs_on(device):
             return FlashAttention()
     return SdpaAttention()
 
@@ -176,5 +191,11 @@ def get_backend(name: str | AttentionBackend, device: torch.device | str | None 
         raise InputError(
             f"attention {name!r} was asked for, but it does not import here. Install {cls.install_hint}, "
             "or use 'sdpa' or 'auto'."
+        )
+    if device is not None and torch.device(device).type == "cuda" and not cls.runs_on(torch.device(device)):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise InputError(
+            f"attention {name!r}: the build installed here does not run on this GPU (sm_{major}{minor}; "
+            f"FlashAttention-3 is for Hopper only). Install {cls.install_hint}, or use 'sdpa' or 'auto'."
         )
     return cls()

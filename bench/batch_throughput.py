@@ -95,12 +95,13 @@ class StageTimeline:
             writes = [s for s in mine if s[1] == "write"]
             per_stage = {stage: round(sum(s[4] - s[3] for s in mine if s[1] == stage), 2)
                          for stage in ("encode", "denoise", "decode", "write")}
+            last_write = max(writes, key=lambda s: s[4])
             out[device] = {
                 "jobs": len(writes), "stage_seconds": per_stage,
                 "compute_busy_seconds": round(sum(s[4] - s[3] for s in compute), 2),
                 "head_seconds": round(min(s[3] for s in compute) - batch_start, 2),
                 "tail_seconds": round(batch_end - max(s[4] for s in compute), 2),
-                "last_write_seconds": round(max(writes, key=lambda s: s[4])[4] - max(writes, key=lambda s: s[4])[3], 2),
+                "last_write_seconds": round(last_write[4] - last_write[3], 2),
             }
         return out
 

@@ -63,26 +63,30 @@ def decode_and_write(
     pipeline: WanPipeline, latents: torch.Tensor, request: Request, args: argparse.Namespace, say: Say
 ) -> None:
     """Decode `latents` and write every requested output; on any failure the latents are kept beside --save_file
-    and the error says how to decode them later. A plain MP4 (with or without --save_frames) is encoded while the VAE
-    decodes; --interpolate and --save_tensor need the whole video first."""
-
-    def finish() -> None:
-        if args.interpolate != 1 or args.save_tensor:
-            write_outputs(pipeline.decode(latents).cpu(), request, args, say)
-            return
-        fps = request.sampling.task.fps
-        decoded = pipeline.decode_into_mp4(latents, request.save_file, fps, frames_dir=args.save_frames)
-        if not isinstance(decoded, Mp4Stream):  # decoded in tiles after running out of memory
-            write_outputs(decoded, request, args, say)
-            return
-        decoded.finish()
-        _say_saved(request.save_file, decoded.frames, decoded.width, decoded.height, fps, args, say)
-
+    and the error says how to decode them later."""
     folder = request.save_file.parent if str(request.save_file.parent) else Path(".")
     keep_latents_on_failure(
-        finish, latents, folder=folder, task=request.task, stem=request.save_file.stem,
+        lambda: write_decoded(pipeline, latents, request, args, say), latents,
+        folder=folder, task=request.task, stem=request.save_file.stem,
         how_to_decode=lambda kept: f"decode them later with: {decode_command(args, request, kept)}",
     )  # fmt: skip
+
+
+def write_decoded(
+    pipeline: WanPipeline, latents: torch.Tensor, request: Request, args: argparse.Namespace, say: Say
+) -> None:
+    """Decode `latents` into every requested output. A plain MP4 (with or without --save_frames) is encoded while the
+    VAE decodes; --interpolate and --save_tensor need the whole video first."""
+    if args.interpolate != 1 or args.save_tensor:
+        write_outputs(pipeline.decode(latents).cpu(), request, args, say)
+        return
+    fps = request.sampling.task.fps
+    decoded = pipeline.decode_into_mp4(latents, request.save_file, fps, frames_dir=args.save_frames)
+    if not isinstance(decoded, Mp4Stream):  # decoded in tiles after running out of memory
+        write_outputs(decoded, request, args, say)
+        return
+    decoded.finish()
+    _say_saved(request.save_file, decoded.frames, decoded.width, decoded.height, fps, args, say)
 
 
 def write_outputs(video: torch.Tensor, request: Request, args: argparse.Namespace, say: Say) -> None:
@@ -121,5 +125,5 @@ def decode_latents_file(request: Request, args: argparse.Namespace, say: Say) ->
                          f"{request.task} takes {vae.z_dim}; pass the --task the latents were made with.")
     pipeline = WanPipeline(request.task, text_encoder=None, vae=vae, high_noise_model=None, runtime=request.runtime)
     say(f"Decoding {args.decode_latents} ...")
-    write_outputs(pipeline.decode(latents).cpu(), request, args, say)
+    write_decoded(pipeline, latents, request, args, say)
     return 0

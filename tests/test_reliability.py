@@ -242,6 +242,25 @@ def test_a_failed_node_decode_keeps_the_latents_for_its_latents_file_input(tmp_p
 FP8_FORMATS = [torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64],
+                         ids=lambda d: str(d).removeprefix("torch."))
+def test_the_weight_scan_finds_each_non_finite_value_in_any_slice(dtype, monkeypatch):
+    """The scan reads IEEE weights as integers (all exponent bits set: Inf or NaN), a slice at a time on the CPU."""
+    from wan_core.pipeline import finite
+
+    monkeypatch.setattr(finite, "CPU_SLICE", 64)
+    info = torch.finfo(dtype)
+    edge = torch.tensor([info.max, -info.max, info.tiny, info.tiny / 4, -0.0, 0.0, info.eps], dtype=dtype)
+    weights = torch.cat([torch.randn(994, dtype=dtype), edge]).reshape(-1, 7)
+    assert non_finite_tensors([("w", weights)]) == [] and torch.isfinite(weights).all()
+    for value in (float("nan"), float("inf"), float("-inf"), -float("nan")):
+        for index in (0, 63, 64, 500, weights.numel() - 1):  # the first, a slice's last and next, the very last
+            bad = weights.clone()
+            bad.view(-1)[index] = value
+            assert non_finite_tensors([("w", bad)]) == ["w"], (value, index)
+            assert non_finite_tensors([("w", bad.t())]) == ["w"], (value, index)  # strided views too
+
+
 @pytest.mark.parametrize("dtype", FP8_FORMATS, ids=lambda d: str(d).removeprefix("torch."))
 def test_the_fp8_weight_scan_flags_exactly_the_non_finite_bit_patterns(dtype):
     """The load-time NaN/Inf scan reads fp8 weights as bytes; every one of the 256 patterns must be judged as

@@ -55,7 +55,12 @@ def test_out_of_memory_while_streaming_decodes_again_in_tiles(tmp_path, monkeypa
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(WanVAE, "decode_chunks", out_of_memory_after_one)
+    tiles = []
+    whole = WanVAE.decode
+    monkeypatch.setattr(WanVAE, "decode",
+                        lambda self, z, **kw: (tiles.append(kw.get("tile_size")), whole(self, z, **kw))[1])
     decoded = stages.decode(JOB, latents)
+    assert tiles == [tuple(stages.vae.get().fallback_tile_size)]  # not untiled again: that needs more memory
     assert isinstance(decoded.video, torch.Tensor) and decoded.video.shape == (3, 9, 64, 64)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["whole.mp4"]  # the first stream's file is gone
     assert stages.write(JOB, decoded).read_bytes() == reference

@@ -80,7 +80,7 @@ class JobStages(Protocol):
     def denoise(self, job: BatchJob, cond: Any, cancel: CancelCheck, progress: StepProgress) -> Any: ...
 
     def decode(self, job: BatchJob, latents: Any) -> Any:
-        """The job's video decoded from the latents, as `write` takes it (on the CPU)."""
+        """The job's video decoded from the latents, in whatever form `write` takes it."""
 
     def write(self, job: BatchJob, decoded: Any) -> str | Path:
         """Write the decoded video to its file (verified, in place only when whole); return its path."""

@@ -138,7 +138,12 @@ class WanPipeline:
                 stream.abort()
             if not isinstance(error, torch.cuda.OutOfMemoryError):
                 raise
-        return self.decode(latents).cpu()  # outside the except block, so the failed attempt's tensors are freed
+        # Outside the except block, so the failed attempt's tensors are freed. Straight to tiles: an untiled decode
+        # of the whole video needs more memory than the one that just ran out (it keeps every frame on the device).
+        tile_size = tuple(self.vae.fallback_tile_size)
+        log.warning("VAE decode of %s ran out of CUDA memory a latent frame at a time; decoding in tiles of %dx%d "
+                    "pixels.", tuple(latents.shape), *tile_size)
+        return self.decode(latents, tile_size=tile_size).cpu()
 
     def generate(
         self,

@@ -159,6 +159,30 @@ def test_fused_fp8_kernels_match_their_pytorch_definition():
     torch.testing.assert_close(row_scale, want.abs().amax(-1, keepdim=True) / FP8_MAX, rtol=1e-5, atol=0)
 
 
+def test_linear_gelu_is_the_ffn_hidden_layer_with_gelu_tanh():
+    import torch.nn.functional as F
+
+    from wan_core.dit.model import linear_gelu
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(512, 1536, device="cuda")
+    x = torch.randn(3, 700, 512, device="cuda")
+    with torch.no_grad():
+        # float32 (no TF32): only the exact GELU-tanh passes; erf GELU differs by up to 5e-4
+        torch.testing.assert_close(linear_gelu(layer, x), F.gelu(layer(x), approximate="tanh"), rtol=1e-5,
+                                   atol=2e-5)
+        want = F.gelu(layer(x), approximate="tanh")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = linear_gelu(layer, x)
+        assert got.dtype == torch.bfloat16 and got.shape == (3, 700, 1536)
+        # one bf16 rounding of the result (2**-8 relative) on top of the bf16 matmul's
+        assert _rel(got, want) < 4e-3
+        plain = F.gelu(F.linear(x.bfloat16(), layer.weight.bfloat16(), layer.bias.bfloat16()), approximate="tanh")
+        assert _rel(got, want) < _rel(plain, want)  # equal if GELU ran after a rounding matmul
+    with torch.enable_grad():  # autograd: the plain path, which has a backward
+        assert linear_gelu(layer, x).grad_fn is not None
+
+
 @pytest.mark.parametrize("fp8_compute", [False, True], ids=["bf16", "fp8-rowwise"])
 def test_tiny_dit_on_cuda_within_tolerance_of_float32(fp8_compute):
     if fp8_compute and not _fp8_rows_capable():

@@ -103,6 +103,20 @@ def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x.float(), layer.weight.float(), bias)
 
 
+def linear_gelu(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """GELU-tanh of `layer(x)`. For a plain `nn.Linear` on CUDA without autograd, cuBLASLt applies the bias and the
+    GELU to the float32 accumulator in the matmul's epilogue (`torch._addmm_activation`), which saves a pass over the
+    hidden layer (`[L, ffn_dim]`, the block's largest tensor) and rounds to the compute dtype once, after the GELU."""
+    if not (type(layer) is nn.Linear and layer.bias is not None and x.is_cuda and not torch.is_grad_enabled()
+            and not layer._forward_hooks and not layer._forward_pre_hooks):
+        return F.gelu(layer(x), approximate="tanh")
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+    rows = x.reshape(-1, x.shape[-1]).to(dtype)
+    with torch.autocast("cuda", enabled=False):
+        out = torch._addmm_activation(layer.bias.to(dtype), rows, layer.weight.to(dtype).t(), use_gelu=True)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
 def launching_on(device: torch.device) -> contextlib.AbstractContextManager:
     """`device` as the current CUDA device for the block (a no-op elsewhere). Kernels that are not PyTorch ops (our
     Triton kernels, SageAttention's) launch on the current device whatever their tensors' device, so a model on
@@ -283,10 +297,11 @@ class WanAttentionBlock(nn.Module):
         return fp8.quantize_rows(normed.to(dtype)) if rows else normed.to(dtype)
 
     def _ffn(self, x: torch.Tensor | fp8.Fp8Rows, rows: bool) -> torch.Tensor:
-        """With fp8 rows the hidden layer's GELU is computed in the pass that quantizes it for the second Linear."""
-        if not rows:
-            return self.ffn(x)
+        """The hidden layer's GELU takes no pass of its own: with fp8 rows it is computed in the pass that quantizes
+        the hidden layer for the second Linear, else in the first Linear's epilogue (`linear_gelu`)."""
         up, _, down = self.ffn
+        if not rows:
+            return down(linear_gelu(up, x))
         return down(fp8.quantize_rows(up(x), gelu=True))
 
     def forward(

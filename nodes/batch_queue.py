@@ -21,6 +21,7 @@ from wan_core.batch.scheduler import BatchScheduler, BatchSummary, ProgressEvent
 from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings
 from wan_core.errors import InputError
 from wan_core.io.atomic import probe_writable
+from wan_core.io.ffmpeg_binary import FfmpegMissingError, ffmpeg_executable
 from wan_core.pipeline.denoise import StepInfo
 from wan_core.pipeline.finite import check_finite_number
 from wan_core.pipeline.tasks import get_task
@@ -181,11 +182,13 @@ class Wan22BatchQueueManager:
 
     @classmethod
     def VALIDATE_INPUTS(cls, csv_file: str) -> bool | str:
-        if csv_file == NO_CSV:
-            return True
+        """Run by ComfyUI before the graph executes: a missing CSV or a missing ffmpeg (every job writes an MP4) is
+        reported before the first job, not after it."""
         try:
-            resolve_input_file(*csv_location(csv_file))
-        except InputError as error:
+            ffmpeg_executable()
+            if csv_file != NO_CSV:
+                resolve_input_file(*csv_location(csv_file))
+        except (InputError, FfmpegMissingError) as error:
             return str(error)
         return True
 

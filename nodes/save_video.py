@@ -14,6 +14,7 @@ import torch
 
 from wan_core.errors import InputError
 from wan_core.io.atomic import OutputWriteError, describe_message, probe_writable, reserve_numbered
+from wan_core.io.ffmpeg_binary import FfmpegMissingError, ffmpeg_executable
 from wan_core.pipeline.finite import check_finite_number
 from wan_core.video_io import save_video
 
@@ -65,8 +66,6 @@ def workflow_metadata(prompt: Any, extra_pnginfo: Any) -> dict[str, str]:
 def embed_metadata(path: Path, tags: dict[str, str]) -> None:
     """Rewrite the MP4 with `tags` (stream copy, no re-encode). The tags go through an FFMETADATA file, so large
     workflows do not hit the command-line length limit."""
-    import imageio_ffmpeg
-
     lines = [";FFMETADATA1"] + [key + "=" + _FFMETADATA_SPECIAL.sub(r"\\\1", value) for key, value in tags.items()]
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         meta_file = Path(scratch) / "metadata.txt"
@@ -74,7 +73,7 @@ def embed_metadata(path: Path, tags: dict[str, str]) -> None:
         tagged = Path(scratch) / path.name
         result = subprocess.run(
             [
-                imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(path), "-i", str(meta_file),
+                ffmpeg_executable(), "-v", "error", "-y", "-i", str(path), "-i", str(meta_file),
                 "-map", "0", "-map_metadata", "1", "-c", "copy", "-movflags", "use_metadata_tags", str(tagged),
             ],
             capture_output=True,
@@ -104,12 +103,13 @@ class Wan22SaveVideo:
 
     @classmethod
     def VALIDATE_INPUTS(cls, filename_prefix: str) -> bool | str:
-        """Run by ComfyUI before the graph executes: a bad prefix or an unwritable output folder is reported
-        before any model works, not after the whole generation."""
+        """Run by ComfyUI before the graph executes: a bad prefix, an unwritable output folder or a missing ffmpeg
+        is reported before any model works, not after the whole generation."""
         try:
             resolve_prefix(host.output_directory(), filename_prefix)  # %tokens% are filled in later
             probe_writable(host.output_directory(), "Save Video")
-        except (InputError, OutputWriteError) as error:
+            ffmpeg_executable()
+        except (InputError, OutputWriteError, FfmpegMissingError) as error:
             return str(error)
         return True
 

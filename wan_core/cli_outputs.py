@@ -13,6 +13,7 @@ import torch
 
 from .errors import InputError
 from .io.atomic import probe_writable
+from .io.ffmpeg_binary import ffmpeg_executable
 from .kept_latents import keep_latents_on_failure, load_latents
 from .video_io import Mp4Stream
 
@@ -37,8 +38,9 @@ def check_output_target(path: Path, flag: str, overwrite: bool) -> None:
 
 
 def check_cli_files(args: argparse.Namespace, save_file: Path) -> None:
-    """Before any model loads: the --decode_latents file is read, and `check_output_target` runs for every output
-    flag that is set."""
+    """Before any model loads: ffmpeg is found, the --decode_latents file is read, and `check_output_target` runs for
+    every output flag that is set."""
+    ffmpeg_executable()
     if args.decode_latents:
         load_latents(args.decode_latents)
     check_output_target(save_file, "--save_file", args.overwrite)

@@ -22,6 +22,7 @@ import torch
 
 from .errors import InputError
 from .io.atomic import OutputWriteError, atomic_target, describe_message, describe_os_error, write_safetensors_atomic
+from .io.ffmpeg_binary import ffmpeg_executable
 
 VIDEO_TENSOR_KEY = "video"
 # imageio-ffmpeg's quality scale (0..10); 8 is what the official Wan2.2 `save_video` uses.
@@ -171,11 +172,9 @@ def _png_path(folder: Path, index: int) -> Path:
 def _ffmpeg_command(path: Path, width: int, height: int, fps: float) -> list[str]:
     """imageio-ffmpeg's `write_frames` command for libx264 at MP4_QUALITY (and X264_PRESET), with macro block size
     2."""
-    import imageio_ffmpeg
-
     crf = int((1 - MP4_QUALITY / 10.0) * 51)
     command = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
+        ffmpeg_executable(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
         "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-",
         "-vcodec", "libx264", "-preset", X264_PRESET, "-pix_fmt", "yuv420p", "-crf", str(crf),
     ]  # fmt: skip
@@ -196,10 +195,8 @@ def verify_mp4(path: Path, frames: int, *, target: Path | None = None) -> None:
     """Raise `OutputWriteError` unless `path` opens as a video whose first video stream holds exactly `frames`
     frames. The frames are counted by stream copy (ffmpeg reads the container and its packets, decodes nothing): a
     full decode took longer than the encode's own tail on the noisy videos a batch writes."""
-    import imageio_ffmpeg
-
     shown = target or path
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+    command = [ffmpeg_executable(), "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
     result = subprocess.run(command, capture_output=True)
     log = result.stderr.decode("utf-8", "replace")
     counts = re.findall(r"frame=\s*(\d+)", log)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import WanError
+from ..io.ffmpeg_binary import ffmpeg_executable
 from .rife import check_request, interpolated_count
 
 # Motion-compensated interpolation with bidirectional block matching and overlapped-block smoothing.
@@ -24,8 +25,6 @@ _LOOKAHEAD = 2
 
 def ffmpeg_interpolate(frames: torch.Tensor, multiplier: int) -> torch.Tensor:
     """``frames`` ``[F, H, W, 3]`` in 0..1 -> ``[(F-1)*multiplier + 1, H, W, 3]`` float32 in 0..1 (8-bit steps)."""
-    import imageio_ffmpeg
-
     check_request(frames, multiplier)
     count, height, width = frames.shape[:3]
     if multiplier == 1:
@@ -34,7 +33,7 @@ def ffmpeg_interpolate(frames: torch.Tensor, multiplier: int) -> torch.Tensor:
     # minterpolate emits a frame only once it has read the frames after it: feed the last one again as lookahead
     pixels = torch.cat([pixels, pixels[-1:].expand(_LOOKAHEAD, -1, -1, -1)]).contiguous().numpy()
     command = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+        ffmpeg_executable(), "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
         "-s", f"{width}x{height}", "-r", str(_NOMINAL_FPS), "-i", "-",
         "-vf", "format=yuv444p," + MINTERPOLATE.format(fps=_NOMINAL_FPS * multiplier),
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-",

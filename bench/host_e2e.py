@@ -228,8 +228,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_pack_requirements(python: str) -> None:
+    """Exit at once, naming what is missing, unless the server's Python has the pack's requirements that the GPU
+    image lacks (ftfy, and ffmpeg through imageio-ffmpeg): otherwise our runs fail in their prompt encoding or at
+    their last node, after all their GPU work."""
+    probe = "import ftfy; from wan_core.io.ffmpeg_binary import ffmpeg_executable; ffmpeg_executable()"
+    done = subprocess.run([python, "-c", probe], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        sys.exit(f"the pack's requirements are missing for {python} (install requirements.txt, or on the GPU "
+                 f"machine carry .whl): {done.stderr.strip().splitlines()[-1]}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    check_pack_requirements(args.python)
     settings = BenchSettings(width=args.width, height=args.height, frames=args.frames, steps=args.steps,
                              cfg=args.cfg, shift=args.shift, seed=args.seed, our_dit_weights=args.our_dit_weights)
     batch_settings = dataclasses.replace(settings, frames=args.batch_frames or settings.frames,

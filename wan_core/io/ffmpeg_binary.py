@@ -7,6 +7,7 @@ import shutil
 
 from ..errors import WanError
 
+NEEDED = "ffmpeg is needed to write (and to interpolate) videos"
 HOW_TO_FIX = ("install imageio-ffmpeg into the Python that runs this (`python -m pip install imageio-ffmpeg`; for "
               "ComfyUI its own Python, e.g. python_embeded\\python.exe on the portable build), or put an ffmpeg "
               "binary on PATH")
@@ -24,12 +25,9 @@ def ffmpeg_executable() -> str:
         found = shutil.which("ffmpeg")
         if found:
             return found
-        raise FfmpegMissingError(
-            f"ffmpeg is needed to write videos, and neither the imageio-ffmpeg package nor an ffmpeg on PATH was "
-            f"found: {HOW_TO_FIX}."
-        ) from None
+        raise FfmpegMissingError(f"{NEEDED}, and neither the imageio-ffmpeg package nor an ffmpeg on PATH was found: "
+                                 f"{HOW_TO_FIX}.") from None
     try:
         return imageio_ffmpeg.get_ffmpeg_exe()
     except RuntimeError as error:  # a platform without a bundled binary, and none on PATH or in IMAGEIO_FFMPEG_EXE
-        raise FfmpegMissingError(f"ffmpeg is needed to write videos, and none was found ({error}): {HOW_TO_FIX}.") \
-            from error
+        raise FfmpegMissingError(f"{NEEDED}, and none was found ({error}): {HOW_TO_FIX}.") from error

@@ -15,7 +15,7 @@ two rows, a `torch.cat` that pads v, a transpose/permute pass and an fp8 pass ov
 
 The results are the ones `sageattn` hands its kernel (`tests/test_gpu.py` compares them bit for bit), so the output is
 SageAttention's. Used for bf16/fp16 `[B, L, H, 64 or 128]` inputs where SageAttention 2's sm_90 module imports;
-`prepared` returns None elsewhere and the caller runs `sageattn` as it is.
+`supported` is False elsewhere and the caller runs `sageattn` as it is.
 """
 
 from __future__ import annotations

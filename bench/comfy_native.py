@@ -73,6 +73,9 @@ def build_comfy(comfy: dict, ours: torch.nn.Module, dtype: torch.dtype, fp8: boo
     return model.to(device).eval()
 
 
+NATIVE_BACKENDS = ("sdpa", "sage")  # the attention choices ComfyUI native has for Wan
+
+
 def set_attention(comfy: dict, backend: str) -> None:
     """Point ComfyUI's Wan model at SDPA (`sdpa`) or SageAttention (`sage`), as `--use-sage-attention` does."""
     attention = comfy["attention"]

@@ -3,11 +3,12 @@ installed), same random weights, same process.
 
 Default shapes are the A14B expert (dim 5120, 40 layers) at 480p 81 frames (latent 21x60x104 -> 32,760 tokens;
 720p: --latent 21,90,160 -> 75,600), batch 1, 512 text tokens, bf16. A bf16 8192^3 matmul is measured as the
-ceiling. Variants: ours / ComfyUI for each attention backend in --backends (SDPA, SageAttention 2 where it imports),
-bf16 then (--fp8) fp8 (ours: fp8 compute with rowwise scales; ComfyUI: fp8 weights + fp8 matmul), (--compile) ours
-with compiled blocks. Every variant is warmed up once, then timed in --runs rounds, the order reversed every other
-round; the median is reported with the output's relative L2 distance to ours bf16 and (--profile) the GPU time split
-into matmul / attention / fp8 quantization / other. `summary` holds the issue's target ratios. Prints one JSON object.
+ceiling. Variants: ours / ComfyUI for each attention backend in --backends (SDPA, SageAttention 2 where it imports;
+our own `int8_triton`: ours only), bf16 then (--fp8) fp8 (ours: fp8 compute with rowwise scales; ComfyUI: fp8
+weights + fp8 matmul), (--compile) ours with compiled blocks. Every variant is warmed up once, then timed in --runs
+rounds, the order reversed every other round; the median is reported with the output's relative L2 distance to ours
+bf16 and (--profile) the GPU time split into matmul / attention / fp8 quantization / other. `summary` holds the
+issue's target ratios. Prints one JSON object.
 
 The models share the weight tensors (ComfyUI's and diffusers' names are the official ones or a renaming of them), so
 they fit on one 80 GB GPU; the fp8 phase drops the bf16 block weights first. ComfyUI's comfy/ package comes from
@@ -35,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfy_native import build_comfy, comfy_forward, load_comfy, set_attention  # noqa: E402
+from comfy_native import NATIVE_BACKENDS, build_comfy, comfy_forward, load_comfy, set_attention  # noqa: E402
 from dit_shape import add_shape_args, shape_config  # noqa: E402
 from profile_split import profile_split  # noqa: E402
 from report import emit  # noqa: E402
@@ -266,7 +267,7 @@ def main() -> None:
         compiled = compile_blocks(twin_for_compile(model)) if args.compile else None
         for backend in backends:
             variants[f"ours_{label}_{backend}"] = ours_variant(model, backend)
-            if reference_model is not None:
+            if reference_model is not None and backend in NATIVE_BACKENDS:
                 variants[f"comfy_{label}_{backend}"] = comfy_variant(reference_model, backend)
             if compiled is not None:
                 variants[f"ours_{label}_{backend}_compiled"] = ours_variant(compiled, backend)

@@ -2,7 +2,8 @@
 should run (its default on Hopper is FlashAttention-2; cuDNN's fused attention is another built-in choice), with
 SageAttention 2 where installed as the outside reference, in the variants its sm_90 entry point takes (`sage` is
 its default: per-thread q/k scales, K smoothed; `sage_per_warp`, `sage_unsmoothed`), and our `flash_attn` backend
-where a FlashAttention build imports (FA3 from `pip install fa3-fwd` on Hopper).
+where a FlashAttention build imports (FA3 from `pip install fa3-fwd` on Hopper), and our own 8-bit Triton kernel
+(`int8_triton`, Ada and Hopper).
 Prints one JSON object: seconds per call (median of `--runs`, order rotated each round), TFLOP/s
 (4 * L^2 * heads * head_dim per call) and the largest difference to an fp32 reference on the first 256 queries.
 
@@ -14,11 +15,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from report import cuda_seconds, emit
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 KERNELS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -30,7 +35,8 @@ SAGE_VARIANTS = {
     "sage_per_warp": {"qk_quant_gran": "per_warp"},
     "sage_unsmoothed": {"smooth_k": False},
 }
-OUR_BACKENDS = ("flash_attn",)  # wan_core's FlashAttention backend: the newest FlashAttention that imports
+# wan_core's FlashAttention backend (the newest FlashAttention that imports) and our own 8-bit Triton kernel
+OUR_BACKENDS = ("flash_attn", "int8_triton")
 SHAPES = {"480p 81f": 32760, "720p 81f": 75600}
 
 
@@ -93,7 +99,7 @@ def main() -> None:
         pass
     from wan_core.dit.attention import BACKENDS
 
-    names += [n for n in OUR_BACKENDS if BACKENDS[n].available()]
+    names += [n for n in OUR_BACKENDS if BACKENDS[n].available() and BACKENDS[n].runs_on(torch.device("cuda"))]
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "cudnn": torch.backends.cudnn.version(),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "shapes": {}}

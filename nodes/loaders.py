@@ -70,7 +70,8 @@ class Wan22ModelLoader:
                 }),
                 "attention": (list(ATTENTION_BACKENDS), {
                     "default": "auto",
-                    "tooltip": "auto = the fastest installed: SageAttention 2, else FlashAttention, else PyTorch SDPA.",
+                    "tooltip": "auto = the fastest that runs here: SageAttention 2, else our 8-bit Triton kernel "
+                    "(int8_triton; Hopper, or RTX 40xx / Ada when picked by name), else FlashAttention, else SDPA.",
                 }),
                 "offload": ("BOOLEAN", {
                     "default": False,

@@ -4,6 +4,7 @@ GPU has fp8 tensor cores) and the whole CLI demo on CUDA with offloading. Skippe
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -196,18 +197,57 @@ def test_tiny_dit_on_cuda_within_tolerance_of_float32(fp8_compute):
     assert _rel(got, want) < (0.04 if fp8_compute else 0.01)
 
 
-@pytest.mark.parametrize("backend", ["flash_attn", "sage"])
-def test_attention_backends_within_tolerance_of_sdpa(backend):
-    from wan_core.dit.attention import BACKENDS, get_backend
+def _skip_unless_runs(backend: str) -> None:
+    from wan_core.dit.attention import BACKENDS
 
     if not BACKENDS[backend].available():
         pytest.skip(f"{backend} is not installed")
+    if not BACKENDS[backend].runs_on(torch.device("cuda")):
+        pytest.skip(f"{backend} does not run on this GPU")
+
+
+@pytest.mark.parametrize("backend", ["flash_attn", "sage", "int8_triton"])
+def test_attention_backends_within_tolerance_of_sdpa(backend):
+    from wan_core.dit.attention import get_backend
+
+    _skip_unless_runs(backend)
     model, _ = _tiny_pair()
     x, t, context = _inputs()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         want = model(x, t, context, attention=get_backend("sdpa", "cuda"))
         got = model(x, t, context, attention=get_backend(backend, "cuda"))
-    assert _rel(got, want) < (0.05 if backend == "sage" else 0.01)  # sage: 8-bit q/k
+    assert _rel(got, want) < (0.01 if backend == "flash_attn" else 0.05)  # the others: 8-bit q/k
+
+
+def test_int8_triton_attention_is_its_algorithm_and_as_close_as_sage():
+    from torch.nn.functional import scaled_dot_product_attention
+
+    from wan_core.dit import attention8 as a8
+    from wan_core.dit import sage_sm90
+
+    _skip_unless_runs("int8_triton")
+    gen = torch.Generator("cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 1000, 4, 128, device="cuda", generator=gen).bfloat16() for _ in range(3))
+    k = (k.float() + 2 * torch.randn(1, 1, 4, 128, device="cuda", generator=gen)).bfloat16()
+
+    # one partial key block: the kernel against the algorithm in PyTorch on the same quantized inputs
+    length = 100
+    q8, q_scale = a8.quantize_q(q, 128**-0.5)
+    k8, k_scale = a8.quantize_k(k[:, :length])
+    vt, v_scale = a8.quantize_v(v[:, :length])
+    scores = torch.einsum("blhd,bmhd->bhlm", q8.float(), k8.float()) * (q_scale * k_scale[..., :1])[..., None]
+    weights = torch.exp2(scores - scores.amax(dim=-1, keepdim=True) + math.log2(448))
+    acc = torch.einsum("bhlm,bhdm->bhld", weights.to(torch.float8_e4m3fn).float(), vt[..., :length].float())
+    want = (acc * v_scale[:, :, None] / weights.sum(dim=-1, keepdim=True)).transpose(1, 2)
+    got = a8.attention(q, k[:, :length], v[:, :length])
+    assert _rel(got, want) < 3e-3
+
+    # eight blocks: as close to float32 attention as SageAttention's own kernel (where installed)
+    reference = scaled_dot_product_attention(*(x.transpose(1, 2).float() for x in (q, k, v))).transpose(1, 2)
+    error = _rel(a8.attention(q, k, v), reference)
+    assert error < 0.05
+    if sage_sm90.supported(q, k, v):
+        assert error < 1.1 * _rel(sage_sm90.attention(q, k, v), reference)
 
 
 def test_our_sage_preparation_is_sageattentions_bit_for_bit():
@@ -234,15 +274,14 @@ def test_our_sage_preparation_is_sageattentions_bit_for_bit():
     assert torch.equal(sage_sm90.attention(q, k, v), sageattn(q, k, v, tensor_layout="NHD", is_causal=False))
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "sage"])
+@pytest.mark.parametrize("backend", ["sdpa", "sage", "int8_triton"])
 def test_compiled_blocks_match_eager_on_cuda(backend):
     import torch._dynamo
 
-    from wan_core.dit.attention import BACKENDS, get_backend
+    from wan_core.dit.attention import get_backend
     from wan_core.dit.compiled import compilable, compile_blocks
 
-    if not BACKENDS[backend].available():
-        pytest.skip(f"{backend} is not installed")
+    _skip_unless_runs(backend)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()  # reset() leaves them: the earlier parameter's graph would count here
     model, _ = _tiny_pair(fp8_compute=_fp8_rows_capable())

@@ -108,6 +108,7 @@ def test_flash_attention_3_is_used_on_hopper_only(monkeypatch):
     monkeypatch.setitem(sys.modules, "fa3_fwd_interface", fa3)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(attention_module, "_sage_fn", lambda: None)
+    monkeypatch.setattr(attention_module.Int8TritonAttention, "available", staticmethod(lambda: False))
     attention_module._flash_fn.cache_clear()
     try:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
@@ -115,11 +116,34 @@ def test_flash_attention_3_is_used_on_hopper_only(monkeypatch):
         assert get_backend("auto", "cuda:0").name == "flash_attn"
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
         assert get_backend("auto", "cuda:0") == SdpaAttention()  # FA3 would fail on an Ada GPU
-        with pytest.raises(InputError, match=r"'flash_attn': the build installed here does not run on this GPU "
-                                             r"\(sm_89; FlashAttention-3 is for Hopper only\)"):
+        with pytest.raises(InputError, match=r"'flash_attn': the FlashAttention build installed here does not run "
+                                             r"on this GPU \(FlashAttention-3 is for Hopper only; .*\), and this GPU "
+                                             r"is sm_89\. Use 'auto'"):
             get_backend("flash_attn", "cuda:0")
     finally:
         attention_module._flash_fn.cache_clear()
+
+
+def test_auto_prefers_sage_then_our_8bit_kernel_then_flash_attention(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention_module, "_flash_fn", lambda capability=None: lambda q, k, v: q)
+    monkeypatch.setattr(attention_module.Int8TritonAttention, "available", staticmethod(lambda: True))
+    monkeypatch.setattr(attention_module, "_sage_version", lambda: (2, 2))
+    monkeypatch.setattr(attention_module, "_sage_fn", lambda: lambda q, k, v, **kw: q)
+    for capability, sage, want in (
+        ((9, 0), True, "sage"),
+        ((9, 0), False, "int8_triton"),
+        ((8, 9), False, "flash_attn"),  # runs there when asked for by name, but was not measured there
+        ((8, 6), False, "flash_attn"),  # no fp8 tensor cores
+    ):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        monkeypatch.setattr(attention_module.SageAttention, "available", staticmethod(lambda s=sage: s))
+        assert get_backend("auto", "cuda:0").name == want, (capability, sage)
+        if capability == (8, 9):
+            assert get_backend("int8_triton", "cuda:0").name == "int8_triton"
+    with pytest.raises(InputError, match=r"'int8_triton': it needs fp8 tensor cores: an Ada \(sm_89\) or Hopper "
+                                         r"\(sm_90\) GPU, and this GPU is sm_86"):
+        get_backend("int8_triton", "cuda:0")
 
 
 def test_a_wrapping_backend_sees_every_attention_call_and_changes_nothing():

@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--attention",
         default="auto",
         choices=ATTENTION_BACKENDS,
-        help="Attention kernel. auto: the fastest installed (SageAttention 2, FlashAttention, else PyTorch SDPA).",
+        help="Attention kernel. auto: the fastest that runs here (SageAttention 2, our 8-bit Triton kernel int8_triton "
+        "on Hopper, FlashAttention, else PyTorch SDPA). int8_triton also runs on Ada (RTX 40xx) when named.",
     )
     add_interpolation_flags(parser)
     add_chunk_flags(parser)

@@ -5,8 +5,8 @@ carry no padding, and the text context is attended to with its zero padding, as 
 is checked once, when it is resolved by name (`get_backend`); a backend object may wrap another one (the
 sequence-parallel all-to-all wraps the local backend), which is why the model takes the object, not a name.
 
-`auto` resolves to the fastest backend that imports and runs on the device: SageAttention 2 (sm_80+), then
-FlashAttention, then SDPA.
+`auto` resolves to the fastest backend that imports and runs on the device: SageAttention 2 (sm_80+), then our own
+8-bit Triton kernel (`int8_triton`: sm_90; on sm_89 by name), then FlashAttention, then SDPA.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from . import sage_sm90
+from . import attention8, sage_sm90
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class AttentionBackend:
     Inputs a kernel cannot take (CPU, float32) go through SDPA, so one backend serves every call of a forward."""
 
     name = "sdpa"
+    gpu_hint = "the build installed here does not run on this GPU"
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if not self.takes(q):
@@ -84,6 +85,10 @@ class FlashAttention(AttentionBackend):
     install_hint = (
         "`pip install flash-attn-4`, FlashAttention-3 (`pip install fa3-fwd` on Hopper) or `pip install flash-attn`"
     )
+    gpu_hint = (
+        "the FlashAttention build installed here does not run on this GPU (FlashAttention-3 is for Hopper only; "
+        f"install {install_hint})"
+    )
 
     def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out = _flash_fn(torch.cuda.get_device_capability(q.device))(q, k, v)
@@ -113,6 +118,28 @@ class SageAttention(AttentionBackend):
     @staticmethod
     def available() -> bool:
         return _sage_fn() is not None
+
+
+class Int8TritonAttention(AttentionBackend):
+    """Our own 8-bit attention in Triton (`attention8`: SageAttention 2's algorithm, int8 q.k, fp8 p.v) on Ada and
+    Hopper GPUs; needs no package beyond the Triton that PyTorch brings."""
+
+    name = "int8_triton"
+    install_hint = "Triton (it comes with PyTorch's CUDA builds on Linux; `pip install triton-windows` on Windows)"
+    gpu_hint = "it needs fp8 tensor cores: an Ada (sm_89) or Hopper (sm_90) GPU"
+
+    def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if attention8.supported(q, k, v):
+            return attention8.attention(q, k, v)
+        return sdpa(q, k, v)
+
+    @staticmethod
+    def available() -> bool:
+        return attention8.triton is not None
+
+    @staticmethod
+    def runs_on(device: torch.device) -> bool:
+        return torch.cuda.get_device_capability(device) in attention8.CAPABILITIES
 
 
 FLASH_ATTENTION_3 = ("flash_attn_interface", "fa3_fwd_interface")  # built for Hopper (sm_90) only
@@ -160,17 +187,21 @@ BACKENDS: dict[str, type[AttentionBackend]] = {
     SdpaAttention.name: SdpaAttention,
     FlashAttention.name: FlashAttention,
     SageAttention.name: SageAttention,
+    Int8TritonAttention.name: Int8TritonAttention,
 }
 NAMES = (AUTO, *BACKENDS)
 
 
 def _fastest(device: torch.device | None) -> AttentionBackend:
-    """SageAttention 2 where it runs (sm_80+; its 1.x is slower than SDPA on Hopper), then FlashAttention, else SDPA."""
+    """SageAttention 2 where it runs (sm_80+; its 1.x is slower than SDPA on Hopper), then our 8-bit Triton kernel
+    (Hopper, where it was measured), then FlashAttention, else SDPA."""
     on_gpu = device is not None and device.type == "cuda" and torch.cuda.is_available()
     if on_gpu:
         capability = torch.cuda.get_device_capability(device)
         if capability >= (8, 0) and SageAttention.available() and _sage_version() >= (2,):
             return SageAttention()
+        if Int8TritonAttention.available() and capability in attention8.AUTO_CAPABILITIES:
+            return Int8TritonAttention()
         if FlashAttention.available() and FlashAttention.runs_on(device):
             return FlashAttention()
     return SdpaAttention()
@@ -195,7 +226,7 @@ def get_backend(name: str | AttentionBackend, device: torch.device | str | None 
     if device is not None and torch.device(device).type == "cuda" and not cls.runs_on(torch.device(device)):
         major, minor = torch.cuda.get_device_capability(device)
         raise InputError(
-            f"attention {name!r}: the build installed here does not run on this GPU (sm_{major}{minor}; "
-            f"FlashAttention-3 is for Hopper only). Install {cls.install_hint}, or use 'sdpa' or 'auto'."
+            f"attention {name!r}: {cls.gpu_hint}, and this GPU is sm_{major}{minor}. Use 'auto', which picks what runs "
+            "here, or 'sdpa'."
         )
     return cls()

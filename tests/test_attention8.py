@@ -1,0 +1,85 @@
+"""Our 8-bit Triton attention (`wan_core.dit.attention8`) in Triton's CPU interpreter: the quantized inputs against
+plain PyTorch, and the attention kernel on inputs whose answer is known (on a GPU, `tests/test_gpu.py` compares it
+with an emulation of the algorithm and with SageAttention).
+
+The interpreter truncates float-to-fp8 conversions where CUDA rounds to nearest, so the softmax weights it feeds the
+fp8 product are up to one e4m3 step low: the random-input check allows 0.1 relative L2 against float32 attention
+(0.068 here; 0.21 when the partial key block is not masked), and the exact checks use weights that the conversion
+keeps exactly, up to two interpreter artefacts: the bf16 output is truncated too (one bf16 step, 2**-7 of
+the value), and weights below e4m3's smallest subnormal become small subnormals instead of 0 (5e-4 here, against 2e-3
+allowed; a wrong key's value is 0.5 or more away)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from tests.triton_interpreter import assert_runs_in_interpreter
+
+pytest.importorskip("triton")
+
+SCRIPT = textwrap.dedent(
+    """
+    import math, torch
+    import torch.nn.functional as F
+    from wan_core.dit import attention8 as a8
+
+    def rounded_int8(x, scale):
+        y = x / scale
+        return (y + 0.5 * torch.where(y >= 0, 1.0, -1.0)).trunc().to(torch.int8)
+
+    torch.manual_seed(0)
+    B, H, D = 2, 3, 64
+
+    # q: one int8 scale per row, times the softmax scale in log2 units
+    q = (torch.randn(B, 150, H, D) * 2).bfloat16()
+    got, scale = a8.quantize_q(q, 0.125)
+    want_scale = q.float().abs().amax(dim=-1, keepdim=True) / 127 + 1e-7
+    assert torch.equal(got, rounded_int8(q.float(), want_scale)), "q int8"
+    assert torch.allclose(scale, (want_scale[..., 0] * 0.125 * a8.LOG2E).transpose(1, 2), rtol=1e-6, atol=0)
+
+    # k: the mean over tokens subtracted, one scale per block of 128 keys (the last one partial)
+    k = (torch.randn(B, 300, H, D) + 3).bfloat16()
+    got, scale = a8.quantize_k(k)
+    centred = k.float() - k.float().mean(dim=1, keepdim=True)
+    padded = torch.zeros(B, 384, H, D)
+    padded[:, :300] = centred
+    want_scale = padded.view(B, 3, 128, H, D).abs().amax(dim=(2, 4)) / 127 + 1e-7  # [B, blocks, H]
+    assert torch.allclose(scale, want_scale.transpose(1, 2), rtol=1e-5, atol=0), "k scales"
+    want = rounded_int8(padded.view(B, 3, 128, H, D), scale.transpose(1, 2)[:, :, None, :, None])
+    assert (got.int() - want.view(B, 384, H, D)[:, :300].int()).abs().max() <= 1, "k int8"
+
+    # v: multiples of 0.5 with |max| 3.5 per channel, exact in e4m3 once scaled by 448 / 3.5; transposed, padded
+    v = torch.randint(-7, 8, (B, 300, H, D)) * 0.5
+    v[:, 0] = 3.5
+    v = v[:, torch.randperm(300)].bfloat16()
+    got, scale = a8.quantize_v(v)
+    assert got.shape == (B, H, D, 384) and got.dtype == torch.float8_e4m3fn
+    assert torch.equal(got[..., :300].float(), (v.float() * 128).permute(0, 2, 3, 1)), "v fp8"
+    assert not got[..., 300:].float().any(), "v padding"
+    assert torch.equal(scale, torch.full((B, H, D), 3.5 / 448)), "v scales"
+
+    # one key dominates each query: its weight is exactly 448 in fp8 and every other weight rounds to 0, so the
+    # output is that key's value; targets in later blocks make the earlier blocks' sums be rescaled away
+    keys = torch.randn(B, 300, H, D)
+    targets = torch.randint(0, 300, (B, 70, H))
+    qd = 16 * torch.gather(keys, 1, targets[..., None].expand(B, 70, H, D))
+    out = a8.attention(qd.bfloat16(), keys.bfloat16(), v)
+    want = torch.gather(v.float(), 1, targets[..., None].expand(B, 70, H, D))
+    assert ((out.float() - want).abs() <= want.abs() * 2**-7 + 2e-3).all(), (out.float() - want).abs().max()
+
+    # random inputs, three key blocks with a partial one, a head offset in k's mean: close to float32 attention
+    kr = (torch.randn(B, 300, H, D) + 2 * torch.randn(1, 1, H, D)).bfloat16()
+    qr = (torch.randn(B, 70, H, D) * 0.5).bfloat16()  # scores of a few units: no key dominates
+    out = a8.attention(qr, kr, v)
+    ref = F.scaled_dot_product_attention(*(x.transpose(1, 2).float() for x in (qr, kr, v))).transpose(1, 2)
+    err = float((out.float() - ref).norm() / ref.norm())
+    assert err < 0.1, err
+    print("ok")
+    """
+)
+
+
+def test_8bit_attention_in_the_interpreter():
+    assert_runs_in_interpreter(SCRIPT)

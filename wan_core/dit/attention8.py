@@ -36,53 +36,39 @@ FP8_MAX = 448.0  # e4m3fn's largest finite value
 
 if triton is not None:
 
-    @triton.jit
-    def _round_int8(x, scale):
-        """`x / scale` rounded half away from zero, as int8."""
-        y = x / scale
-        y += 0.5 * tl.where(y >= 0, 1.0, -1.0)
-        return y.to(tl.int8)
+    from .int8_tiles import head_rows, round_int8
 
     @triton.jit
     def _quant_q_kernel(X, OUT, SCALE, L, factor, s_xb, s_xl, s_xh, s_ob, s_ol, s_oh, s_sb, s_sh,
                         ROWS: tl.constexpr, D: tl.constexpr):
-        blk, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        rows = blk * ROWS + tl.arange(0, ROWS)
-        dims = tl.arange(0, D)
-        mask = rows[:, None] < L
-        x = tl.load(X + b * s_xb + h * s_xh + rows[:, None] * s_xl + dims[None, :], mask=mask, other=0.0)
+        h, b = tl.program_id(1), tl.program_id(2)
+        x, rows, mask = head_rows(X, L, s_xb, s_xl, s_xh, ROWS, D)
         x = x.to(tl.float32)
         scale = tl.max(tl.abs(x), axis=1) / 127.0 + 1e-7
-        tl.store(OUT + b * s_ob + h * s_oh + rows[:, None] * s_ol + dims[None, :], _round_int8(x, scale[:, None]),
+        tl.store(OUT + b * s_ob + h * s_oh + rows * s_ol + tl.arange(0, D)[None, :], round_int8(x, scale[:, None]),
                  mask=mask)
-        tl.store(SCALE + b * s_sb + h * s_sh + rows, scale * factor, mask=rows < L)
+        tl.store(SCALE + b * s_sb + h * s_sh + rows, scale[:, None] * factor, mask=mask)
 
     @triton.jit
     def _quant_k_kernel(X, MEAN, OUT, SCALE, L, s_xb, s_xl, s_xh, s_mb, s_mh, s_ob, s_ol, s_oh, s_sb, s_sh,
                         ROWS: tl.constexpr, D: tl.constexpr):
         blk, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        rows = blk * ROWS + tl.arange(0, ROWS)
-        dims = tl.arange(0, D)
-        mask = rows[:, None] < L
-        x = tl.load(X + b * s_xb + h * s_xh + rows[:, None] * s_xl + dims[None, :], mask=mask, other=0.0)
-        mean = tl.load(MEAN + b * s_mb + h * s_mh + dims)
+        x, rows, mask = head_rows(X, L, s_xb, s_xl, s_xh, ROWS, D)
+        mean = tl.load(MEAN + b * s_mb + h * s_mh + tl.arange(0, D))
         x = tl.where(mask, x.to(tl.float32) - mean[None, :], 0.0)
         scale = tl.max(tl.max(tl.abs(x), axis=1), axis=0) / 127.0 + 1e-7
-        tl.store(OUT + b * s_ob + h * s_oh + rows[:, None] * s_ol + dims[None, :], _round_int8(x, scale),
-                 mask=mask)
+        tl.store(OUT + b * s_ob + h * s_oh + rows * s_ol + tl.arange(0, D)[None, :], round_int8(x, scale), mask=mask)
         tl.store(SCALE + b * s_sb + h * s_sh + blk, scale)
 
     @triton.jit
     def _quant_v_kernel(X, AMAX, OUT, L, s_xb, s_xl, s_xh, s_ab, s_ah, s_ob, s_oh, s_od,
                         ROWS: tl.constexpr, D: tl.constexpr):
-        blk, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        rows = blk * ROWS + tl.arange(0, ROWS)
+        h, b = tl.program_id(1), tl.program_id(2)
+        x, rows, _ = head_rows(X, L, s_xb, s_xl, s_xh, ROWS, D)
         dims = tl.arange(0, D)
-        x = tl.load(X + b * s_xb + h * s_xh + rows[:, None] * s_xl + dims[None, :], mask=rows[:, None] < L,
-                    other=0.0)
         amax = tl.load(AMAX + b * s_ab + h * s_ah + dims)
         v = x.to(tl.float32) * (448.0 / tl.maximum(amax, 1e-30))[None, :]
-        tl.store(OUT + b * s_ob + h * s_oh + dims[:, None] * s_od + rows[None, :], tl.trans(v.to(OUT.dtype.element_ty)))
+        tl.store(OUT + b * s_ob + h * s_oh + dims[None, :] * s_od + rows, v.to(OUT.dtype.element_ty))
 
     @triton.jit
     def _key_block(q, q_scale, m_i, l_i, acc, K, KS, VT, k_row, k_col, v_row, start, Lk, s_kl, s_vd,

@@ -38,31 +38,16 @@ Q_ROWS, K_ROWS, V_TOKENS = 64, 128, 64  # the kernel's CTA_Q, CTA_K; v is padded
 NHD, NOT_CAUSAL, PER_THREAD, NO_LSE = 0, 0, 3, 0  # the sm_90 entry point's layout, mask, granularity, lse flags
 
 if triton is not None:
-
-    @triton.jit
-    def _round_int8(x, scale):
-        """`x / scale` rounded half away from zero, then truncated to int8 (SageAttention's quantization)."""
-        y = x / scale
-        y += 0.5 * tl.where(y >= 0, 1.0, -1.0)
-        return y.to(tl.int8)
-
-    @triton.jit
-    def _rows(X, L, s_xb, s_xl, s_xh, ROWS: tl.constexpr, C: tl.constexpr):
-        """This program's block of `ROWS` token rows of one head: (values, row indices `[ROWS, 1]`, in-range mask)."""
-        blk, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        rows = blk * ROWS + tl.arange(0, ROWS)
-        mask = rows[:, None] < L
-        x = tl.load(X + b * s_xb + h * s_xh + rows[:, None] * s_xl + tl.arange(0, C)[None, :], mask=mask, other=0.0)
-        return x, rows[:, None], mask
+    from .int8_tiles import head_rows, round_int8
 
     @triton.jit
     def _quant_q_kernel(X, OUT, SCALE, L, s_xb, s_xl, s_xh, s_ob, s_ol, s_oh, s_sb, s_sh,
                         C: tl.constexpr):
         blk, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        x, rows, mask = _rows(X, L, s_xb, s_xl, s_xh, 64, C)
+        x, rows, mask = head_rows(X, L, s_xb, s_xl, s_xh, 64, C)
         x4 = tl.reshape(x.to(tl.float32), (4, 2, 8, C))  # row 16w + 8i + t -> (w, i, t)
         scale = tl.max(tl.max(tl.abs(x4), axis=3), axis=1) / 127.0 + 0.0000001  # [4, 8]
-        q = _round_int8(x4, scale[:, None, :, None])
+        q = round_int8(x4, scale[:, None, :, None])
         tl.store(OUT + b * s_ob + h * s_oh + rows * s_ol + tl.arange(0, C)[None, :], tl.reshape(q, (64, C)),
                  mask=mask)
         w, t = tl.arange(0, 4), tl.arange(0, 8)
@@ -72,12 +57,12 @@ if triton is not None:
     def _quant_k_kernel(X, MEAN, OUT, SCALE, L, s_xb, s_xl, s_xh, s_mb, s_mh, s_ob, s_ol, s_oh, s_sb, s_sh,
                         C: tl.constexpr):
         blk, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        x, rows, mask = _rows(X, L, s_xb, s_xl, s_xh, 128, C)
+        x, rows, mask = head_rows(X, L, s_xb, s_xl, s_xh, 128, C)
         mean = tl.load(MEAN + b * s_mb + h * s_mh + tl.arange(0, C))
         x = (x.to(tl.float32) - mean.to(tl.float32)[None, :]).to(x.dtype)  # `k - km` in k's dtype, as torch does
         x4 = tl.reshape(tl.where(mask, x.to(tl.float32), 0.0), (16, 4, 2, C))  # row 8j + 2t + i -> (j, t, i)
         scale = tl.max(tl.max(tl.max(tl.abs(x4), axis=3), axis=2), axis=0) / 127.0 + 0.0000001  # [4]
-        k = _round_int8(x4, scale[None, :, None, None])
+        k = round_int8(x4, scale[None, :, None, None])
         tl.store(OUT + b * s_ob + h * s_oh + rows * s_ol + tl.arange(0, C)[None, :], tl.reshape(k, (128, C)),
                  mask=mask)
         tl.store(SCALE + b * s_sb + h * s_sh + blk * 4 + tl.arange(0, 4), scale)

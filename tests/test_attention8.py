@@ -83,3 +83,29 @@ SCRIPT = textwrap.dedent(
 
 def test_8bit_attention_in_the_interpreter():
     assert_runs_in_interpreter(SCRIPT)
+
+
+def test_the_attention_kernel_compiles_to_int8_and_fp8_tensor_core_instructions_for_ada_and_hopper():
+    """Ahead of time, without a GPU (Triton's own ptxas): Ada (sm_89), where no GPU of this project's ran it, gets
+    `mma.sync` on int8 and e4m3 operands; Hopper (sm_90) gets the same as `wgmma`."""
+    import triton
+
+    from wan_core.dit import attention8
+
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as err:
+        pytest.skip(f"this Triton has no ahead-of-time compile API: {err}")
+    kernel = attention8._attention_kernel
+    pointers = {"Q": "*i8", "QS": "*fp32", "K": "*i8", "KS": "*fp32", "VT": "*fp8e4nv", "VS": "*fp32", "O": "*bf16"}
+    constants = {"D": 128, "BLOCK_M": attention8.BLOCK_M, "BLOCK_N": attention8.BLOCK_N, "TMA": False}
+    signature = {name: pointers.get(name, "constexpr" if name in constants else "i32") for name in kernel.arg_names}
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()})
+    for capability, int8_mma, fp8_mma in (
+        (89, "mma.sync.aligned.m16n8k32.row.col.satfinite.s32.s8.s8.s32", "mma.sync.aligned.m16n8k32.row.col.f32.e4m3"),
+        (90, "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8", "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3"),
+    ):
+        ptx = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": 4}).asm["ptx"]
+        assert int8_mma in ptx and fp8_mma in ptx, capability

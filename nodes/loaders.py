@@ -71,7 +71,7 @@ class Wan22ModelLoader:
                 "attention": (list(ATTENTION_BACKENDS), {
                     "default": "auto",
                     "tooltip": "auto = the fastest that runs here: SageAttention 2, else our 8-bit Triton kernel "
-                    "(int8_triton; Hopper, or RTX 40xx / Ada when picked by name), else FlashAttention, else SDPA.",
+                    "(int8_triton; Hopper, or RTX 40xx/50xx when picked by name), else FlashAttention, else SDPA.",
                 }),
                 "offload": ("BOOLEAN", {
                     "default": False,

@@ -85,9 +85,9 @@ def test_8bit_attention_in_the_interpreter():
     assert_runs_in_interpreter(SCRIPT)
 
 
-def test_the_attention_kernel_compiles_to_int8_and_fp8_tensor_core_instructions_for_ada_and_hopper():
-    """Ahead of time, without a GPU (Triton's own ptxas): Ada (sm_89), where no GPU of this project's ran it, gets
-    `mma.sync` on int8 and e4m3 operands; Hopper (sm_90) gets the same as `wgmma`."""
+def test_the_attention_kernel_compiles_to_int8_and_fp8_tensor_core_instructions():
+    """Ahead of time, without a GPU (Triton's own ptxas): Ada (sm_89) and RTX 50xx (sm_120), where no GPU of this
+    project's ran it, get `mma.sync` on int8 and e4m3 operands; Hopper (sm_90) gets the same as `wgmma`."""
     import triton
 
     from wan_core.dit import attention8
@@ -103,9 +103,8 @@ def test_the_attention_kernel_compiles_to_int8_and_fp8_tensor_core_instructions_
     signature = {name: pointers.get(name, "constexpr" if name in constants else "i32") for name in kernel.arg_names}
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()})
-    for capability, int8_mma, fp8_mma in (
-        (89, "mma.sync.aligned.m16n8k32.row.col.satfinite.s32.s8.s8.s32", "mma.sync.aligned.m16n8k32.row.col.f32.e4m3"),
-        (90, "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8", "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3"),
-    ):
+    mma = ("mma.sync.aligned.m16n8k32.row.col.satfinite.s32.s8.s8.s32", "mma.sync.aligned.m16n8k32.row.col.f32.e4m3")
+    wgmma = ("wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8", "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3")
+    for capability, (int8_mma, fp8_mma) in ((89, mma), (90, wgmma), (120, mma)):
         ptx = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": 4}).asm["ptx"]
         assert int8_mma in ptx and fp8_mma in ptx, capability

@@ -134,15 +134,16 @@ def test_auto_prefers_sage_then_our_8bit_kernel_then_flash_attention(monkeypatch
         ((9, 0), True, "sage"),
         ((9, 0), False, "int8_triton"),
         ((8, 9), False, "flash_attn"),  # runs there when asked for by name, but was not measured there
+        ((12, 0), False, "flash_attn"),  # the same on RTX 50xx
         ((8, 6), False, "flash_attn"),  # no fp8 tensor cores
     ):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
         monkeypatch.setattr(attention_module.SageAttention, "available", staticmethod(lambda s=sage: s))
         assert get_backend("auto", "cuda:0").name == want, (capability, sage)
-        if capability == (8, 9):
+        if capability in ((8, 9), (12, 0)):
             assert get_backend("int8_triton", "cuda:0").name == "int8_triton"
-    with pytest.raises(InputError, match=r"'int8_triton': it needs fp8 tensor cores: an Ada \(sm_89\) or Hopper "
-                                         r"\(sm_90\) GPU, and this GPU is sm_86"):
+    with pytest.raises(InputError, match=r"'int8_triton': it needs fp8 tensor cores: an Ada \(sm_89\), Hopper "
+                                         r"\(sm_90\) or RTX 50xx \(sm_120\) GPU, and this GPU is sm_86"):
         get_backend("int8_triton", "cuda:0")
 
 

@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         choices=ATTENTION_BACKENDS,
         help="Attention kernel. auto: the fastest that runs here (SageAttention 2, our 8-bit Triton kernel int8_triton "
-        "on Hopper, FlashAttention, else PyTorch SDPA). int8_triton also runs on Ada (RTX 40xx) when named.",
+        "on Hopper, FlashAttention, else PyTorch SDPA). int8_triton also runs on RTX 40xx/50xx when named.",
     )
     add_interpolation_flags(parser)
     add_chunk_flags(parser)

@@ -6,7 +6,7 @@ is checked once, when it is resolved by name (`get_backend`); a backend object m
 sequence-parallel all-to-all wraps the local backend), which is why the model takes the object, not a name.
 
 `auto` resolves to the fastest backend that imports and runs on the device: SageAttention 2 (sm_80+), then our own
-8-bit Triton kernel (`int8_triton`: sm_90; on sm_89 by name), then FlashAttention, then SDPA.
+8-bit Triton kernel (`int8_triton`: sm_90; on sm_89 and sm_120 by name), then FlashAttention, then SDPA.
 """
 
 from __future__ import annotations
@@ -121,12 +121,12 @@ class SageAttention(AttentionBackend):
 
 
 class Int8TritonAttention(AttentionBackend):
-    """Our own 8-bit attention in Triton (`attention8`: SageAttention 2's algorithm, int8 q.k, fp8 p.v) on Ada and
-    Hopper GPUs; needs no package beyond the Triton that PyTorch brings."""
+    """Our own 8-bit attention in Triton (`attention8`: SageAttention 2's algorithm, int8 q.k, fp8 p.v) on Ada, Hopper
+    and RTX 50xx GPUs; needs no package beyond the Triton that PyTorch brings."""
 
     name = "int8_triton"
     install_hint = "Triton (it comes with PyTorch's CUDA builds on Linux; `pip install triton-windows` on Windows)"
-    gpu_hint = "it needs fp8 tensor cores: an Ada (sm_89) or Hopper (sm_90) GPU"
+    gpu_hint = "it needs fp8 tensor cores: an Ada (sm_89), Hopper (sm_90) or RTX 50xx (sm_120) GPU"
 
     def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if attention8.supported(q, k, v):

@@ -9,8 +9,8 @@ accumulation: the tensor cores' fp8 accumulator is narrower than float32).
 Granularity here: one int8 scale per query row (folded with the softmax scale and log2(e)), one per block of
 `BLOCK_N` keys, one fp8 scale per value channel. Inputs and output are `[B, L, H, D]` (D 64 or 128), the layout the
 DiT's projections give; v is rewritten transposed (`[B, H, D, L]`, tokens padded to a whole block) so the fp8 MMA
-reads it with the reduction dimension contiguous. Runs where Triton has fp8 tensor-core dots: CUDA sm_89 (Ada) and
-sm_90 (Hopper); `TRITON_INTERPRET=1` runs it on CPU tensors (tests).
+reads it with the reduction dimension contiguous. Runs where Triton has fp8 tensor-core dots: CUDA sm_89 (Ada),
+sm_90 (Hopper) and sm_120 (RTX 50xx); `TRITON_INTERPRET=1` runs it on CPU tensors (tests).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ except Exception:  # pragma: no cover - depends on the install
     tl = None
 
 BLOCK_M, BLOCK_N = 64, 128  # queries per program (one warpgroup); keys per block, k's quantization block
-CAPABILITIES = ((8, 9), (9, 0))  # GPUs whose tensor cores Triton runs fp8 dots on: Ada, Hopper
-AUTO_CAPABILITIES = ((9, 0),)  # where `auto` picks it: measured on Hopper; on Ada only when asked for by name
+CAPABILITIES = ((8, 9), (9, 0), (12, 0))  # fp8 tensor cores Triton has dots for: Ada, Hopper, Blackwell (RTX 50xx)
+AUTO_CAPABILITIES = ((9, 0),)  # where `auto` picks it: measured on Hopper; on the others only when asked for by name
 LOG2E = 1.4426950408889634
 FP8_MAX = 448.0  # e4m3fn's largest finite value
 

@@ -16,7 +16,7 @@ from wan_core.dit import attention as attention_module
 from wan_core.dit import model as model_module
 from wan_core.dit.attention import AttentionBackend, SdpaAttention, get_backend
 from wan_core.dit.model import WanDiT, init_random_
-from wan_core.errors import InputError
+from wan_core.errors import InputError, WanError
 from wan_core.patching import set_patches
 from wan_core.runtime import Runtime
 
@@ -265,3 +265,18 @@ def test_float32_regions_under_cuda_autocast():
         assert recorder.dtypes[name] == {torch.float32}, name
     assert recorder.dtypes["blocks.0.ffn.0"] == {torch.bfloat16}
     assert ((out - reference).norm() / reference.norm()).item() < 0.05
+
+
+def test_int8_triton_says_what_to_do_when_triton_cannot_build_its_kernel(monkeypatch):
+    errors = pytest.importorskip("triton.runtime.errors")
+
+    def out_of_shared_memory(q, k, v):
+        raise errors.OutOfResources(232448, 101376, "shared memory")
+
+    monkeypatch.setattr(attention_module.attention8, "supported", lambda q, k, v: True)
+    monkeypatch.setattr(attention_module.attention8, "attention", out_of_shared_memory)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    q = torch.zeros(1, 4, 2, 64)
+    with pytest.raises(WanError, match=r"attention 'int8_triton' could not build its kernel for this GPU \(sm_89, "
+                                       r"Triton [0-9.]+\): .*shared memory.*\. Use attention 'auto' or 'sdpa'\."):
+        attention_module.Int8TritonAttention().kernel(q, q, q)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from ..errors import InputError, WanError
 from . import attention8, sage_sm90
 
 log = logging.getLogger(__name__)
@@ -129,9 +129,17 @@ class Int8TritonAttention(AttentionBackend):
     gpu_hint = "it needs fp8 tensor cores: an Ada (sm_89), Hopper (sm_90) or RTX 50xx (sm_120) GPU"
 
     def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if attention8.supported(q, k, v):
+        if not attention8.supported(q, k, v):
+            return sdpa(q, k, v)
+        try:
             return attention8.attention(q, k, v)
-        return sdpa(q, k, v)
+        except attention8.BUILD_ERRORS as err:
+            major, minor = torch.cuda.get_device_capability(q.device)
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[-1][:300]
+            raise WanError(
+                f"attention 'int8_triton' could not build its kernel for this GPU (sm_{major}{minor}, Triton "
+                f"{attention8.triton.__version__}): {reason}. Use attention 'auto' or 'sdpa'."
+            ) from err
 
     @staticmethod
     def available() -> bool:

@@ -15,6 +15,7 @@ sm_90 (Hopper) and sm_120 (RTX 50xx); `TRITON_INTERPRET=1` runs it on CPU tensor
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
@@ -128,6 +129,21 @@ if triton is not None:
         out = acc * (v_scale[None, :] / l_i[:, None])
         tl.store(O + b * s_ob + h * s_oh + rows[:, None] * s_ol + dims[None, :], out.to(O.dtype.element_ty),
                  mask=in_range[:, None])
+
+
+def _build_errors() -> tuple[type[Exception], ...]:
+    """The exceptions Triton raises when it cannot build a kernel for the GPU (names differ across versions)."""
+    found = []
+    for module, name in (("triton.errors", "TritonError"), ("triton.compiler.errors", "CompilationError"),
+                         ("triton.runtime.errors", "OutOfResources"), ("triton.runtime.errors", "PTXASError")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+BUILD_ERRORS = _build_errors() if triton is not None else ()
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:

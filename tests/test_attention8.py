@@ -1,6 +1,6 @@
 """Our 8-bit Triton attention (`wan_core.dit.attention8`) in Triton's CPU interpreter: the quantized inputs against
-plain PyTorch, and the attention kernel on inputs whose answer is known (on a GPU, `tests/test_gpu.py` compares it
-with an emulation of the algorithm and with SageAttention).
+plain PyTorch, and the attention kernel on inputs whose answer is known, through pointers and through Hopper's TMA
+descriptors (on a GPU, `tests/test_gpu.py` compares it with an emulation of the algorithm and with SageAttention).
 
 The interpreter truncates float-to-fp8 conversions where CUDA rounds to nearest, so the softmax weights it feeds the
 fp8 product are up to one e4m3 step low: the random-input check allows 0.1 relative L2 against float32 attention
@@ -68,6 +68,8 @@ SCRIPT = textwrap.dedent(
     out = a8.attention(qd.bfloat16(), keys.bfloat16(), v)
     want = torch.gather(v.float(), 1, targets[..., None].expand(B, 70, H, D))
     assert ((out.float() - want).abs() <= want.abs() * 2**-7 + 2e-3).all(), (out.float() - want).abs().max()
+    # Hopper's path, k and v through TMA descriptors over the whole tensors: the same numbers
+    assert torch.equal(a8.attention(qd.bfloat16(), keys.bfloat16(), v, tma=True), out), "TMA path"
 
     # random inputs, three key blocks with a partial one, a head offset in k's mean: close to float32 attention
     kr = (torch.randn(B, 300, H, D) + 2 * torch.randn(1, 1, H, D)).bfloat16()

@@ -198,9 +198,12 @@ def quantize_v(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out, amax / FP8_MAX
 
 
-def _descriptors(k8: torch.Tensor, vt: torch.Tensor, dim: int):
-    """k and v as TMA descriptors (Hopper, Triton >= 3.4), else the tensors themselves."""
-    if not (k8.is_cuda and torch.cuda.get_device_capability(k8.device) >= (9, 0)):
+def _descriptors(k8: torch.Tensor, vt: torch.Tensor, dim: int, tma: bool | None):
+    """k and v as TMA descriptors (Hopper, Triton >= 3.4; `tma` True or False forces the choice), else the tensors
+    themselves."""
+    if tma is None:
+        tma = k8.is_cuda and torch.cuda.get_device_capability(k8.device) >= (9, 0)
+    if not tma:
         return k8, vt, False
     try:
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -212,13 +215,14 @@ def _descriptors(k8: torch.Tensor, vt: torch.Tensor, dim: int):
             TensorDescriptor(v2, list(v2.shape), list(v2.stride()), [dim, BLOCK_N]), True)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention of `q` `[B, Lq, H, D]` over `k`, `v` `[B, Lk, H, D]` (`supported`), in 8 bits."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tma: bool | None = None) -> torch.Tensor:
+    """Softmax attention of `q` `[B, Lq, H, D]` over `k`, `v` `[B, Lk, H, D]` (`supported`), in 8 bits; k and v read
+    through TMA descriptors on Hopper (`tma` forces it on or off: the tests run both paths in the interpreter)."""
     batch, length, heads, dim = q.shape
     q8, q_scale = quantize_q(q, dim ** -0.5)
     k8, k_scale = quantize_k(k)
     vt, v_scale = quantize_v(v)
-    k_in, v_in, tma = _descriptors(k8, vt, dim)
+    k_in, v_in, tma = _descriptors(k8, vt, dim, tma)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     # measured on an H100 (docs/benchmarks.md): 2 stages are faster for long sequences (720p), 3 for shorter ones
     stages = 2 if k.shape[1] > 50_000 else 3

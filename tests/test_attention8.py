@@ -90,6 +90,25 @@ def test_8bit_attention_in_the_interpreter():
 def test_the_attention_kernel_compiles_to_int8_and_fp8_tensor_core_instructions():
     """Ahead of time, without a GPU (Triton's own ptxas): Ada (sm_89) and RTX 50xx (sm_120), where no GPU of this
     project's ran it, get `mma.sync` on int8 and e4m3 operands; Hopper (sm_90) gets the same as `wgmma`."""
+    mma = ("mma.sync.aligned.m16n8k32.row.col.satfinite.s32.s8.s8.s32", "mma.sync.aligned.m16n8k32.row.col.f32.e4m3")
+    wgmma = ("wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8", "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3")
+    for capability, (int8_mma, fp8_mma) in ((89, mma), (90, wgmma), (120, mma)):
+        ptx = compile_attention_kernel(capability, tma=False).asm["ptx"]
+        assert int8_mma in ptx and fp8_mma in ptx, capability
+
+
+def test_three_programs_fit_on_a_hopper_sm():
+    """The Hopper (TMA) kernel's shared memory lets three programs share an SM (228 KB, 1 KB of it reserved per
+    program): that occupancy made 2 pipeline stages 5-12% faster than 3 on an H100 (docs/benchmarks.md)."""
+    from wan_core.dit import attention8
+
+    shared = compile_attention_kernel(90, tma=True, stages=attention8.STAGES).metadata.shared
+    assert 3 * (shared + 1024) <= 228 * 1024, shared
+
+
+def compile_attention_kernel(capability: int, tma: bool, stages: int | None = None):
+    """The attention kernel compiled ahead of time for `capability` (head dim 128), skipped where this Triton has no
+    ahead-of-time compile API or (`tma`) takes no tensor descriptors in it."""
     import triton
 
     from wan_core.dit import attention8
@@ -101,12 +120,17 @@ def test_the_attention_kernel_compiles_to_int8_and_fp8_tensor_core_instructions(
         pytest.skip(f"this Triton has no ahead-of-time compile API: {err}")
     kernel = attention8._attention_kernel
     pointers = {"Q": "*i8", "QS": "*fp32", "K": "*i8", "KS": "*fp32", "VT": "*fp8e4nv", "VS": "*fp32", "O": "*bf16"}
-    constants = {"D": 128, "BLOCK_M": attention8.BLOCK_M, "BLOCK_N": attention8.BLOCK_N, "TMA": False}
+    if tma:
+        pointers.update(K=f"tensordesc<i8[{attention8.BLOCK_N}, 128]>",
+                        VT=f"tensordesc<fp8e4nv[128, {attention8.BLOCK_N}]>")
+    constants = {"D": 128, "BLOCK_M": attention8.BLOCK_M, "BLOCK_N": attention8.BLOCK_N, "TMA": tma}
     signature = {name: pointers.get(name, "constexpr" if name in constants else "i32") for name in kernel.arg_names}
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()})
-    mma = ("mma.sync.aligned.m16n8k32.row.col.satfinite.s32.s8.s8.s32", "mma.sync.aligned.m16n8k32.row.col.f32.e4m3")
-    wgmma = ("wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8", "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3")
-    for capability, (int8_mma, fp8_mma) in ((89, mma), (90, wgmma), (120, mma)):
-        ptx = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": 4}).asm["ptx"]
-        assert int8_mma in ptx and fp8_mma in ptx, capability
+    options = {"num_warps": 4, **({} if stages is None else {"num_stages": stages})}
+    try:
+        return triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+    except Exception as err:  # signature strings differ across Triton versions
+        if tma and "tensordesc" in str(err):
+            pytest.skip(f"this Triton takes no tensor descriptors ahead of time: {err}")
+        raise

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from . import kernels
+from . import int8_tiles, kernels
 
 try:
     import triton
@@ -154,11 +154,7 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return (
         triton is not None
         and kernels.usable(q)
-        and q.dtype in (torch.float16, torch.bfloat16)
-        and q.dtype == k.dtype == v.dtype
-        and q.shape[-1] in (64, 128)
-        and q.shape[2] == k.shape[2] == v.shape[2]
-        and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+        and int8_tiles.takes_inputs(q, k, v)
         and (not q.is_cuda or torch.cuda.get_device_capability(q.device) in CAPABILITIES)
     )
 

@@ -1,7 +1,9 @@
-"""Triton helpers shared by the 8-bit attention inputs (`attention8`, `sage_sm90`): one program's block of token rows
-of one head, and SageAttention's int8 rounding."""
+"""What the two 8-bit attentions (`attention8`, `sage_sm90`) share: the inputs they take, and the Triton helpers of
+their input kernels (one program's block of token rows of one head, SageAttention's int8 rounding)."""
 
 from __future__ import annotations
+
+import torch
 
 try:
     import triton
@@ -9,6 +11,19 @@ try:
 except Exception:  # pragma: no cover - depends on the install
     triton = None
     tl = None
+
+
+def takes_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether `[B, L, H, D]` q, k, v have the form both 8-bit kernels take: fp16 or bf16 alike, head dim 64 or 128,
+    the same heads, channels contiguous."""
+    return (
+        q.dtype in (torch.float16, torch.bfloat16)
+        and q.dtype == k.dtype == v.dtype
+        and q.shape[-1] in (64, 128)
+        and q.shape[2] == k.shape[2] == v.shape[2]
+        and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+    )
+
 
 if triton is not None:
 

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from . import kernels
+from . import int8_tiles, kernels
 
 try:
     import triton
@@ -98,11 +98,7 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
         triton is not None
         and kernels.ENABLED
         and q.is_cuda
-        and q.dtype in (torch.float16, torch.bfloat16)
-        and q.dtype == k.dtype == v.dtype
-        and q.shape[-1] in (64, 128)
-        and q.shape[2] == k.shape[2] == v.shape[2]
-        and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+        and int8_tiles.takes_inputs(q, k, v)
         and torch.cuda.get_device_capability(q.device) == (9, 0)
         and _kernel_entry() is not None
     )

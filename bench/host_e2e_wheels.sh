@@ -2,8 +2,8 @@
 # Prepare ComfyUI and the packages it needs beyond the GPU image (torch, transformers, safetensors, numpy are
 # there) for the GPU machine, which has no network and a 64 MiB carry limit per call. Run in the repo root; writes
 # .hostwheels_a/ and .hostwheels_b/ (ignored through .git/info/exclude), each under the limit:
-#   a: ComfyUI's source (from the Comfy-Org/ComfyUI snapshot, files whose blobs the snapshot lacks skipped: none
-#      that Wan needs) as comfyui.tar.xz, and half of the wheels;
+#   a: ComfyUI's source (COMFYUI_GIT at COMFYUI_REF: by default the fetched Comfy-Org/ComfyUI snapshot, v0.3.64;
+#      files whose blobs the snapshot lacks skipped: none that Wan needs) as comfyui.tar.xz, and half of the wheels;
 #   b: the other half and install.sh.
 # Then two calls in a row (the second within the machine's warm window):
 #   run(carry=[".hostwheels_a"], command="mkdir -p /tmp/hostwheels && cp .hostwheels_a/* /tmp/hostwheels/")
@@ -14,17 +14,24 @@ set -eu
 COMFYUI_GIT=${COMFYUI_GIT:-/work/.mirror/Comfy-Org+ComfyUI/repo}
 COMFYUI_REF=${COMFYUI_REF:-HEAD}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-# ComfyUI v0.3.64's requirements.txt minus torch*, numpy, transformers, tokenizers, safetensors (in the image),
-# comfyui-workflow-templates (84 MB, optional: the benchmark rebuilds the template) and kornia / spandrel (optional
-# nodes).
+# The ComfyUI ref's own requirements.txt minus torch/torchvision/torchaudio, numpy, transformers, tokenizers,
+# safetensors (in the image), comfyui-workflow-templates (84 MB, optional: the benchmark rebuilds the template) and
+# kornia / spandrel (optional nodes); plus websocket-client for the harness's client.
+requirements=$(git --git-dir="$COMFYUI_GIT" show "$COMFYUI_REF:requirements.txt" | sed 's/#.*//; s/[[:space:]]//g' \
+  | grep -v '^$' | grep -viE '^(torch|torchvision|torchaudio|numpy|transformers|tokenizers|safetensors|comfyui-workflow-templates|kornia|spandrel)([<>=!~;].*)?$')
+# shellcheck disable=SC2086  # one argument per requirement
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d "$tmp/all" comfyui-frontend-package==1.27.10 comfyui-embedded-docs==0.2.6 "aiohttp>=3.11.8" "yarl>=1.18.0" \
-  torchsde einops sentencepiece pyyaml Pillow scipy tqdm psutil alembic SQLAlchemy "av>=14.2.0" "pydantic~=2.0" \
-  "pydantic-settings~=2.0" websocket-client
-# torchsde pulls in torch and its CUDA libraries: the image has them.
+  -d "$tmp/all" $requirements websocket-client
+# torchsde pulls in torch and its CUDA libraries: the image has them, and the other packages below (its package list in
+# the device tool's KINDS.md). comfy-kitchen (ComfyUI >= 0.12's optional fp8/fp4 kernels) is one 68 MB wheel, over
+# what one call carries: ComfyUI runs without it.
 rm -f "$tmp"/all/{torch,torchvision,triton,numpy,sympy,mpmath,networkx,jinja2,filelock,fsspec,setuptools}-*.whl \
-  "$tmp"/all/nvidia_*.whl
+  "$tmp"/all/nvidia_*.whl "$tmp"/all/comfy_kitchen-*.whl
+for image_has in scipy pillow aiohttp aiosignal aiohappyeyeballs attrs certifi charset_normalizer frozenlist idna \
+  multidict propcache psutil pyyaml requests sentencepiece tqdm typing_extensions urllib3 yarl einops markupsafe; do
+  rm -f "$tmp"/all/"$image_has"-*.whl
+done
 mkdir -p "$tmp/a" "$tmp/b"
 git --git-dir="$COMFYUI_GIT" ls-tree -r --name-only "$COMFYUI_REF" | while read -r f; do
   git --git-dir="$COMFYUI_GIT" cat-file -e "$COMFYUI_REF:$f" 2>/dev/null || { echo "skipped (not in snapshot): $f" >&2; continue; }

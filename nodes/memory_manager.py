@@ -7,7 +7,9 @@ modules (a DiT expert, the text encoder, a VAE) that `LoadedModel` drives:
 - `partially_load(device, budget)`: onto the device; a DiT that does not fit the budget gets block swap with as many
   resident blocks as fit (other models move whole);
 - `partially_unload` / `detach`: back to the CPU (the block swap, if any, is kept for the next load);
-- sizes in bytes, counted from where the tensors are now (the sampler moves offloaded experts on its own).
+- sizes in bytes, counted from where the tensors are now (the sampler moves offloaded experts on its own);
+- ComfyUI >= 0.13 also asks whether a model loads page by page (`is_dynamic`: no) and how much host RAM it has
+  pinned or mapped (none that ComfyUI should budget): without those answers it fails on the first GPU load.
 Outside ComfyUI `host` keeps a small list with the same effects, so the registration is exercised without ComfyUI.
 """
 
@@ -80,6 +82,24 @@ class ManagedModel:
 
     def is_clone(self, other: Any) -> bool:
         return False  # one ManagedModel per module: never two views of the same weights
+
+    # --- what ComfyUI >= 0.13 also calls (its page-by-page "dynamic VRAM" loader, pinned and mapped host memory) ---
+    def is_dynamic(self) -> bool:
+        return False  # our modules move whole (or by block swap), never page by page through comfy-aimdo
+
+    def pinned_memory_size(self) -> int:
+        return 0  # nothing of ours is pinned by ComfyUI
+
+    def loaded_ram_size(self) -> int:
+        return 0
+
+    def partially_unload_ram(self, ram_to_unload: float) -> int:
+        return 0  # the CPU copy is where an unloaded module lives: there is no RAM to hand back
+
+    def model_mmap_residency(self, free: bool = False) -> tuple[int, int]:
+        # (resident, mapped) bytes ComfyUI budgets host RAM and pins by: none, since loading pins nothing and
+        # `move_weights` streams a mapped DiT child by child, giving the file pages back as it goes
+        return 0, 0
 
     # --- loading and unloading ------------------------------------------------------------------------------------
     def partially_load(self, device: torch.device, extra_memory: float, force_patch_weights: bool = False) -> int:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,3 +83,32 @@ def test_inside_comfyui_the_host_manager_gets_the_calls(monkeypatch):
     host.unload_all_models()
     assert calls == [("load", [managed(module, META)], 5), ("free", 7, META), ("unload_all",)]
     assert host.FALLBACK_MEMORY.loaded == []
+
+
+def test_answers_what_newer_comfyui_asks_before_loading_or_evicting():
+    """ComfyUI >= 0.13 asks every registered model whether it loads page by page and how much host RAM it has pinned
+    or mapped, and under RAM pressure asks it to give RAM back; without these a GPU load fails with AttributeError."""
+    module = torch.nn.Linear(8, 8)
+    patcher = _patcher(module)
+    host.load_models_gpu([patcher])
+    assert patcher.is_dynamic() is False  # so ComfyUI frees VRAM for it instead of leaving that to comfy-aimdo
+    assert patcher.pinned_memory_size() == patcher.loaded_ram_size() == 0
+    assert patcher.model_mmap_residency() == patcher.model_mmap_residency(free=True) == (0, 0)
+    assert patcher.partially_unload_ram(1 << 40) == 0
+    assert module.weight.device == CPU and patcher.loaded_size() == module_bytes(module)  # RAM pressure moved nothing
+
+
+COMFYUI_DIR = os.environ.get("WAN22_COMFYUI_DIR", "")
+
+
+@pytest.mark.skipif(not COMFYUI_DIR, reason="set WAN22_COMFYUI_DIR (and WAN22_COMFYUI_PYTHON) to a ComfyUI checkout")
+def test_a_real_comfyui_memory_manager_loads_and_evicts_our_models():
+    python = os.environ.get("WAN22_COMFYUI_PYTHON", sys.executable)
+    probe = Path(__file__).with_name("host_memory_probe.py")
+    run = subprocess.run([python, str(probe), COMFYUI_DIR, str(Path(__file__).parents[1])], capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == [["b", "a"], ["cpu", "cpu"]]
+    assert report["freed"] == [2, [], ["meta", "meta"]]
+    assert report["unload_all"] == [[], ["meta", "meta"]]

@@ -2,7 +2,8 @@
 
     python api/queue_prompt.py api/wan22_t2v_a14b.json --server 127.0.0.1:8188 --prompt "a red fox in snow" --seed 7
 
-`--width/--height/--frames/--steps` shrink a run for a quick check of an installation.
+`--width/--height/--frames/--steps` shrink a run for a quick check of an installation (the sampler, the batch queue or
+the long-video node; the long video's frames are per chunk).
 
 It POSTs the graph to /prompt, follows progress on the websocket (with `websocket-client` when installed; otherwise
 it polls /history), then reads the outputs from /history/<prompt_id>. Standard library only.
@@ -82,6 +83,16 @@ def set_inputs(graph: dict, class_type: str, **values: object) -> None:
             node["inputs"].update({name: value for name, value in values.items() if value is not None})
 
 
+def apply_options(graph: dict, args: argparse.Namespace) -> None:
+    """The command line's replacements: the styler's prompt, and seed and size in whichever node samples (the
+    sampler, the batch queue, the long-video node)."""
+    set_inputs(graph, "Wan22PromptStyler", prompt=args.prompt)
+    for sampler in ("Wan22DiTSampler", "Wan22BatchQueueManager", "Wan22LongVideo"):
+        set_inputs(
+            graph, sampler, seed=args.seed, width=args.width, height=args.height, frames=args.frames, steps=args.steps,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workflow", type=Path, help="an API-format workflow (api/*.json)")
@@ -95,11 +106,7 @@ def main() -> None:
     args = parser.parse_args()
 
     graph = json.loads(args.workflow.read_text(encoding="utf-8"))
-    set_inputs(graph, "Wan22PromptStyler", prompt=args.prompt)
-    for sampler in ("Wan22DiTSampler", "Wan22BatchQueueManager"):
-        set_inputs(
-            graph, sampler, seed=args.seed, width=args.width, height=args.height, frames=args.frames, steps=args.steps,
-        )
+    apply_options(graph, args)
     client_id = uuid.uuid4().hex
     socket = open_websocket(args.server, client_id)
     prompt_id = post_prompt(args.server, graph, client_id)

@@ -16,7 +16,7 @@ from wan_core.lora import LoraPatch, read_lora
 from wan_core.lora import files as lora_files
 from wan_core.lora.formats import detect_layout
 from wan_core.lora.patch import dequantize_fp8
-from wan_core.patching import set_patches
+from wan_core.patching import PatchedWeights, set_patches
 
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("peft")  # diffusers' LoRA loading needs it
@@ -157,6 +157,39 @@ def test_removal_restores_the_base_bit_for_bit_and_strength_switch_matches_a_fre
     assert all(torch.equal(state[k], base[k]) and state[k].dtype == base[k].dtype for k in base)
     set_patches(ours, [LoraPatch(str(path), 0.5)], "high_noise")
     assert all(torch.equal(ours.state_dict()[k], switched[k]) for k in base)
+
+
+def test_a_switch_keeps_the_originals_and_restores_what_the_next_patches_leave_alone(pair, tmp_path, monkeypatch):
+    """Switching strength or LoRA copies no original again (a 14B expert's are 14 GB off the GPU); weights the new
+    patches do not change are back at their base bits; removal drops the originals."""
+    ours = load_dit(pair, dtype=torch.bfloat16)
+    base = {k: v.clone() for k, v in ours.state_dict().items()}
+    lora = random_lora(ours)
+    everywhere, block0 = tmp_path / "all.safetensors", tmp_path / "block0.safetensors"
+    save_file(render(lora, "lightx2v", ALPHA), str(everywhere))
+    save_file(render({k: v for k, v in lora.items() if k.startswith("blocks.0.")}, "lightx2v", ALPHA), str(block0))
+    taken = []
+    real = PatchedWeights._original
+    monkeypatch.setattr(PatchedWeights, "_original", lambda self, name, param: taken.append(name) or real(
+        self, name, param))
+
+    set_patches(ours, [LoraPatch(str(everywhere), 1.0)], "high_noise")
+    assert sorted(taken) == sorted(f"{m}.weight" for m in lora)
+    taken.clear()
+    set_patches(ours, [LoraPatch(str(everywhere), 0.5)], "high_noise")
+    set_patches(ours, [LoraPatch(str(block0), 0.5)], "high_noise")
+    assert taken == []
+    expected = hand_merge(base, {k: v for k, v in lora.items() if k.startswith("blocks.0.")}, 0.5, ALPHA)
+    state = ours.state_dict()
+    assert all(torch.equal(state[k], expected[k]) for k in base if not k.startswith("blocks.0."))
+    assert_states_close(state, expected, atol=2e-2)  # bf16 rounding of the merged block-0 weights
+
+    set_patches(ours, [], "high_noise")
+    state = ours.state_dict()
+    assert all(torch.equal(state[k], base[k]) for k in base)
+    assert ours._wan_patched_weights._originals == {}
+    set_patches(ours, [LoraPatch(str(block0), 1.0)], "high_noise")
+    assert sorted(taken) == sorted(f"blocks.0.{m}.weight" for m in LINEARS)
 
 
 def test_fp8_merge_requantizes_within_the_stated_bound(pair, tmp_path):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .host_copy import move_module, set_parameter
 from .patching import weights_generation
 from .ram import forget_read_pages, release_pages
 
@@ -118,19 +119,11 @@ def _point_back(model: torch.nn.Module) -> int:
         if view.dtype != tensor.dtype or view.shape != tensor.shape:
             continue
         if is_param:
-            _set_parameter(module, name, view)
+            set_parameter(module, name, view)
         else:
             module._buffers[name] = view
         count += 1
     return count
-
-
-def _set_parameter(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
-    param = module._parameters[name]
-    try:
-        param.data = value
-    except RuntimeError:  # a tensor type `set_data` cannot switch from (meta): a new parameter, as `Module._apply` does
-        module._parameters[name] = torch.nn.Parameter(value, requires_grad=param.requires_grad)
 
 
 @contextlib.contextmanager
@@ -155,9 +148,12 @@ def move_weights(model: object, device: torch.device | str) -> None:
     a 14 GB expert never holds all of its file resident at once."""
     device = torch.device(device)
     with moving(model, device):
-        if device.type != "cpu" and isinstance(model, torch.nn.Module) and mapped_files(model):
+        if not isinstance(model, torch.nn.Module):
+            model.to(device)
+            return
+        if device.type != "cpu" and mapped_files(model):
             for child in model.children():
                 for part in child if type(child) is torch.nn.ModuleList else [child]:
-                    part.to(device)
+                    move_module(part, device)
                     release_file_pages(model)
-        model.to(device)
+        move_module(model, device)

@@ -4,8 +4,9 @@ the base weights from disk, and removed to give the exact base weights back.
 A patch is a hashable object with `apply(module, expert, weights)`: it writes new values through `weights.set(name,
 tensor)`, which keeps the original of every parameter it changes (once, in CPU RAM, or as the untouched view of the
 memory-mapped file it was loaded from). A module's patches are set as a whole with `set_patches`: the originals are
-put back bit for bit, then the new patches apply in order. Which patches a module carries is part of its handle's
-identity (`nodes.handles.DiTHandle.patches`).
+put back bit for bit, then the new patches apply in order. The originals stay kept while the module carries patches,
+so switching a LoRA's strength copies nothing back to the CPU; they are dropped when the last patch is removed. Which
+patches a module carries is part of its handle's identity (`nodes.handles.DiTHandle.patches`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Hashable, Sequence
 from typing import Protocol
 
 import torch
+
+from .host_copy import copy_tensors, to_host
 
 
 class ModelPatch(Hashable, Protocol):
@@ -38,6 +41,7 @@ class PatchedWeights:
     def __init__(self, module: torch.nn.Module) -> None:
         self._module = module
         self._originals: dict[str, torch.Tensor] = {}
+        self._changed: set[str] = set()  # the names whose current values differ from their originals
         self.applied: tuple = ()
 
     def _tensor(self, name: str) -> torch.Tensor:
@@ -59,6 +63,7 @@ class PatchedWeights:
             self._originals[name] = self._original(name, param)
         with torch.no_grad():
             param.copy_(value.to(dtype=param.dtype, device=param.device))
+        self._changed.add(name)
         _weights_changed(self._module)
 
     def _original(self, name: str, param: torch.Tensor) -> torch.Tensor:
@@ -70,16 +75,18 @@ class PatchedWeights:
             view = pristine_view(self._module, name)
             if view is not None and view.dtype == param.dtype and view.shape == param.shape:
                 return view
-        return param.detach().to("cpu", copy=True)
+        return to_host(param)
 
-    def restore(self) -> None:
-        """Every changed parameter back to its original bits."""
-        with torch.no_grad():
-            for name, original in self._originals.items():
-                self._tensor(name).copy_(original)
-        if self._originals:
+    def restore(self, keep_originals: bool = False) -> None:
+        """Every changed parameter back to its original bits; with `keep_originals` the originals stay kept for the
+        patches applied next (a 14B expert's are 14 GB: copying them off the GPU again took 6.7 s of an 8 s LoRA
+        strength switch on an H100)."""
+        copy_tensors([(self._tensor(name), self._originals[name]) for name in self._changed])
+        if self._changed:
             _weights_changed(self._module)
-        self._originals.clear()
+        self._changed.clear()
+        if not keep_originals:
+            self._originals.clear()
         self.applied = ()
 
 
@@ -94,7 +101,7 @@ def set_patches(module: torch.nn.Module, patches: Sequence[ModelPatch], expert: 
         module._wan_patched_weights = weights
     if weights.applied == patches:
         return
-    weights.restore()
+    weights.restore(keep_originals=bool(patches))
     for patch in patches:
         patch.apply(module, expert, weights)
     weights.applied = patches

@@ -1,0 +1,151 @@
+"""Copies between a CUDA device and pageable CPU memory through two pinned stages.
+
+torch's plain copy between a GPU and pageable (unpinned) RAM lets the driver stage it through a pinned buffer of its
+own, one CPU thread doing the host side: on an H100 host 1.5-2.8 GB/s to the CPU (that thread also faults in every
+destination page) and 8-9 GB/s to the GPU. Here the bytes go through two pinned stages of `STAGE_BYTES` that take
+turns: while one is in flight on a side stream, torch's CPU threads fill or empty the other. The same host gave
+9-22 GB/s to the CPU and 32-35 GB/s to the GPU (docs/benchmarks.md). A 14B expert is 14 GB: a LoRA's originals, an
+expert parked on the CPU and an expert loaded onto the GPU go this way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+STAGE_BYTES = 8 * 2**20  # an A14B attention weight (26 MB in fp8) spans several, so its two halves overlap
+MIN_BYTES = 2**20  # smaller tensors (norms, biases, scales) are copied as they are
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _stageable(dst: torch.Tensor, src: torch.Tensor) -> bool:
+    """Whether `dst.copy_(src)` is a plain byte copy between a CUDA device and pageable CPU memory."""
+    devices = {dst.device.type, src.device.type}
+    host = src if src.device.type == "cpu" else dst
+    return (
+        devices == {"cpu", "cuda"}
+        and dst.dtype == src.dtype
+        and dst.shape == src.shape
+        and dst.is_contiguous()
+        and src.is_contiguous()
+        and _nbytes(src) >= MIN_BYTES
+        and not host.is_pinned()
+    )
+
+
+def copy_tensors(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """`dst.copy_(src)` for each `(dst, src)`; those between a CUDA device and pageable CPU memory go through the
+    pinned stages, and all are complete on return."""
+    staged: dict[torch.device, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    with torch.inference_mode():  # views and writes of inference tensors (ComfyUI loads models in this mode) too
+        for dst, src in pairs:
+            if src.shape == dst.shape and src.device != dst.device:
+                src = src.contiguous()
+            if _stageable(dst, src):
+                gpu = dst.device if dst.is_cuda else src.device
+                staged.setdefault(gpu, []).append((dst.reshape(-1), src.reshape(-1)))
+            else:
+                dst.copy_(src)
+        for device, flat_pairs in staged.items():
+            _through_stages(device, flat_pairs)
+
+
+def _through_stages(device: torch.device, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Copy flat `(dst, src)` pairs (one side on `device`) in chunks of one stage, the two stages taking turns."""
+    stages: dict[tuple[int, torch.dtype], torch.Tensor] = {}  # per slot and dtype: views of another dtype are
+    # refused on inference tensors
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))  # the sources as the caller's stream left them
+    in_flight: list[tuple[torch.cuda.Event, torch.Tensor | None, torch.Tensor] | None] = [None, None]
+
+    def settle(slot: int) -> None:
+        """Wait for the slot's transfer; a transfer to the CPU is then copied out of the stage."""
+        if in_flight[slot] is None:
+            return
+        done, host_part, stage = in_flight[slot]
+        done.synchronize()
+        if host_part is not None:
+            host_part.copy_(stage)
+        in_flight[slot] = None
+
+    index = 0
+    for dst, src in pairs:
+        to_gpu, chunk = dst.is_cuda, STAGE_BYTES // src.element_size()
+        for start in range(0, src.numel(), chunk):
+            slot, size = index % 2, min(chunk, src.numel() - start)
+            index += 1
+            settle(slot)
+            if (slot, src.dtype) not in stages:
+                stages[slot, src.dtype] = torch.empty(chunk, dtype=src.dtype, pin_memory=True)
+            stage = stages[slot, src.dtype][:size]
+            if to_gpu:
+                stage.copy_(src[start : start + size])
+            with torch.cuda.stream(stream):
+                if to_gpu:
+                    dst[start : start + size].copy_(stage, non_blocking=True)
+                else:
+                    stage.copy_(src[start : start + size], non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(stream)
+            in_flight[slot] = (done, None if to_gpu else dst[start : start + size], stage)
+    for slot in (index % 2, (index + 1) % 2):  # oldest first
+        settle(slot)
+
+
+def to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of `tensor` in pageable CPU memory."""
+    if not tensor.is_cuda:
+        return tensor.detach().to("cpu", copy=True)
+    out = torch.empty(tensor.shape, dtype=tensor.dtype)
+    copy_tensors([(out, tensor)])
+    return out
+
+
+def set_parameter(module: torch.nn.Module, name: str, value: torch.Tensor) -> torch.nn.Parameter:
+    """Point parameter `name` of `module` at `value`, keeping the Parameter object as `module.to` does; returns the
+    parameter now there."""
+    param = module._parameters[name]
+    # An inference-mode parameter given ordinary data would be left without a version counter: no view of it works.
+    if not (param.is_inference() and not value.is_inference()):
+        try:
+            param.data = value
+            return param
+        except RuntimeError:  # a tensor type `set_data` cannot switch from (meta)
+            pass
+    param = module._parameters[name] = torch.nn.Parameter(value, requires_grad=param.requires_grad)
+    return param
+
+
+def move_module(module: torch.nn.Module, device: torch.device | str) -> None:
+    """`module.to(device)`, with its parameters' and buffers' copies between the CPU and a CUDA device staged
+    (`copy_tensors`). A tensor shared by several modules is moved once and stays shared."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    places: dict[int, list[tuple[torch.nn.Module, str, bool]]] = {}
+    leaving: dict[int, torch.Tensor] = {}
+    for owner in module.modules():
+        for table, is_param in ((owner._parameters, True), (owner._buffers, False)):
+            for name, tensor in table.items():
+                if tensor is not None and {tensor.device.type, device.type} == {"cpu", "cuda"}:
+                    places.setdefault(id(tensor), []).append((owner, name, is_param))
+                    leaving[id(tensor)] = tensor
+    arrived = {}
+    for key, tensor in leaving.items():
+        with torch.inference_mode(tensor.is_inference()):  # so that the Parameter objects can stay
+            arrived[key] = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+    copy_tensors([(arrived[key], t) for key, t in leaving.items()])
+    for key, spots in places.items():
+        (owner, name, is_param), *others = spots
+        if not is_param:
+            for owner, name, _ in spots:
+                owner._buffers[name] = arrived[key]
+            continue
+        param = set_parameter(owner, name, arrived[key])
+        for owner, name, _ in others:
+            owner._parameters[name] = param
+    module.to(device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from wan_core.errors import InputError
+from wan_core.host_copy import copy_tensors
 from wan_core.io.files import resolve_inside
 from wan_core.kept_latents import keep_latents_on_failure, load_latents
 from wan_core.video_io import FRAMES_PER_CHUNK
@@ -26,7 +27,7 @@ def video_to_images(video: torch.Tensor) -> torch.Tensor:
     images = torch.empty(frames, height, width, 3, dtype=torch.float32)
     for start in range(0, frames, FRAMES_PER_CHUNK):
         chunk = video[:, start : start + FRAMES_PER_CHUNK].to(torch.float32).add(1.0).div_(2.0).clamp_(0.0, 1.0)
-        images[start : start + FRAMES_PER_CHUNK].copy_(chunk.permute(1, 2, 3, 0))
+        copy_tensors([(images[start : start + FRAMES_PER_CHUNK], chunk.permute(1, 2, 3, 0))])
     return images
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import InputError
+from .host_copy import to_host
 from .io.atomic import probe_writable
 from .io.ffmpeg_binary import ffmpeg_executable
 from .kept_latents import keep_latents_on_failure, load_latents
@@ -80,7 +81,7 @@ def write_decoded(
     """Decode `latents` into every requested output. A plain MP4 (with or without --save_frames) is encoded while the
     VAE decodes; --interpolate and --save_tensor need the whole video first."""
     if args.interpolate != 1 or args.save_tensor:
-        write_outputs(pipeline.decode(latents).cpu(), request, args, say)
+        write_outputs(to_host(pipeline.decode(latents)), request, args, say)
         return
     fps = request.sampling.task.fps
     decoded = pipeline.decode_into_mp4(latents, request.save_file, fps, frames_dir=args.save_frames)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from ..host_copy import to_host
 from ..runtime import Runtime, move_to
 from ..video_io import Mp4Stream
 from . import conditioning
@@ -143,7 +144,7 @@ class WanPipeline:
         tile_size = tuple(self.vae.fallback_tile_size)
         log.warning("VAE decode of %s ran out of CUDA memory a latent frame at a time; decoding in tiles of %dx%d "
                     "pixels.", tuple(latents.shape), *tile_size)
-        return self.decode(latents, tile_size=tile_size).cpu()
+        return to_host(self.decode(latents, tile_size=tile_size))
 
     def generate(
         self,
@@ -168,7 +169,7 @@ class WanPipeline:
         latents = self.sample(cond, uncond, request, image=image, progress=progress, cancel=cancel)
         del cond, uncond
         video = self.decode(latents, tile_size=tile_size)
-        return video.cpu()
+        return to_host(video)
 
     # -- helpers ----------------------------------------------------------------------------------------------------
 

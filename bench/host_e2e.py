@@ -22,7 +22,8 @@ repeat; a run past `--run-timeout` is recorded as timed out, with the stacks of 
 Runs: native, ours, ours_dual (T5 on GPU 0, experts and VAE on GPU 1: checked from the probe), native_lightning and
 ours_lightning (the 4-step LoRA pair of each side: `--frames`, size and seed as the others, 4 steps split 2 + 2, CFG
 1, shift 5), batch_1gpu, batch_2gpu_replica, batch_2gpu_split. Model files (with random LoRAs under the published
-Lightning names) go to `--models` once per machine (`host_models.py`).
+Lightning names) go to `--models` once per machine (`host_models.py`). `--lora-strengths 1,1,0.8` gives the Lightning
+runs' repeats these LoRA strengths in turn: the third repeat is then a strength switch, the models patched again.
 """
 
 from __future__ import annotations
@@ -127,8 +128,11 @@ def run_repeats(server: ComfyServer, graphs: list[dict], output: Path, timeout: 
     return repeats
 
 
-def with_seed(graph: dict, settings: BenchSettings, offset: int) -> dict:
-    return apply_settings(graph, dataclasses.replace(settings, seed=settings.seed + offset))
+def repeat_settings(settings: BenchSettings, index: int, lora_strengths: list[float]) -> BenchSettings:
+    """Repeat `index`'s settings: the seed plus `index`; with `lora_strengths`, the strength in turn (a change from
+    one repeat to the next makes the server patch its models again: the LoRA switch a user makes)."""
+    strength = lora_strengths[index % len(lora_strengths)] if lora_strengths else None
+    return dataclasses.replace(settings, seed=settings.seed + index, lora_strength=strength)
 
 
 def probe_or_nothing(server: ComfyServer) -> dict:
@@ -152,12 +156,16 @@ def measure(name: str, graph: dict, settings: BenchSettings, args: argparse.Name
     with SmiSampler() as smi, ComfyServer(args.comfyui, base, args.port, args.python, server_args,
                                           base / f"{name}.log") as server:
         ready_s = round(server.wait_ready(args.start_timeout), 2)
-        graphs = [with_seed(graph, settings, i) for i in range(args.repeats)]
+        strengths = args.lora_strengths if "lightning" in name else []
+        chosen = [repeat_settings(settings, i, strengths) for i in range(args.repeats)]
+        graphs = [apply_settings(graph, each) for each in chosen]
         repeats = run_repeats(server, graphs, output, args.timeout, args.run_timeout, lambda done: publish(
             {"ok": False, "in_progress": True, "server_start_s": ready_s, "repeats": _public(done)}))
         probe, apps = probe_or_nothing(server), compute_apps()
-        for repeat, queued in zip(repeats, graphs, strict=False):  # a timed-out run queued fewer
+        for repeat, queued, each in zip(repeats, graphs, chosen, strict=False):  # a timed-out run queued fewer
             repeat["node_seconds"] = node_seconds(probe["events"], queued, repeat["prompt_id"])
+            if each.lora_strength is not None:
+                repeat["lora_strength"] = each.lora_strength
         timed_out = len(repeats) < args.repeats or bool(repeats[-1].get("timed_out"))
         if timed_out:
             server.dump_stacks()
@@ -214,6 +222,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for field in ("cfg", "shift"):
         parser.add_argument(f"--{field}", type=float, default=getattr(defaults, field))
     parser.add_argument("--our-dit-weights", default=defaults.our_dit_weights, help="our Model Loader's weight_dtype")
+    parser.add_argument("--lora-strengths", type=lambda text: [float(x) for x in text.split(",")], default=[],
+                        help="the Lightning runs' LoRA strength per repeat, in turn (e.g. 1,1,0.8: the third repeat "
+                             "switches it); default: the graphs' own")
     parser.add_argument("--batch-frames", type=int, help="frames of the batch runs (default --frames)")
     parser.add_argument("--batch-steps", type=int, help="steps of the batch runs (default --steps)")
     args = parser.parse_args(argv)

@@ -74,6 +74,7 @@ class BenchSettings:
     # Our Model Loader's weight_dtype. The native side's fastest for these files is automatic (fp8 matmuls: the
     # empty `scaled_fp8` marker); ours is chosen: fp8 matmuls too by default.
     our_dit_weights: str = "fp8_e4m3fn_fast"
+    lora_strength: float | None = None  # every LoRA loader's strength (both experts); None: as the graph has it
     prompt: str = DEFAULT_PROMPT
     negative: str = DEFAULT_NEGATIVE
     batch_prompts: tuple[str, ...] = field(default=BATCH_PROMPTS)
@@ -305,6 +306,10 @@ def apply_settings(graph: dict, settings: BenchSettings) -> dict:
             inputs.update(prompt=settings.prompt, style="none", negative_prompt=settings.negative)
         elif kind == "Wan22SaveVideo":
             inputs["fps"] = settings.fps
+        elif kind == "LoraLoaderModelOnly" and settings.lora_strength is not None:
+            inputs["strength_model"] = settings.lora_strength
+        elif kind == "Wan22LoraLoader" and settings.lora_strength is not None:
+            inputs.update(strength_high=settings.lora_strength, strength_low=settings.lora_strength)
     if _nodes(graph, "KSamplerAdvanced"):
         positive, negative = _native_texts(graph)
         positive["text"], negative["text"] = settings.prompt, settings.negative

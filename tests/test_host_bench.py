@@ -352,8 +352,27 @@ def test_command_line() -> None:
     assert args.models == Path("/tmp/wan22_host_models_tiny") and args.steps == 6
     with pytest.raises(SystemExit):
         host_e2e.parse_args(["--comfyui", "/c", "--runs", "native,theirs"])
-    graph = host_e2e.with_seed(hw.native_t2v_graph(), hw.BenchSettings(seed=5), 2)
+    graph = hw.apply_settings(hw.native_t2v_graph(), host_e2e.repeat_settings(hw.BenchSettings(seed=5), 2, []))
     assert graph["96"]["inputs"]["noise_seed"] == 7
+
+
+def test_lora_strengths_in_turn_reach_every_lora_loader_of_both_sides() -> None:
+    import host_e2e
+
+    args = host_e2e.parse_args(["--comfyui", "/c", "--lora-strengths", "1,1,0.8"])
+    assert args.lora_strengths == [1.0, 1.0, 0.8]
+    native = hw.native_t2v_graph(lightning=True)
+    ours = hw.load_api("wan22_t2v_a14b_lightning")
+    for index, strength in enumerate([1.0, 1.0, 0.8, 1.0]):
+        settings = host_e2e.repeat_settings(hw.BenchSettings(seed=5), index, args.lora_strengths)
+        assert settings.seed == 5 + index
+        loras = [n["inputs"] for n in hw.apply_settings(native, settings).values()
+                 if n["class_type"] == "LoraLoaderModelOnly"]
+        assert len(loras) == 2 and {lora["strength_model"] for lora in loras} == {strength}
+        ours_loras = [n["inputs"] for n in hw.apply_settings(ours, settings).values()
+                      if n["class_type"] == "Wan22LoraLoader"]
+        assert ours_loras and all(lora["strength_high"] == lora["strength_low"] == strength for lora in ours_loras)
+    assert host_e2e.repeat_settings(hw.BenchSettings(), 1, []).lora_strength is None
 
 
 def test_ledger_jobs_give_each_jobs_last_state(tmp_path) -> None:

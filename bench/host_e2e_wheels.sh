@@ -24,10 +24,28 @@ python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implement
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$tmp/all" $requirements websocket-client
 # torchsde pulls in torch and its CUDA libraries: the image has them, and the other packages below (its package list in
-# the device tool's KINDS.md). comfy-kitchen (ComfyUI >= 0.12's optional fp8/fp4 kernels) is one 68 MB wheel, over
-# what one call carries: ComfyUI runs without it.
+# the device tool's KINDS.md).
 rm -f "$tmp"/all/{torch,torchvision,triton,numpy,sympy,mpmath,networkx,jinja2,filelock,fsspec,setuptools}-*.whl \
-  "$tmp"/all/nvidia_*.whl "$tmp"/all/comfy_kitchen-*.whl
+  "$tmp"/all/nvidia_*.whl
+# comfy-kitchen (ComfyUI >= 0.12's fp8/fp4 layouts, without which native fp8 files do not load there) is one 68 MB
+# wheel, over what one call carries; nearly all of it is its compiled CUDA and ROCm kernels. Repacked without them it
+# is 0.2 MB and runs its PyTorch ("eager") backend.
+for wheel in "$tmp"/all/comfy_kitchen-*.whl; do
+  [ -e "$wheel" ] || continue
+  python3 - "$wheel" <<'PY'
+import os, sys, zipfile
+path = sys.argv[1]
+with zipfile.ZipFile(path) as source, zipfile.ZipFile(path + ".new", "w", zipfile.ZIP_DEFLATED) as target:
+    for info in source.infolist():
+        if info.filename.endswith(".so"):
+            continue
+        data = source.read(info)
+        if info.filename.endswith(".dist-info/RECORD"):  # the list of files pip checks: the kernels' lines go too
+            data = b"".join(line for line in data.splitlines(keepends=True) if b".so," not in line)
+        target.writestr(info, data, zipfile.ZIP_DEFLATED)
+os.replace(path + ".new", path)
+PY
+done
 for image_has in scipy pillow aiohttp aiosignal aiohappyeyeballs attrs certifi charset_normalizer frozenlist idna \
   multidict propcache psutil pyyaml requests sentencepiece tqdm typing_extensions urllib3 yarl einops markupsafe; do
   rm -f "$tmp"/all/"$image_has"-*.whl

@@ -107,6 +107,26 @@ def test_a_module_moves_both_ways_with_shared_weights_kept_shared(inference):
             model.b(model.table[:2].to(torch.device(device)))  # views of the moved weights work
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_the_second_gpu_while_the_first_is_current(monkeypatch):
+    staged = []
+    real = host_copy._through_stages
+    monkeypatch.setattr(host_copy, "_through_stages", lambda device, pairs: staged.append(device) or real(
+        device, pairs))
+    torch.manual_seed(0)
+    model = Tied()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.cuda.device(0):
+        move_module(model, "cuda:1")
+        assert {t.device for t in (*model.parameters(), *model.buffers())} == {torch.device("cuda", 1)}
+        model.table.mul_(2)  # queued on cuda:1 when the copy off it starts
+        assert torch.equal(to_host(model.table), state["table"] * 2)
+        move_module(model, "cpu")
+        assert torch.cuda.current_device() == 0
+    assert all(torch.equal(v, state[k] * (2 if k == "table" else 1)) for k, v in model.state_dict().items())
+    assert staged and set(staged) == {torch.device("cuda", 1)}
+
+
 @cuda
 def test_a_lora_on_a_gpu_model_switches_and_removes_bit_for_bit(tmp_path):
     from safetensors.torch import save_file

@@ -18,10 +18,6 @@ STAGE_BYTES = 8 * 2**20  # an A14B attention weight (26 MB in fp8) spans several
 MIN_BYTES = 2**20  # smaller tensors (norms, biases, scales) are copied as they are
 
 
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
-
-
 def _stageable(dst: torch.Tensor, src: torch.Tensor) -> bool:
     """Whether `dst.copy_(src)` is a plain byte copy between a CUDA device and pageable CPU memory."""
     devices = {dst.device.type, src.device.type}
@@ -32,7 +28,7 @@ def _stageable(dst: torch.Tensor, src: torch.Tensor) -> bool:
         and dst.shape == src.shape
         and dst.is_contiguous()
         and src.is_contiguous()
-        and _nbytes(src) >= MIN_BYTES
+        and src.nbytes >= MIN_BYTES
         and not host.is_pinned()
     )
 

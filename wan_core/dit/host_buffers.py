@@ -21,14 +21,10 @@ ALIGN = 64  # bytes: every view starts aligned for any dtype
 _SPARE: list[tuple[torch.UntypedStorage, bool]] = []
 
 
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
-
-
 def host_buffers(like: list[torch.Tensor], *, pin: bool, chunk_bytes: int = CHUNK_BYTES) -> list[torch.Tensor]:
     """Uninitialized CPU tensors of the shapes and dtypes of `like` (contiguous), views of few large buffers, pinned
     when `pin`. A tensor larger than `chunk_bytes` gets a buffer of its own."""
-    sizes = [-(-_nbytes(t) // ALIGN) * ALIGN for t in like]
+    sizes = [-(-t.nbytes // ALIGN) * ALIGN for t in like]
     places: list[tuple[int, int]] = [(0, 0)] * len(like)  # (buffer index, byte offset)
     capacities: list[int] = []
     used: list[int] = []
@@ -44,7 +40,7 @@ def host_buffers(like: list[torch.Tensor], *, pin: bool, chunk_bytes: int = CHUN
     buffers = [_buffer(cap if cap == chunk_bytes else n, pin) for cap, n in zip(capacities, used, strict=True)]
     out = []
     for tensor, (buffer, offset) in zip(like, places, strict=True):
-        raw = buffers[buffer][offset : offset + _nbytes(tensor)]
+        raw = buffers[buffer][offset : offset + tensor.nbytes]
         out.append(raw.view(tensor.dtype).view(tensor.shape) if tensor.numel() else
                    torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=pin))
     return out

@@ -38,10 +38,6 @@ def write_safetensors(
     return path
 
 
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
-
-
 def write_sharded(
     state_dict: dict[str, torch.Tensor],
     folder: str | Path,
@@ -59,13 +55,13 @@ def write_sharded(
     folder.mkdir(parents=True, exist_ok=True)
     keys = list(state_dict)
     num_shards = max(1, min(num_shards, len(keys)))
-    total = sum(_nbytes(state_dict[k]) for k in keys)
+    total = sum(state_dict[k].nbytes for k in keys)
     groups: list[list[str]] = [[] for _ in range(num_shards)]
     running = 0
     for key in keys:
         shard = min(num_shards - 1, running * num_shards // max(total, 1))
         groups[shard].append(key)
-        running += _nbytes(state_dict[key])
+        running += state_dict[key].nbytes
     # every shard gets at least one key
     for i in range(num_shards):
         if not groups[i]:

@@ -14,6 +14,16 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 SIZES = [MIN_BYTES - 1, MIN_BYTES, STAGE_BYTES - 1, STAGE_BYTES, 2 * STAGE_BYTES + 13, 5 * STAGE_BYTES + 4096]
 
 
+@pytest.fixture
+def stage_calls(monkeypatch) -> list[tuple[torch.device, int]]:
+    """(device, number of tensors) of every copy through the stages while the test runs."""
+    calls: list[tuple[torch.device, int]] = []
+    real = host_copy._through_stages
+    monkeypatch.setattr(host_copy, "_through_stages", lambda device, pairs: calls.append((device, len(pairs))) or real(
+        device, pairs))
+    return calls
+
+
 def test_cpu_pairs_and_conversions_are_plain_copies():
     src = torch.arange(MIN_BYTES, dtype=torch.float32)
     dst, converted = torch.empty_like(src), torch.empty(src.shape, dtype=torch.bfloat16)
@@ -47,11 +57,7 @@ def _random_bytes(nbytes: int, device: str, generator: torch.Generator) -> torch
 
 @cuda
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.bfloat16, torch.float8_e4m3fn])
-def test_staged_copies_are_bit_exact_both_ways(dtype, monkeypatch):
-    staged = []
-    real = host_copy._through_stages
-    monkeypatch.setattr(host_copy, "_through_stages", lambda device, pairs: staged.append(len(pairs)) or real(
-        device, pairs))
+def test_staged_copies_are_bit_exact_both_ways(dtype, stage_calls):
     gen = torch.Generator("cuda").manual_seed(0)
     size = torch.empty((), dtype=dtype).element_size()
     on_gpu = [_random_bytes(n - n % size, "cuda", gen).view(dtype) for n in SIZES]
@@ -62,7 +68,7 @@ def test_staged_copies_are_bit_exact_both_ways(dtype, monkeypatch):
     back = [torch.empty_like(t) for t in on_gpu]
     copy_tensors(list(zip(back, on_cpu, strict=True)))
     assert all(torch.equal(b.view(torch.uint8), g.view(torch.uint8)) for b, g in zip(back, on_gpu, strict=True))
-    assert staged == [1] * (len(SIZES) - 1) + [len(SIZES) - 1]  # every size from MIN_BYTES up, both ways
+    assert [pairs for _, pairs in stage_calls] == [1] * (len(SIZES) - 1) + [len(SIZES) - 1]  # from MIN_BYTES up
 
 
 @cuda
@@ -108,11 +114,7 @@ def test_a_module_moves_both_ways_with_shared_weights_kept_shared(inference):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
-def test_the_second_gpu_while_the_first_is_current(monkeypatch):
-    staged = []
-    real = host_copy._through_stages
-    monkeypatch.setattr(host_copy, "_through_stages", lambda device, pairs: staged.append(device) or real(
-        device, pairs))
+def test_the_second_gpu_while_the_first_is_current(stage_calls):
     torch.manual_seed(0)
     model = Tied()
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -124,7 +126,7 @@ def test_the_second_gpu_while_the_first_is_current(monkeypatch):
         move_module(model, "cpu")
         assert torch.cuda.current_device() == 0
     assert all(torch.equal(v, state[k] * (2 if k == "table" else 1)) for k, v in model.state_dict().items())
-    assert staged and set(staged) == {torch.device("cuda", 1)}
+    assert stage_calls and {device for device, _ in stage_calls} == {torch.device("cuda", 1)}
 
 
 @cuda

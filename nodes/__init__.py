@@ -1,5 +1,6 @@
 """ComfyUI nodes of comfyui-wan22 (classic API). Node ids carry the `Wan22` prefix and never change."""
 
+from . import host
 from .batch_queue import Wan22BatchQueueManager
 from .frame_interpolate import Wan22FrameInterpolate
 from .gpu_check import Wan22GPUCheck
@@ -12,6 +13,8 @@ from .set_device import Wan22SetDevice
 from .styler import Wan22PromptStyler
 from .text_encode import Wan22T5Encode
 from .vae_nodes import Wan22VAEDecode, Wan22VAEEncode
+
+host.follow_host_settings()
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
     "Wan22ModelLoader": Wan22ModelLoader,

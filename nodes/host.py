@@ -17,6 +17,7 @@ import sys
 from types import ModuleType
 from typing import Any
 
+from wan_core import pinned_memory
 from wan_core.errors import MissingFileError
 from wan_core.io.state_dict import WEIGHT_SUFFIXES
 
@@ -164,10 +165,22 @@ def latent_rgb_factors(latent_channels: int) -> tuple[list[list[float]], list[fl
     return None
 
 
+def _cli_flag(name: str) -> bool:
+    """A switch of the ComfyUI process's command line (False outside ComfyUI)."""
+    cli_args = _host("comfy.cli_args")
+    return bool(getattr(getattr(cli_args, "args", None), name, False))
+
+
 def metadata_disabled() -> bool:
     """True when ComfyUI runs with `--disable-metadata` (no workflow in saved files)."""
-    cli_args = _host("comfy.cli_args")
-    return bool(getattr(getattr(cli_args, "args", None), "disable_metadata", False))
+    return _cli_flag("disable_metadata")
+
+
+def follow_host_settings() -> None:
+    """Make the core follow the ComfyUI process's own settings: `--disable-pinned-memory` turns off the pack's pinned
+    RAM too."""
+    if _cli_flag("disable_pinned_memory"):
+        pinned_memory.disable("ComfyUI runs with --disable-pinned-memory")
 
 
 # ---------------------------------------------------------------------------------------------- server messages

@@ -5,7 +5,8 @@ own, one CPU thread doing the host side: on an H100 host 1.5-2.8 GB/s to the CPU
 destination page) and 8-9 GB/s to the GPU. Here the bytes go through two pinned stages of `STAGE_BYTES` that take
 turns: while one is in flight on a side stream, torch's CPU threads fill or empty the other. The same host gave
 9-22 GB/s to the CPU and 32-35 GB/s to the GPU (docs/benchmarks.md). A 14B expert is 14 GB: a LoRA's originals, an
-expert parked on the CPU and an expert loaded onto the GPU go this way.
+expert parked on the CPU and an expert loaded onto the GPU go this way. Where pinned memory is off
+(`pinned_memory`), the copies are torch's plain ones.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from . import pinned_memory
 
 STAGE_BYTES = 8 * 2**20  # an A14B attention weight (26 MB in fp8) spans several, so its two halves overlap
 MIN_BYTES = 2**20  # smaller tensors (norms, biases, scales) are copied as they are
@@ -30,6 +33,7 @@ def _stageable(dst: torch.Tensor, src: torch.Tensor) -> bool:
         and src.is_contiguous()
         and src.nbytes >= MIN_BYTES
         and not host.is_pinned()
+        and pinned_memory.allowed()
     )
 
 
@@ -51,9 +55,15 @@ def copy_tensors(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
 
 
 def _through_stages(device: torch.device, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Copy flat `(dst, src)` pairs (one side on `device`) in chunks of one stage, the two stages taking turns."""
-    stages: dict[tuple[int, torch.dtype], torch.Tensor] = {}  # per slot and dtype: views of another dtype are
-    # refused on inference tensors
+    """Copy flat `(dst, src)` pairs (one side on `device`) in chunks of one stage, the two stages taking turns;
+    plain copies where the stages cannot be pinned."""
+    try:  # per slot and dtype: views of another dtype are refused on inference tensors
+        stages = {(slot, dtype): pinned_memory.empty(STAGE_BYTES // dtype.itemsize, dtype)
+                  for slot in (0, 1) for dtype in {src.dtype for _, src in pairs}}
+    except pinned_memory.PinnedMemoryUnavailable:
+        for dst, src in pairs:
+            dst.copy_(src)
+        return
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))  # the sources as the caller's stream left them
     in_flight: list[tuple[torch.cuda.Event, torch.Tensor | None, torch.Tensor] | None] = [None, None]
@@ -75,8 +85,6 @@ def _through_stages(device: torch.device, pairs: list[tuple[torch.Tensor, torch.
             slot, size = index % 2, min(chunk, src.numel() - start)
             index += 1
             settle(slot)
-            if (slot, src.dtype) not in stages:
-                stages[slot, src.dtype] = torch.empty(chunk, dtype=src.dtype, pin_memory=True)
             stage = stages[slot, src.dtype][:size]
             if to_gpu:
                 stage.copy_(src[start : start + size])

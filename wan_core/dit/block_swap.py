@@ -16,7 +16,8 @@ rounding); moved back to the CPU (offload_model parks the idle expert) they retu
 (for a loaded expert, views of its memory-mapped file) and the pinned buffers go to the next pinning
 (`host_buffers.give_back`: the expert that starts sampling), so only the sampling expert holds pinned RAM. A master
 patched while pinned (LoRA) is written back first. The file pages read while pinning and while moving the resident
-blocks are handed back block by block (`model.mapped_files`).
+blocks are handed back block by block (`model.mapped_files`). Where pinned memory is off or refused
+(`pinned_memory`), the masters stay plain CPU tensors and each copy to the GPU waits for its bytes to leave RAM.
 
 On the CPU (tests) the "GPU copy" is a plain copy on the same device, and there are no streams or events.
 """
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from .. import pinned_memory
 from ..errors import InputError
 from ..mapped_weights import release_file_pages
 from ..patching import weights_generation
@@ -79,7 +81,7 @@ class BlockSwap:
             raise InputError(f"Block swap: {resident} resident blocks asked, the model has {num} (0 to {num}).")
         self.model = model
         self.resident = resident
-        self.pin = torch.cuda.is_available() if pin is None else pin
+        self.pin = pinned_memory.allowed() if pin is None else pin
         self._slots = {i: _Slot(model.blocks[i]) for i in range(resident, num)}
         self._stream: torch.cuda.Stream | None = None
         self._hooks: list = []
@@ -123,12 +125,17 @@ class BlockSwap:
         if self.pinned or not self.pin:
             return
         self.drop_copies()
-        pinned = iter(host_buffers([m for slot in self._slots.values() for *_, m in slot.masters],
-                                   pin=torch.cuda.is_available()))  # CPU tests: plain buffers
+        try:
+            buffers = iter(host_buffers([m for slot in self._slots.values() for *_, m in slot.masters],
+                                        pin=torch.cuda.is_available()))  # CPU tests: plain buffers
+        except pinned_memory.PinnedMemoryUnavailable:  # `pinned_memory` logged why
+            self.pin = False
+            self.refresh()  # plain CPU masters (a tensor still on the GPU is copied off it)
+            return
         for slot in self._slots.values():
             masters = []
             for module, name, is_param, current in slot.masters:
-                master = next(pinned).copy_(current)
+                master = next(buffers).copy_(current)
                 self._assign(module, name, is_param, master)
                 masters.append((module, name, is_param, master))
             slot.masters = masters
@@ -144,7 +151,7 @@ class BlockSwap:
         self.drop_copies()
         if self._stream is not None:
             self._stream.synchronize()  # no copy reads the pinned masters once they are given back
-        pinned = [master for slot in self._slots.values() for *_, master in slot.masters]
+        staged = [master for slot in self._slots.values() for *_, master in slot.masters]
         for slot in self._slots.values():
             masters, sources = [], []
             patched = weights_generation(self.model) != slot.generation
@@ -158,7 +165,7 @@ class BlockSwap:
                 masters.append((module, name, is_param, source))
                 sources.append(source)
             slot.masters, slot.sources, slot.generation = masters, sources, None
-        give_back(pinned, pinned=torch.cuda.is_available())
+        give_back(staged, pinned=torch.cuda.is_available())
         self.pinned = False
 
     def masters(self) -> dict[str, torch.Tensor]:

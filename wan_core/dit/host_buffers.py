@@ -3,7 +3,8 @@
 torch's pinned-memory allocator rounds every allocation up to a power of two: pinning an A14B block's fp8 weights one
 tensor at a time (five by five thousand bytes up to 71 MB) takes 1.5x their size. Here the tensors are packed (largest
 first, first fit) into buffers of `CHUNK_BYTES`, itself a power of two, so nothing is rounded; a freed buffer goes back
-to torch's cache, where the next expert's pinning reuses it.
+to torch's cache, where the next expert's pinning reuses it. Pinning goes through `pinned_memory.empty`: where it
+is refused, `host_buffers` raises `pinned_memory.PinnedMemoryUnavailable`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+
+from .. import pinned_memory
 
 CHUNK_BYTES = 256 * 2**20
 ALIGN = 64  # bytes: every view starts aligned for any dtype
@@ -42,7 +45,7 @@ def host_buffers(like: list[torch.Tensor], *, pin: bool, chunk_bytes: int = CHUN
     for tensor, (buffer, offset) in zip(like, places, strict=True):
         raw = buffers[buffer][offset : offset + tensor.nbytes]
         out.append(raw.view(tensor.dtype).view(tensor.shape) if tensor.numel() else
-                   torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=pin))
+                   torch.empty(tensor.shape, dtype=tensor.dtype))  # no bytes to copy: nothing to pin
     return out
 
 
@@ -51,7 +54,7 @@ def _buffer(nbytes: int, pin: bool) -> torch.Tensor:
         if storage.nbytes() == nbytes and pinned == pin:
             del _SPARE[index]
             return torch.empty(0, dtype=torch.uint8).set_(storage)
-    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+    return pinned_memory.empty(nbytes, torch.uint8) if pin else torch.empty(nbytes, dtype=torch.uint8)
 
 
 def give_back(views: Iterable[torch.Tensor], *, pinned: bool) -> None:

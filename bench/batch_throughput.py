@@ -10,6 +10,7 @@ is timed (`timeline`: per device, the models' busy time, and the head and tail o
 device covered).
 
     python bench/batch_throughput.py                           # every visible GPU, A14B and 5B shapes
+    python bench/batch_throughput.py --cuda-graphs off,on      # eager and CUDA-graph forwards, order alternated
     python bench/batch_throughput.py --tiny                    # CPU smoke check with the tiny configs
 """
 
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,7 +39,9 @@ from report import emit  # noqa: E402
 from wan_core.batch import BatchJob, BatchScheduler, JobLedger, Worker  # noqa: E402
 from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings  # noqa: E402
 from wan_core.configs import DIT_CONFIGS  # noqa: E402
+from wan_core.dit.cuda_graphs import release_cuda_graphs  # noqa: E402
 from wan_core.pipeline.tasks import get_task  # noqa: E402
+from wan_core.runtime import Runtime  # noqa: E402
 from wan_core.vae import build_vae  # noqa: E402
 
 MODELS = {  # task -> (DiT config, VAE config), real and tiny
@@ -54,6 +58,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--size", default="832x480", help="WIDTHxHEIGHT")
     p.add_argument("--tiny", action="store_true", help="tiny configs on the CPU (smoke check)")
+    p.add_argument("--cuda-graphs", default="off",
+                   help="comma-separated off,on: each setting timed on 1 GPU and on all (order alternated)")
+    p.add_argument("--attention", default="sdpa", help="attention backend of the DiT (sdpa, auto, sage, ...)")
     p.add_argument("--json", default="", help="also write the JSON here")
     return p.parse_args()
 
@@ -65,9 +72,10 @@ class RandomTextEncoder:
         self.device = torch.device(device)
         self.dim = dim
         self.length = length
+        self.generator = torch.Generator().manual_seed(0)  # its own: a CUDA graph capture takes the device's default
 
     def encode(self, prompts: list[str]) -> list[torch.Tensor]:
-        return [torch.randn(self.length, self.dim, device=self.device) for _ in prompts]
+        return [torch.randn(self.length, self.dim, generator=self.generator).to(self.device) for _ in prompts]
 
     def to(self, device: str | torch.device) -> RandomTextEncoder:
         self.device = torch.device(device)
@@ -180,7 +188,8 @@ def build_worker(device: str, task: str, args: argparse.Namespace, output_dir: P
     high = build_ours(config, torch.device(device), dtype)
     low = build_ours(config, torch.device(device), dtype) if task_config.is_moe else None
     vae = build_vae(vae_name).to(device=device, dtype=dtype).eval()  # bf16, as ComfyUI's VAE files store it
-    settings = SamplingSettings(task_config, "unipc", task_config.sample_shift, task_config.guide_scale)
+    settings = SamplingSettings(task_config, "unipc", task_config.sample_shift, task_config.guide_scale,
+                                Runtime.create(device, attention=args.attention))
     stages = TimedStages(
         settings=settings,
         text_encoder=LazyModel(lambda: RandomTextEncoder(device, config.text_dim)),
@@ -217,24 +226,37 @@ def measure(task: str, devices: list[str], args: argparse.Namespace, scratch: Pa
                          width=width, height=height, frames=args.frames, steps=args.steps) for i in range(count)]
 
     result: dict = {"task": task, "shapes": "tiny" if args.tiny else "real", "jobs": args.jobs, "steps": args.steps,
-                    "frames": args.frames, "size": f"{width}x{height}"}
-    runs = {}
-    for label, used in (("1", devices[:1]), (str(len(devices)), devices)):
-        if label in runs:
-            continue
-        output_dir = scratch / f"{task}-{label}"
-        workers = [build_worker(device, task, args, output_dir, f"bench-{label}") for device in used]
-        run_batch(workers, jobs(len(used), 10_000), output_dir / "warmup.jsonl", torch.cuda.device_count())
-        seconds, extra = run_batch(workers, jobs(args.jobs, 0), output_dir / "timed.jsonl", torch.cuda.device_count())
-        runs[label] = {"devices": used, "seconds": round(seconds, 2),
-                       "jobs_per_hour": round(args.jobs * 3600 / seconds, 1), **extra}
-        del workers
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    result["runs"] = runs
-    many = runs[str(len(devices))]
-    result["speedup"] = round(many["jobs_per_hour"] / runs["1"]["jobs_per_hour"], 3)
+                    "frames": args.frames, "size": f"{width}x{height}", "attention": args.attention}
+    modes = args.cuda_graphs.split(",")
+    output_dir = scratch / task
+    workers = [build_worker(device, task, args, output_dir, "bench") for device in devices]
+    runs: dict = {mode: {} for mode in modes}
+    for round_index, used in enumerate(dict.fromkeys((1, len(devices)))):
+        for mode in modes if round_index % 2 == 0 else modes[::-1]:
+            for worker in workers:
+                stages = worker.stages
+                stages.settings = replace(stages.settings, runtime=stages.settings.runtime.replace(
+                    cuda_graphs=mode == "on"))
+                for model in stages.experts.get():
+                    release_cuda_graphs(model)  # None (a one-model task's low expert) has none
+            run_batch(workers[:used], jobs(used, 10_000), output_dir / f"warmup-{used}-{mode}.jsonl",
+                      torch.cuda.device_count())
+            seconds, extra = run_batch(workers[:used], jobs(args.jobs, 0), output_dir / f"timed-{used}-{mode}.jsonl",
+                                       torch.cuda.device_count())
+            graphs = [len(model._wan_cuda_graphs.captured) if hasattr(model, "_wan_cuda_graphs") else 0
+                      for worker in workers[:used] for model in worker.stages.experts.get() if model is not None]
+            runs[mode][str(used)] = {"devices": devices[:used], "seconds": round(seconds, 2),
+                                     "jobs_per_hour": round(args.jobs * 3600 / seconds, 1),
+                                     "graphs_per_model": graphs, **extra}
+    del workers
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    result["cuda_graphs"] = {
+        mode: {"runs": mode_runs, "speedup": round(mode_runs[str(len(devices))]["jobs_per_hour"]
+                                                   / mode_runs["1"]["jobs_per_hour"], 3)}
+        for mode, mode_runs in runs.items()
+    }
     return result
 
 

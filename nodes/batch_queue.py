@@ -230,7 +230,10 @@ class Wan22BatchQueueManager:
         check_finite_number("queue_timeout", queue_timeout)
         styles = load_styles(STYLES_DIR)
 
-        settings = SamplingSettings(task, solver, shift, (cfg_low_noise, cfg_high_noise), dit.runtime())
+        # Batch jobs repeat their shapes: each DiT forward replays a CUDA graph, so that the replicas of an all-GPU
+        # batch do not wait on one another for the interpreter to issue their kernels (docs/batch.md).
+        runtime = dit.runtime().replace(cuda_graphs=True)
+        settings = SamplingSettings(task, solver, shift, (cfg_low_noise, cfg_high_noise), runtime)
 
         def validate_job(job: BatchJob) -> None:
             settings.request(job)

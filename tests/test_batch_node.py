@@ -55,8 +55,13 @@ def test_batch_workflow_makes_three_videos_and_a_rerun_skips_them(tiny_models, f
     _fake_comfyui(monkeypatch, calls)
     (folders / "input" / "jobs.csv").write_text(CSV_ROWS, encoding="utf-8")
     workflow = json.loads((ROOT / "example_workflows" / "wan22_batch_dual_gpu.json").read_text(encoding="utf-8"))
+    from wan_core.pipeline import forwards
+
+    graphed = []  # the batch's forwards go through the CUDA graphs (which run eagerly on the CPU)
+    monkeypatch.setattr(forwards, "graphed", lambda model: graphed.append(model) or model)
 
     outputs, ui = run_graph(_batch_graph("jobs.csv"), NODE_CLASS_MAPPINGS, workflow=workflow)
+    assert len(graphed) >= 3 * TINY_SIZE["steps"]
 
     paths, table = outputs[BATCH_NODE]
     videos = [Path(p) for p in paths.splitlines()]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .dit.attention import AttentionBackend, SdpaAttention, get_backend
+from .dit.cuda_graphs import release_cuda_graphs
 from .errors import InputError
 from .mapped_weights import move_weights
 
@@ -29,6 +30,7 @@ class Runtime:
     attention: AttentionBackend = field(default_factory=SdpaAttention)
     compile: bool = False  # torch.compile each DiT block (regional; `wan_core.dit.compiled`)
     cfg_batch: bool = False  # cond and uncond as one forward of batch 2 (more activation memory, fewer launches)
+    cuda_graphs: bool = False  # DiT forwards replayed from CUDA graphs per shape (`wan_core.dit.cuda_graphs`)
 
     @classmethod
     def create(
@@ -41,6 +43,7 @@ class Runtime:
         attention: str | AttentionBackend = "sdpa",
         compile: bool = False,
         cfg_batch: bool = False,
+        cuda_graphs: bool = False,
     ) -> Runtime:
         """A runtime with every choice resolved: `device` None is CUDA where present; `attention` `auto` picks the
         fastest backend for the device (an unavailable explicit backend raises, naming what to install)."""
@@ -53,6 +56,7 @@ class Runtime:
             attention=get_backend(attention, device),
             compile=compile,
             cfg_batch=cfg_batch,
+            cuda_graphs=cuda_graphs,
         )
 
     def replace(self, **changes: Any) -> Runtime:
@@ -123,6 +127,7 @@ def move_to(model: object, device: torch.device | str) -> None:
         return
     to = getattr(model, "to", None)
     if callable(to):
+        release_cuda_graphs(model)  # they hold the addresses the weights leave
         move_weights(model, device)  # memory-mapped weights: parked without a copy, file pages given back
 
 

@@ -33,6 +33,7 @@ class AttentionBackend:
 
     name = "sdpa"
     gpu_hint = "the build installed here does not run on this GPU"
+    graph_safe = True  # its kernels launch on the current stream, so a CUDA graph can capture them
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if not self.takes(q):
@@ -109,6 +110,7 @@ class SageAttention(AttentionBackend):
 
     name = "sage"
     install_hint = "SageAttention 2 (built from its sources; `pip install sageattention` gives 1.x)"
+    graph_safe = False  # SageAttention 2's CUDA kernels launch on the legacy default stream, outside any capture
 
     def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if sage_sm90.supported(q, k, v):

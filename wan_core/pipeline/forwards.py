@@ -1,6 +1,7 @@
 """The model forwards of one denoising step: the conditional and (with CFG) the unconditional prediction, as two
 forwards or, with `Runtime.cfg_batch`, one forward of batch 2 (the same math; fewer, larger kernels). With
-`Runtime.compile` the model's blocks are compiled on their first use (`wan_core.dit.compiled`).
+`Runtime.compile` the model's blocks are compiled on their first use (`wan_core.dit.compiled`); with
+`Runtime.cuda_graphs` (and no compile) the forwards replay from CUDA graphs where they can (`wan_core.dit.cuda_graphs`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Callable
 import torch
 
 from ..dit.compiled import compilable, compile_blocks
+from ..dit.cuda_graphs import graphed
 from ..runtime import Runtime
 
 
@@ -27,6 +29,8 @@ def step_forwards(
     if runtime.compile:
         compile_blocks(model)
         attention = compilable(attention)
+    elif runtime.cuda_graphs:
+        model = graphed(model)
     if runtime.cfg_batch and len(contexts) > 1:
         n = len(contexts)
         batch_t = timestep.expand(n, *timestep.shape[1:])

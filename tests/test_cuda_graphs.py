@@ -1,0 +1,58 @@
+"""What `wan_core.dit.cuda_graphs` decides on any machine: the padded context its graphs take gives the model's own
+output, and the forwards it cannot replay (a CPU model here) run eagerly without capturing anything. The replays
+themselves are checked on a GPU (`tests/test_gpu_cuda_graphs.py`)."""
+
+from __future__ import annotations
+
+import torch
+
+from wan_core.configs import DIT_CONFIGS
+from wan_core.dit.cuda_graphs import _padded_context, graphable, graphed, graphed_forward
+from wan_core.dit.model import WanDiT, init_random_
+from wan_core.pipeline.forwards import step_forwards
+from wan_core.runtime import Runtime
+
+
+def _model_and_inputs():
+    model = init_random_(WanDiT(DIT_CONFIGS["tiny-t2v"]), torch.Generator().manual_seed(1)).eval()
+    gen = torch.Generator().manual_seed(2)
+    x, t = torch.randn(1, 16, 2, 4, 4, generator=gen), torch.tensor([700.0])
+    contexts = [[torch.randn(5, model.config.text_dim, generator=gen)], [torch.randn(3, model.config.text_dim)]]
+    return model, x, t, contexts
+
+
+def test_the_padded_context_gives_the_models_own_output():
+    model, x, t, contexts = _model_and_inputs()
+    text_len = model.config.text_len
+    with torch.no_grad():
+        for context in contexts:
+            padded = _padded_context(context, 1, text_len)
+            assert padded.shape == (1, text_len, model.config.text_dim)
+            assert torch.equal(model(x, t, padded), model(x, t, context))
+        both = _padded_context([contexts[0][0], contexts[1][0]], 2, text_len)
+        assert torch.equal(model(x.expand(2, -1, -1, -1, -1), t.expand(2), both),
+                           model(x.expand(2, -1, -1, -1, -1), t.expand(2), [contexts[0][0], contexts[1][0]]))
+    too_long = torch.randn(text_len + 1, model.config.text_dim)
+    assert _padded_context([too_long], 1, text_len) is None  # left to the model, which says what is wrong
+    assert _padded_context([too_long[:4]] * 3, 2, text_len) is None
+
+
+def test_cpu_forwards_run_eagerly_and_capture_nothing():
+    model, x, t, contexts = _model_and_inputs()
+    assert not graphable(model, x, t, None)
+    assert graphed(print) is print
+    with torch.no_grad():
+        assert torch.equal(graphed_forward(model, x, t, contexts[0]), model(x, t, contexts[0]))
+        graphs_on = step_forwards(model, x, t, contexts, None, Runtime(cuda_graphs=True))
+        graphs_off = step_forwards(model, x, t, contexts, None, Runtime())
+    assert all(torch.equal(a, b) for a, b in zip(graphs_on, graphs_off, strict=True))
+    assert not hasattr(model, "_wan_cuda_graphs")
+
+
+def test_the_cli_flag_reaches_the_runtime():
+    from wan_core.generate import build_parser, resolve_request
+
+    def runtime(*flags: str) -> Runtime:
+        return resolve_request(build_parser().parse_args(["--demo", "--device", "cpu", *flags])).runtime
+
+    assert runtime("--cuda_graphs").cuda_graphs and not runtime().cuda_graphs

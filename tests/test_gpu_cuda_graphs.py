@@ -1,0 +1,195 @@
+"""DiT forwards replayed from CUDA graphs (`wan_core.dit.cuda_graphs`): the eager output bit for bit, one capture per
+signature, weights that change in place or move, threads, and a whole sampling run. Skipped without CUDA."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from tests.test_gpu import _fp8_rows_capable, _skip_unless_runs, _tiny_pair
+from wan_core.dit.cuda_graphs import MAX_GRAPHS, graphed_forward, release_cuda_graphs
+from wan_core.dit.model import WanDiT
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _inputs(seed: int, tokens: int = 20, device: str = "cuda"):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(1, 16, 3, 16, 16, device=device, generator=gen)
+    t = torch.tensor([100.0 + 50 * seed], device=device)
+    return x, t, [torch.randn(tokens, 64, device=device, generator=gen).bfloat16()]
+
+
+def _count_calls(model: WanDiT) -> list[int]:
+    calls = [0]
+    model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def _captured(model: WanDiT) -> int:
+    return len(model._wan_cuda_graphs.captured)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flash_attn", "int8_triton"])
+@pytest.mark.parametrize("fp8_compute", [False, True], ids=["bf16", "fp8"])
+def test_replays_give_the_eager_output_bit_for_bit(backend, fp8_compute):
+    from wan_core.dit.attention import get_backend
+
+    _skip_unless_runs(backend)
+    if fp8_compute and not _fp8_rows_capable():
+        pytest.skip("rowwise fp8 needs sm_89+")
+    model, _ = _tiny_pair(fp8_compute)
+    attention = get_backend(backend, "cuda")
+    calls = _count_calls(model)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for seed, tokens in ((0, 20), (1, 7), (2, 33)):  # prompts of any length share the graph
+            x, t, context = _inputs(seed, tokens)
+            want = model(x, t, context, attention=attention)
+            got = graphed_forward(model, x, t, context, attention=attention)
+            assert torch.equal(got, want), (seed, tokens)
+    assert calls[0] == 3 + 2  # the eager references, then the first graphed call's eager run and its capture
+    assert _captured(model) == 1
+
+
+def test_a_new_signature_captures_again_and_old_ones_are_dropped_beyond_the_limit():
+    model, _ = _tiny_pair()
+    _, t, context = _inputs(0)
+    x = torch.randn(1, 16, MAX_GRAPHS + 1, 16, 16, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for frames in range(1, MAX_GRAPHS + 2):
+            graphed_forward(model, x[:, :, :frames], t, context)
+        assert _captured(model) == MAX_GRAPHS
+        # batch 2 (CFG as one batch), a context per item
+        batched = graphed_forward(model, x.expand(2, -1, -1, -1, -1), t.expand(2), [context[0], context[0][:5]])
+        assert torch.equal(batched, model(x.expand(2, -1, -1, -1, -1), t.expand(2), [context[0], context[0][:5]]))
+
+
+def test_weights_changed_in_place_are_used_and_moved_weights_capture_again():
+    model, _ = _tiny_pair()
+    x, t, context = _inputs(0)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        graphed_forward(model, x, t, context)
+        graphed_forward(model, x, t, context)
+        weight = model.blocks[0].ffn[0].weight
+        weight.mul_(1.5)  # a LoRA merge writes in place (`wan_core.patching`): the graph reads the new values
+        assert torch.equal(graphed_forward(model, x, t, context), model(x, t, context))
+        assert _captured(model) == 1
+        model.blocks[0].ffn[0].weight = torch.nn.Parameter(weight * 0.5)  # a new tensor: a new address
+        assert torch.equal(graphed_forward(model, x, t, context), model(x, t, context))
+        assert _captured(model) == 1 and model._wan_cuda_graphs.weights[0] == model.patch_embedding.weight.data_ptr()
+
+
+def test_moving_the_model_off_the_gpu_drops_its_graphs():
+    from wan_core.runtime import move_to
+
+    model, _ = _tiny_pair()
+    x, t, context = _inputs(0)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        graphed_forward(model, x, t, context)
+    assert _captured(model) == 1
+    move_to(model, "cpu")
+    assert not hasattr(model, "_wan_cuda_graphs")
+    release_cuda_graphs(model)  # nothing left to drop
+
+
+def test_forwards_the_graphs_cannot_hold_run_eagerly():
+    from wan_core.dit.block_swap import enable_block_swap
+
+    model, _ = _tiny_pair()
+    x, t, context = _inputs(0)
+    per_token = t.expand(1, 3 * 8 * 8).clone()
+    per_token[:, :64] = 0  # ti2v's first frame
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        assert torch.equal(graphed_forward(model, x, per_token, context), model(x, per_token, context))
+        with torch.enable_grad():
+            graphed_forward(model, x, t, context)
+        assert not hasattr(model, "_wan_cuda_graphs")
+        enable_block_swap(model, 1)
+        assert torch.equal(graphed_forward(model, x, t, context), model(x, t, context))
+    assert not hasattr(model, "_wan_cuda_graphs")
+
+
+def test_sageattention_2_runs_eagerly():
+    from wan_core.dit.attention import get_backend
+
+    _skip_unless_runs("sage")
+    model, _ = _tiny_pair()
+    attention = get_backend("sage", "cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for seed in range(3):
+            x, t, context = _inputs(seed)
+            assert torch.equal(graphed_forward(model, x, t, context, attention=attention),
+                               model(x, t, context, attention=attention))
+    assert not hasattr(model, "_wan_cuda_graphs")
+
+
+def test_threads_capture_and_replay_while_others_allocate():
+    """The batch queue's shape: a denoising thread per GPU (here all on the GPUs there are) and a thread that keeps
+    allocating and synchronizing, as a decode on the same GPU does; captures are per thread."""
+    devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    work = []
+    for i in range(2):
+        model, _ = _tiny_pair()
+        device = devices[i % len(devices)]
+        work.append((model.to(device), [_inputs(seed, 5 + seed, device) for seed in range(4)], device))
+    results: dict[int, list] = {}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def denoise(index: int) -> None:
+        model, inputs, device = work[index]
+        try:
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16), torch.cuda.device(device):
+                results[index] = [graphed_forward(model, *item) for _ in range(3) for item in inputs]
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    def allocate() -> None:
+        # Own generators: a capture takes over each device's default one (the pack's noise has its own, too).
+        generators = [torch.Generator(device).manual_seed(0) for device in devices]
+        while not stop.is_set():
+            for device, generator in zip(devices, generators, strict=True):
+                torch.randn(1 << 20, device=device, generator=generator).sum().item()
+
+    noise = threading.Thread(target=allocate)
+    noise.start()
+    threads = [threading.Thread(target=denoise, args=(i,)) for i in range(len(work))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stop.set()
+    noise.join()
+    assert not errors, errors
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for index, (model, inputs, device) in enumerate(work):
+            with torch.cuda.device(device):
+                want = [model(*item) for item in inputs] * 3
+            assert all(torch.equal(a, b) for a, b in zip(results[index], want, strict=True)), index
+
+
+def test_a_sampling_run_with_graphs_is_the_run_without():
+    from wan_core.pipeline.denoise import sample_latents
+    from wan_core.pipeline.request import SamplingRequest
+    from wan_core.runtime import Runtime
+
+    high, _ = _tiny_pair()
+    low, _ = _tiny_pair()
+    with torch.no_grad():
+        for p in low.parameters():
+            p.mul_(0.9)
+    request = SamplingRequest.create("t2v-A14B", width=128, height=128, frame_num=9, seed=3, steps=4, shift=5.0,
+                                     guide_scale=(3.0, 4.0), boundary_step=2, has_image=False)
+    cond, uncond = _inputs(0, 20)[2], _inputs(1, 9)[2]
+    calls = [_count_calls(high), _count_calls(low)]
+    runs = {}
+    for graphs in (False, True):
+        runtime = Runtime.create("cuda", cuda_graphs=graphs)
+        runs[graphs] = sample_latents(request, high_noise_model=high, low_noise_model=low, cond=cond,
+                                      uncond=uncond, runtime=runtime)
+        if not graphs:
+            assert [c[0] for c in calls] == [4, 4]  # 2 steps each, cond and uncond
+    assert torch.equal(runs[True], runs[False])
+    assert [c[0] for c in calls] == [4 + 2, 4 + 2]  # per expert one eager run and its capture, then replays

@@ -1,0 +1,185 @@
+"""DiT forwards replayed from CUDA graphs: one launch per forward instead of some 600 kernel launches.
+
+At small shapes (a few thousand tokens: short or small videos, batch jobs) the Python that issues a forward's kernels
+takes a third to a half of the forward's GPU time. Two GPUs driven from one process (the batch queue's replica per
+GPU) then share one interpreter lock for it. A captured graph replays the whole forward from one call.
+
+`graphed(model)` wraps a `WanDiT`: the first forward of a new signature (shapes, dtypes, attention backend, autocast)
+runs eagerly on static input buffers and is then captured; later forwards of that signature copy their inputs into
+those buffers and replay. The outputs are the eager forward's, bit for bit (the same kernels on the same buffers).
+Forwards the graphs cannot serve run eagerly: per-token timesteps (their distinct values decide shapes), block swap
+(it copies weights in and out), sequence parallelism (collectives), compiled blocks, grad mode, CPU models, and
+attention backends whose kernels launch outside the current stream (SageAttention 2: `graph_safe`).
+
+The graphs stay with the model until its weights move (a parameter's address changes), it leaves the GPU
+(`release_cuda_graphs`, called by `wan_core.runtime.move_to`), or more signatures than `MAX_GRAPHS` are captured.
+Their activation memory stays reserved meanwhile; a model's graphs share one memory pool (a forward's worth, not one
+per signature), which is safe because each replay's output is copied out before the next replay. Each model has its
+own pool: a pool lives only while a graph holds it, and the expert that is not sampling can leave the GPU alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .attention import AttentionBackend
+from .model import WanDiT
+
+log = logging.getLogger(__name__)
+
+MAX_GRAPHS = 4  # signatures kept per model
+_WARNED: set[str] = set()  # attention backends already reported as not capturable
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    x: torch.Tensor
+    t: torch.Tensor
+    context: torch.Tensor
+    y: torch.Tensor | None
+    out: torch.Tensor
+
+
+class _Graphs:
+    """The captured forwards of one model, by signature, valid for one set of weight addresses."""
+
+    def __init__(self) -> None:
+        self.weights: tuple = ()
+        self.captured: OrderedDict[tuple, _Captured] = OrderedDict()
+        self.refused: set[tuple] = set()  # signatures whose capture failed: they run eagerly
+        self.lock = threading.Lock()
+
+
+def _weights_key(model: WanDiT) -> tuple:
+    return tuple(p.data_ptr() for p in model.parameters()) + tuple(b.data_ptr() for b in model.buffers())
+
+
+def _padded_context(context: torch.Tensor | Sequence[torch.Tensor], batch: int, text_len: int) -> torch.Tensor | None:
+    """The contexts as one zero-padded `[batch, text_len, dim]` tensor (what the model pads them to itself), so that
+    prompts of any length share a graph; None where they do not fit (the model then raises its own error)."""
+    items = list(context.unbind(0)) if isinstance(context, torch.Tensor) and context.dim() == 3 else (
+        [context] if isinstance(context, torch.Tensor) else list(context))
+    if len(items) == 1 and batch > 1:
+        items = items * batch
+    if len(items) != batch or any(u.dim() != 2 or u.shape[0] > text_len for u in items):
+        return None
+    if len({(u.dtype, u.device, u.shape[1]) for u in items}) != 1:
+        return None
+    padded = items[0].new_zeros(batch, text_len, items[0].shape[1])
+    for i, u in enumerate(items):
+        padded[i, : u.shape[0]] = u
+    return padded
+
+
+def graphable(model: object, x: torch.Tensor, t: torch.Tensor | float, attention: AttentionBackend | None) -> bool:
+    """Whether a forward of `model` on `x` at `t` can replay from a graph (see the module docstring)."""
+    return (
+        isinstance(model, WanDiT)
+        and model.device.type == "cuda"
+        and x.device == model.device
+        and isinstance(t, torch.Tensor) and t.dim() <= 1 and t.device == model.device
+        and not torch.is_grad_enabled()
+        and getattr(model, "block_swap", None) is None
+        and not getattr(model, "_blocks_compiled", False)
+        and getattr(attention, "sequence", None) is None
+        and getattr(attention, "graph_safe", True)
+    )
+
+
+def _signature(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None,
+               attention: AttentionBackend | None) -> tuple:
+    def spec(tensor: torch.Tensor | None) -> tuple | None:
+        return None if tensor is None else (tuple(tensor.shape), tensor.dtype)
+
+    autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+    return spec(x), spec(t), spec(context), spec(y), type(attention), getattr(attention, "name", None), autocast
+
+
+def _capture(model: WanDiT, static: list, attention: AttentionBackend | None, pool: tuple | None) -> _Captured:
+    """Capture the forward on the static inputs `static` (x, t, context, y), which an eager forward has just run on
+    (so every kernel is compiled and tuned for exactly these buffers), into `pool` (None: a new one)."""
+    device = model.device
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        # thread_local: the other threads of the process (another GPU's stages, this GPU's decode) keep working.
+        graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+        try:
+            out = model(*static[:3], y=static[3], attention=attention)
+        finally:
+            graph.capture_end()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    return _Captured(graph, *static, out)
+
+
+def graphed_forward(
+    model: WanDiT,
+    x: torch.Tensor,
+    t: torch.Tensor | float,
+    context: torch.Tensor | Sequence[torch.Tensor],
+    y: torch.Tensor | None = None,
+    attention: AttentionBackend | None = None,
+) -> torch.Tensor:
+    """`model(x, t, context, y=y, attention=attention)`, replayed from a graph where it can be (module docstring)."""
+    if not getattr(attention, "graph_safe", True) and attention.name not in _WARNED:
+        _WARNED.add(attention.name)
+        log.warning("CUDA graphs: forwards with the %s attention run eagerly (its kernels launch outside the "
+                    "captured stream); int8_triton, flash_attn and sdpa can be captured", attention.name)
+    padded = _padded_context(context, x.shape[0], model.config.text_len) if graphable(model, x, t, attention) else None
+    if padded is None or padded.device != model.device:
+        return model(x, t, context, y=y, attention=attention)
+    graphs: _Graphs = model.__dict__.setdefault("_wan_cuda_graphs", _Graphs())
+    key = _signature(x, t, padded, y, attention)
+    weights = _weights_key(model)
+    with graphs.lock, torch.cuda.device(model.device):
+        if graphs.weights != weights:
+            graphs.captured.clear()
+            graphs.weights = weights
+        if key in graphs.refused:
+            return model(x, t, context, y=y, attention=attention)
+        captured = graphs.captured.get(key)
+        if captured is None:
+            while len(graphs.captured) >= MAX_GRAPHS:
+                graphs.captured.popitem(last=False)
+            static = [x.clone(), t.clone(), padded, None if y is None else y.clone()]
+            out = model(*static[:3], y=static[3], attention=attention)
+            try:
+                pool = next(iter(graphs.captured.values())).graph.pool() if graphs.captured else None
+                graphs.captured[key] = _capture(model, static, attention, pool)
+            except RuntimeError as err:  # an op of this forward that a graph cannot hold (e.g. a host sync)
+                graphs.refused.add(key)
+                log.warning("CUDA graphs: this forward runs eagerly (its capture failed: %s)", err)
+            return out
+        graphs.captured.move_to_end(key)
+        for static, value in ((captured.x, x), (captured.t, t), (captured.context, padded), (captured.y, y)):
+            if static is not None:
+                static.copy_(value)
+        captured.graph.replay()
+        return captured.out.clone()
+
+
+def graphed(model: Callable) -> Callable:
+    """`model` as a callable that replays CUDA graphs where it can (`graphed_forward`); other callables unchanged."""
+    if not isinstance(model, WanDiT):
+        return model
+
+    def forward(x, t, context, y=None, attention=None):  # noqa: ANN001, ANN202 - the model's own signature
+        return graphed_forward(model, x, t, context, y=y, attention=attention)
+
+    return forward
+
+
+def release_cuda_graphs(model: object) -> None:
+    """Drop `model`'s captured graphs (their share of the pool's memory goes back once no graph holds it)."""
+    graphs = getattr(model, "__dict__", {}).pop("_wan_cuda_graphs", None)
+    if graphs is not None:
+        with graphs.lock:
+            graphs.captured.clear()

@@ -274,6 +274,27 @@ def test_our_sage_preparation_is_sageattentions_bit_for_bit():
     assert torch.equal(sage_sm90.attention(q, k, v), sageattn(q, k, v, tensor_layout="NHD", is_causal=False))
 
 
+def test_sage_keeps_order_on_a_stream_of_its_own():
+    """SageAttention 2's kernels launch on the legacy default stream; a batch lane works on a stream of its own, busy
+    here when the attention is called, and reads the output right after it."""
+    from wan_core.dit.attention import get_backend
+
+    _skip_unless_runs("sage")
+    attention = get_backend("sage", "cuda")
+    gen = torch.Generator("cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 8192, 8, 128, device="cuda", generator=gen).bfloat16() for _ in range(3))
+    want = attention(q, k, v)
+    lane = torch.cuda.Stream()
+    lane.wait_stream(torch.cuda.current_stream())
+    got = []
+    with torch.cuda.stream(lane):
+        for _ in range(3):
+            torch.cuda._sleep(50_000_000)  # the lane's earlier work, still running when the attention is issued
+            got.append(attention(q + 0, k + 0, v + 0) + 0)
+    lane.synchronize()
+    assert all(torch.equal(g, want) for g in got)
+
+
 @pytest.mark.parametrize("backend", ["sdpa", "sage", "int8_triton"])
 def test_compiled_blocks_match_eager_on_cuda(backend):
     import torch._dynamo

@@ -114,8 +114,8 @@ class SageAttention(AttentionBackend):
 
     def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if sage_sm90.supported(q, k, v):
-            return sage_sm90.attention(q, k, v)
-        return _sage_fn()(q, k, v, tensor_layout="NHD", is_causal=False)
+            return _ordered_with_legacy_stream(q.device, lambda: sage_sm90.attention(q, k, v))
+        return _ordered_with_legacy_stream(q.device, lambda: _sage_fn()(q, k, v, tensor_layout="NHD", is_causal=False))
 
     @staticmethod
     def available() -> bool:
@@ -176,6 +176,22 @@ def _flash_fn(capability: tuple[int, int] | None = None) -> Callable | None:
 
 
 @functools.cache
+def _ordered_with_legacy_stream(device: torch.device, call: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`call()`, whose CUDA kernels may launch on the legacy default stream whatever the current stream is (as
+    SageAttention 2's do), run wholly on that stream (its input preparation too), after the current stream's work so
+    far and before its work to come. Without this, a thread working on a stream of its own (the batch queue's lanes)
+    races them: torch's streams do not synchronize with the legacy one."""
+    current, legacy = torch.cuda.current_stream(device), torch.cuda.default_stream(device)
+    if current == legacy:
+        return call()
+    legacy.wait_stream(current)
+    with torch.cuda.stream(legacy):
+        out = call()
+    out.record_stream(current)  # allocated on the legacy stream, read on this one: not reused before that is done
+    current.wait_stream(legacy)
+    return out
+
+
 def _sage_fn() -> Callable | None:
     try:
         from sageattention import sageattn

@@ -187,7 +187,9 @@ def _ordered_with_legacy_stream(device: torch.device, call: Callable[[], torch.T
     legacy.wait_stream(current)
     with torch.cuda.stream(legacy):
         out = call()
-    out.record_stream(current)  # allocated on the legacy stream, read on this one: not reused before that is done
+    # `out` comes from the legacy stream's memory: the next call there waits for this stream's work first, so it is
+    # not rewritten while read here. (`out.record_stream` would say so too, but holds every freed output until the
+    # GPU catches up with the CPU: 15 GiB more in 200 calls at 7,800 tokens.)
     current.wait_stream(legacy)
     return out
 

@@ -294,6 +294,17 @@ def test_sage_keeps_order_on_a_stream_of_its_own():
     lane.synchronize()
     assert all(torch.equal(g, want) for g in got)
 
+    # and frees as it goes: 100 calls hold no more than a few calls' own tensors (int8 q and k, fp8 v, the output)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.cuda.stream(lane):
+        for _ in range(100):
+            attention(q + 0, k, v)
+    lane.synchronize()
+    one_call = 5 * q.numel()
+    assert torch.cuda.max_memory_allocated() - base < 4 * one_call
+
 
 @pytest.mark.parametrize("backend", ["sdpa", "sage", "int8_triton"])
 def test_compiled_blocks_match_eager_on_cuda(backend):

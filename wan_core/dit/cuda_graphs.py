@@ -131,7 +131,7 @@ def graphed_forward(
     """`model(x, t, context, y=y, attention=attention)`, replayed from a graph where it can be (module docstring)."""
     if not getattr(attention, "graph_safe", True) and attention.name not in _WARNED:
         _WARNED.add(attention.name)
-        log.warning("CUDA graphs: forwards with the %s attention run eagerly (its kernels launch outside the "
+        log.info("CUDA graphs: forwards with the %s attention run eagerly (its kernels launch outside the "
                     "captured stream); int8_triton, flash_attn and sdpa can be captured", attention.name)
     padded = _padded_context(context, x.shape[0], model.config.text_len) if graphable(model, x, t, attention) else None
     if padded is None or padded.device != model.device:

@@ -33,6 +33,8 @@ from .model import WanDiT
 
 log = logging.getLogger(__name__)
 
+Context = torch.Tensor | Sequence[torch.Tensor]  # the model's text contexts: `[B, L, dim]` or a list of `[L_i, dim]`
+
 MAX_GRAPHS = 4  # signatures kept per model
 _WARNED: set[str] = set()  # attention backends already reported as not capturable
 
@@ -61,7 +63,7 @@ def _weights_key(model: WanDiT) -> tuple:
     return tuple(p.data_ptr() for p in model.parameters()) + tuple(b.data_ptr() for b in model.buffers())
 
 
-def _padded_context(context: torch.Tensor | Sequence[torch.Tensor], batch: int, text_len: int) -> torch.Tensor | None:
+def _padded_context(context: Context, batch: int, text_len: int) -> torch.Tensor | None:
     """The contexts as one zero-padded `[batch, text_len, dim]` tensor (what the model pads them to itself), so that
     prompts of any length share a graph; None where they do not fit (the model then raises its own error)."""
     items = list(context.unbind(0)) if isinstance(context, torch.Tensor) and context.dim() == 3 else (
@@ -120,19 +122,13 @@ def _capture(model: WanDiT, static: list, attention: AttentionBackend | None, po
     return _Captured(graph, *static, out)
 
 
-def graphed_forward(
-    model: WanDiT,
-    x: torch.Tensor,
-    t: torch.Tensor | float,
-    context: torch.Tensor | Sequence[torch.Tensor],
-    y: torch.Tensor | None = None,
-    attention: AttentionBackend | None = None,
-) -> torch.Tensor:
+def graphed_forward(model: WanDiT, x: torch.Tensor, t: torch.Tensor | float, context: Context,
+                    y: torch.Tensor | None = None, attention: AttentionBackend | None = None) -> torch.Tensor:
     """`model(x, t, context, y=y, attention=attention)`, replayed from a graph where it can be (module docstring)."""
     if not getattr(attention, "graph_safe", True) and attention.name not in _WARNED:
         _WARNED.add(attention.name)
         log.info("CUDA graphs: forwards with the %s attention run eagerly (its kernels launch outside the "
-                    "captured stream); int8_triton, flash_attn and sdpa can be captured", attention.name)
+                 "captured stream); int8_triton, flash_attn and sdpa can be captured", attention.name)
     padded = _padded_context(context, x.shape[0], model.config.text_len) if graphable(model, x, t, attention) else None
     if padded is None or padded.device != model.device:
         return model(x, t, context, y=y, attention=attention)

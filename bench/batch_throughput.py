@@ -39,7 +39,7 @@ from report import emit  # noqa: E402
 from wan_core.batch import BatchJob, BatchScheduler, JobLedger, Worker  # noqa: E402
 from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings  # noqa: E402
 from wan_core.configs import DIT_CONFIGS  # noqa: E402
-from wan_core.dit.cuda_graphs import release_cuda_graphs  # noqa: E402
+from wan_core.dit.cuda_graphs import captured_signatures, release_cuda_graphs  # noqa: E402
 from wan_core.pipeline.tasks import get_task  # noqa: E402
 from wan_core.runtime import Runtime  # noqa: E402
 from wan_core.vae import build_vae  # noqa: E402
@@ -243,8 +243,8 @@ def measure(task: str, devices: list[str], args: argparse.Namespace, scratch: Pa
                       torch.cuda.device_count())
             seconds, extra = run_batch(workers[:used], jobs(args.jobs, 0), output_dir / f"timed-{used}-{mode}.jsonl",
                                        torch.cuda.device_count())
-            graphs = [len(model._wan_cuda_graphs.captured) if hasattr(model, "_wan_cuda_graphs") else 0
-                      for worker in workers[:used] for model in worker.stages.experts.get() if model is not None]
+            graphs = [captured_signatures(model) for worker in workers[:used] for model in worker.stages.experts.get()
+                      if model is not None]
             runs[mode][str(used)] = {"devices": devices[:used], "seconds": round(seconds, 2),
                                      "jobs_per_hour": round(args.jobs * 3600 / seconds, 1),
                                      "graphs_per_model": graphs, **extra}

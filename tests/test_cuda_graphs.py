@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from wan_core.configs import DIT_CONFIGS
-from wan_core.dit.cuda_graphs import _padded_context, graphable, graphed, graphed_forward
+from wan_core.dit.cuda_graphs import _padded_context, captured_signatures, graphable, graphed, graphed_forward
 from wan_core.dit.model import WanDiT, init_random_
 from wan_core.pipeline.forwards import step_forwards
 from wan_core.runtime import Runtime
@@ -46,7 +46,7 @@ def test_cpu_forwards_run_eagerly_and_capture_nothing():
         graphs_on = step_forwards(model, x, t, contexts, None, Runtime(cuda_graphs=True))
         graphs_off = step_forwards(model, x, t, contexts, None, Runtime())
     assert all(torch.equal(a, b) for a, b in zip(graphs_on, graphs_off, strict=True))
-    assert not hasattr(model, "_wan_cuda_graphs")
+    assert captured_signatures(model) == 0
 
 
 def test_the_cli_flag_reaches_the_runtime():
@@ -56,3 +56,14 @@ def test_the_cli_flag_reaches_the_runtime():
         return resolve_request(build_parser().parse_args(["--demo", "--device", "cpu", *flags])).runtime
 
     assert runtime("--cuda_graphs").cuda_graphs and not runtime().cuda_graphs
+
+
+def test_moving_the_weights_drops_what_was_kept_for_their_place():
+    from wan_core.mapped_weights import move_weights
+    from wan_core.placement_state import peek_state, state_of
+
+    model, *_ = _model_and_inputs()
+    kept = state_of(model, "cuda_graphs", dict)
+    assert state_of(model, "cuda_graphs", dict) is kept and peek_state(model, "cuda_graphs") is kept
+    move_weights(model, "cpu")  # what the runtime, the node handles and ComfyUI's memory manager call
+    assert peek_state(model, "cuda_graphs") is None

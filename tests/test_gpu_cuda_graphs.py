@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from tests.test_gpu import _fp8_rows_capable, _skip_unless_runs, _tiny_pair
-from wan_core.dit.cuda_graphs import MAX_GRAPHS, graphed_forward, release_cuda_graphs
+from wan_core.dit.cuda_graphs import MAX_GRAPHS, STATE_KEY, captured_signatures, graphed_forward, release_cuda_graphs
 from wan_core.dit.model import WanDiT
+from wan_core.placement_state import peek_state
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -29,7 +30,7 @@ def _count_calls(model: WanDiT) -> list[int]:
 
 
 def _captured(model: WanDiT) -> int:
-    return len(model._wan_cuda_graphs.captured)
+    return captured_signatures(model)
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "flash_attn", "int8_triton"])
@@ -78,10 +79,12 @@ def test_weights_changed_in_place_are_used_and_moved_weights_capture_again():
         assert _captured(model) == 1
         model.blocks[0].ffn[0].weight = torch.nn.Parameter(weight * 0.5)  # a new tensor: a new address
         assert torch.equal(graphed_forward(model, x, t, context), model(x, t, context))
-        assert _captured(model) == 1 and model._wan_cuda_graphs.weights[0] == model.patch_embedding.weight.data_ptr()
+        assert _captured(model) == 1
+        assert peek_state(model, STATE_KEY).weights[0] == model.patch_embedding.weight.data_ptr()
 
 
 def test_moving_the_model_off_the_gpu_drops_its_graphs():
+    from wan_core.mapped_weights import move_weights
     from wan_core.runtime import move_to
 
     model, _ = _tiny_pair()
@@ -89,9 +92,14 @@ def test_moving_the_model_off_the_gpu_drops_its_graphs():
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         graphed_forward(model, x, t, context)
     assert _captured(model) == 1
-    move_to(model, "cpu")
-    assert not hasattr(model, "_wan_cuda_graphs")
+    move_to(model, "cpu")  # the sampler's offload
+    assert _captured(model) == 0
     release_cuda_graphs(model)  # nothing left to drop
+    move_to(model, "cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        graphed_forward(model, x, t, context)
+    move_weights(model, "cpu")  # ComfyUI's memory manager unloading it (nodes/memory_manager.py)
+    assert _captured(model) == 0
 
 
 def test_forwards_the_graphs_cannot_hold_run_eagerly():
@@ -105,10 +113,10 @@ def test_forwards_the_graphs_cannot_hold_run_eagerly():
         assert torch.equal(graphed_forward(model, x, per_token, context), model(x, per_token, context))
         with torch.enable_grad():
             graphed_forward(model, x, t, context)
-        assert not hasattr(model, "_wan_cuda_graphs")
+        assert _captured(model) == 0
         enable_block_swap(model, 1)
         assert torch.equal(graphed_forward(model, x, t, context), model(x, t, context))
-    assert not hasattr(model, "_wan_cuda_graphs")
+    assert _captured(model) == 0
 
 
 def test_sageattention_2_runs_eagerly():
@@ -122,7 +130,7 @@ def test_sageattention_2_runs_eagerly():
             x, t, context = _inputs(seed)
             assert torch.equal(graphed_forward(model, x, t, context, attention=attention),
                                model(x, t, context, attention=attention))
-    assert not hasattr(model, "_wan_cuda_graphs")
+    assert _captured(model) == 0
 
 
 def test_threads_capture_and_replay_while_others_allocate():

@@ -26,6 +26,7 @@ import torch
 
 from .host_copy import move_module, set_parameter
 from .patching import weights_generation
+from .placement_state import drop_state
 from .ram import forget_read_pages, release_pages
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ def move_weights(model: object, device: torch.device | str) -> None:
     one child at a time (a plain block list block by block) and gives the file pages back after each, so that moving
     a 14 GB expert never holds all of its file resident at once."""
     device = torch.device(device)
+    drop_state(model)  # e.g. CUDA graphs: they hold the addresses the weights leave
     with moving(model, device):
         if not isinstance(model, torch.nn.Module):
             model.to(device)

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from .dit.attention import AttentionBackend, SdpaAttention, get_backend
-from .dit.cuda_graphs import release_cuda_graphs
 from .errors import InputError
 from .mapped_weights import move_weights
 
@@ -127,7 +126,6 @@ def move_to(model: object, device: torch.device | str) -> None:
         return
     to = getattr(model, "to", None)
     if callable(to):
-        release_cuda_graphs(model)  # they hold the addresses the weights leave
         move_weights(model, device)  # memory-mapped weights: parked without a copy, file pages given back
 
 

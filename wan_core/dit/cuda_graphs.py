@@ -11,8 +11,8 @@ Forwards the graphs cannot serve run eagerly: per-token timesteps (their distinc
 (it copies weights in and out), sequence parallelism (collectives), compiled blocks, grad mode, CPU models, and
 attention backends whose kernels launch outside the current stream (SageAttention 2: `graph_safe`).
 
-The graphs stay with the model until its weights move (a parameter's address changes), it leaves the GPU
-(`release_cuda_graphs`, called by `wan_core.runtime.move_to`), or more signatures than `MAX_GRAPHS` are captured.
+The graphs stay with the model (`wan_core.placement_state`) until its weights move (a parameter's address changes, or
+`move_weights` moves them, off the GPU too), or more signatures than `MAX_GRAPHS` are captured.
 Their activation memory stays reserved meanwhile; a model's graphs share one memory pool (a forward's worth, not one
 per signature), which is safe because each replay's output is copied out before the next replay. Each model has its
 own pool: a pool lives only while a graph holds it, and the expert that is not sampling can leave the GPU alone.
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..placement_state import drop_state, peek_state, state_of
 from .attention import AttentionBackend
 from .model import WanDiT
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 Context = torch.Tensor | Sequence[torch.Tensor]  # the model's text contexts: `[B, L, dim]` or a list of `[L_i, dim]`
 
 MAX_GRAPHS = 4  # signatures kept per model
+STATE_KEY = "cuda_graphs"
 _WARNED: set[str] = set()  # attention backends already reported as not capturable
 
 
@@ -132,7 +134,7 @@ def graphed_forward(model: WanDiT, x: torch.Tensor, t: torch.Tensor | float, con
     padded = _padded_context(context, x.shape[0], model.config.text_len) if graphable(model, x, t, attention) else None
     if padded is None or padded.device != model.device:
         return model(x, t, context, y=y, attention=attention)
-    graphs: _Graphs = model.__dict__.setdefault("_wan_cuda_graphs", _Graphs())
+    graphs = state_of(model, STATE_KEY, _Graphs)
     key = _signature(x, t, padded, y, attention)
     weights = _weights_key(model)
     with graphs.lock, torch.cuda.device(model.device):
@@ -173,9 +175,12 @@ def graphed(model: Callable) -> Callable:
     return forward
 
 
+def captured_signatures(model: object) -> int:
+    """How many forward signatures of `model` replay from graphs now."""
+    graphs = peek_state(model, STATE_KEY)
+    return len(graphs.captured) if isinstance(graphs, _Graphs) else 0
+
+
 def release_cuda_graphs(model: object) -> None:
-    """Drop `model`'s captured graphs (their share of the pool's memory goes back once no graph holds it)."""
-    graphs = getattr(model, "__dict__", {}).pop("_wan_cuda_graphs", None)
-    if graphs is not None:
-        with graphs.lock:
-            graphs.captured.clear()
+    """Drop `model`'s captured graphs (and whatever else is kept for where its weights are)."""
+    drop_state(model)

@@ -30,6 +30,7 @@ import torch
 
 from ..placement_state import drop_state, peek_state, state_of
 from .attention import AttentionBackend
+from .compiled import blocks_compiled
 from .model import WanDiT
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def graphable(model: object, x: torch.Tensor, t: torch.Tensor | float, attention
         and isinstance(t, torch.Tensor) and t.dim() <= 1 and t.device == model.device
         and not torch.is_grad_enabled()
         and getattr(model, "block_swap", None) is None
-        and not getattr(model, "_blocks_compiled", False)
+        and not blocks_compiled(model)
         and getattr(attention, "sequence", None) is None
         and getattr(attention, "graph_safe", True)
     )

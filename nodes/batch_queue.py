@@ -231,8 +231,10 @@ class Wan22BatchQueueManager:
         styles = load_styles(STYLES_DIR)
 
         # Batch jobs repeat their shapes: each DiT forward replays a CUDA graph, so that the replicas of an all-GPU
-        # batch do not wait on one another for the interpreter to issue their kernels (docs/batch.md).
-        runtime = dit.runtime().replace(cuda_graphs=True)
+        # batch do not wait on one another for the interpreter to issue their kernels (docs/batch.md). Not with
+        # offload: the experts leave the GPU after each job (taking their graphs along), and a capture needs a
+        # forward's activations twice over once, which a card that needs offload may not have.
+        runtime = dit.runtime().replace(cuda_graphs=not dit.offload)
         settings = SamplingSettings(task, solver, shift, (cfg_low_noise, cfg_high_noise), runtime)
 
         def validate_job(job: BatchJob) -> None:

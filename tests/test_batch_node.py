@@ -99,6 +99,21 @@ def test_batch_workflow_makes_three_videos_and_a_rerun_skips_them(tiny_models, f
     assert _ledger_lines(folders / "output") == lines  # no job was queued or started again
 
 
+def test_a_batch_with_offloaded_experts_runs_its_forwards_eagerly(tiny_models, folders, monkeypatch):  # noqa: F811
+    from wan_core.pipeline import forwards
+
+    monkeypatch.setenv(host.MODELS_DIR_ENV, str(tiny_models))
+    _fake_comfyui(monkeypatch, [])
+    graphed = []
+    monkeypatch.setattr(forwards, "graphed", lambda model: graphed.append(model) or model)
+    graph = _batch_graph("none")
+    graph["1"]["inputs"]["offload"] = True
+    graph[BATCH_NODE]["inputs"]["prompts"] = "a fox in snow"
+    outputs, _ = run_graph(graph, NODE_CLASS_MAPPINGS)
+    assert "1 done" in outputs[BATCH_NODE][1]
+    assert graphed == []
+
+
 def test_interrupt_cancels_the_running_job_and_leaves_the_rest_pending(tiny_models, folders, monkeypatch):  # noqa: F811
     monkeypatch.setenv(host.MODELS_DIR_ENV, str(tiny_models))
     calls: list = []

@@ -133,6 +133,34 @@ def test_sageattention_2_runs_eagerly():
     assert _captured(model) == 0
 
 
+def test_the_cudamallocasync_allocator_runs_eagerly():
+    """ComfyUI runs torch with `backend:cudaMallocAsync` by default; graphs there ended the server (freeing a graph's
+    memory raised in the allocator, outside Python)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from tests.test_gpu import _tiny_pair\n"
+        "from tests.test_gpu_cuda_graphs import _inputs\n"
+        "from wan_core.dit.cuda_graphs import captured_signatures, graphed_forward, release_cuda_graphs\n"
+        "assert torch.cuda.get_allocator_backend() == 'cudaMallocAsync'\n"
+        "model, _ = _tiny_pair()\n"
+        "with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):\n"
+        "    for seed in range(3):\n"
+        "        x, t, context = _inputs(seed)\n"
+        "        assert torch.equal(graphed_forward(model, x, t, context), model(x, t, context))\n"
+        "assert captured_signatures(model) == 0\n"
+        "release_cuda_graphs(model)\n"
+        "print('eager')\n"
+    )
+    env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0 and done.stdout.strip() == "eager", done.stderr[-3000:]
+
+
 def test_threads_capture_and_replay_while_others_allocate():
     """The batch queue's shape: a denoising thread per GPU (here all on the GPUs there are) and a thread that keeps
     allocating and synchronizing, as a decode on the same GPU does; captures are per thread."""

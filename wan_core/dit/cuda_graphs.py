@@ -8,8 +8,11 @@ GPU) then share one interpreter lock for it. A captured graph replays the whole 
 runs eagerly on static input buffers and is then captured; later forwards of that signature copy their inputs into
 those buffers and replay. The outputs are the eager forward's, bit for bit (the same kernels on the same buffers).
 Forwards the graphs cannot serve run eagerly: per-token timesteps (their distinct values decide shapes), block swap
-(it copies weights in and out), sequence parallelism (collectives), compiled blocks, grad mode, CPU models, and
-attention backends whose kernels launch outside the current stream (SageAttention 2: `graph_safe`).
+(it copies weights in and out), sequence parallelism (collectives), compiled blocks, grad mode, CPU models,
+attention backends whose kernels launch outside the current stream (SageAttention 2: `graph_safe`), and processes
+whose CUDA memory comes from the `cudaMallocAsync` allocator backend rather than torch's own caching allocator: that
+backend allows one capture at a time per process, without pools, and freeing a captured graph's memory there ended
+ComfyUI (which picks it by default; its `--disable-cuda-malloc` keeps torch's allocator).
 
 The graphs stay with the model (`wan_core.placement_state`) until its weights move (a parameter's address changes, or
 `move_weights` moves them, off the GPU too), or more signatures than `MAX_GRAPHS` are captured.
@@ -95,6 +98,7 @@ def graphable(model: object, x: torch.Tensor, t: torch.Tensor | float, attention
         and not blocks_compiled(model)
         and getattr(attention, "sequence", None) is None
         and getattr(attention, "graph_safe", True)
+        and torch.cuda.get_allocator_backend() == "native"
     )
 
 
@@ -153,6 +157,7 @@ def graphed_forward(model: WanDiT, x: torch.Tensor, t: torch.Tensor | float, con
             try:
                 pool = next(iter(graphs.captured.values())).graph.pool() if graphs.captured else None
                 graphs.captured[key] = _capture(model, static, attention, pool)
+                log.info("CUDA graphs: captured the forward of latents %s on %s", list(x.shape), model.device)
             except RuntimeError as err:  # an op of this forward that a graph cannot hold (e.g. a host sync)
                 graphs.refused.add(key)
                 log.warning("CUDA graphs: this forward runs eagerly (its capture failed: %s)", err)

@@ -42,7 +42,7 @@ Context = torch.Tensor | Sequence[torch.Tensor]  # the model's text contexts: `[
 
 MAX_GRAPHS = 4  # signatures kept per model
 STATE_KEY = "cuda_graphs"
-_WARNED: set[str] = set()  # attention backends already reported as not capturable
+_WARNED: set[str] = set()  # reasons already logged for forwards running eagerly (`_explain_once`)
 
 
 @dataclass
@@ -129,13 +129,28 @@ def _capture(model: WanDiT, static: list, attention: AttentionBackend | None, po
     return _Captured(graph, *static, out)
 
 
+def _explain_once(model: WanDiT, attention: AttentionBackend | None) -> None:
+    """Log, once per process and reason, why forwards that asked for graphs run eagerly."""
+    if model.device.type != "cuda":
+        return
+    reasons = {}
+    if not getattr(attention, "graph_safe", True):
+        reasons[attention.name] = (f"forwards with the {attention.name} attention run eagerly (its kernels launch "
+                                   "outside the captured stream); int8_triton, flash_attn and sdpa can be captured")
+    backend = torch.cuda.get_allocator_backend()
+    if backend != "native":
+        reasons[backend] = (f"off with the {backend} allocator backend (ComfyUI's default; start ComfyUI with "
+                            "--disable-cuda-malloc to have them)")
+    for reason, text in reasons.items():
+        if reason not in _WARNED:
+            _WARNED.add(reason)
+            log.info("CUDA graphs: %s", text)
+
+
 def graphed_forward(model: WanDiT, x: torch.Tensor, t: torch.Tensor | float, context: Context,
                     y: torch.Tensor | None = None, attention: AttentionBackend | None = None) -> torch.Tensor:
     """`model(x, t, context, y=y, attention=attention)`, replayed from a graph where it can be (module docstring)."""
-    if not getattr(attention, "graph_safe", True) and attention.name not in _WARNED:
-        _WARNED.add(attention.name)
-        log.info("CUDA graphs: forwards with the %s attention run eagerly (its kernels launch outside the "
-                 "captured stream); int8_triton, flash_attn and sdpa can be captured", attention.name)
+    _explain_once(model, attention)
     padded = _padded_context(context, x.shape[0], model.config.text_len) if graphable(model, x, t, attention) else None
     if padded is None or padded.device != model.device:
         return model(x, t, context, y=y, attention=attention)

@@ -67,3 +67,22 @@ def test_moving_the_weights_drops_what_was_kept_for_their_place():
     assert state_of(model, "cuda_graphs", dict) is kept and peek_state(model, "cuda_graphs") is kept
     move_weights(model, "cpu")  # what the runtime, the node handles and ComfyUI's memory manager call
     assert peek_state(model, "cuda_graphs") is None
+
+
+def test_why_forwards_run_eagerly_is_logged_once(monkeypatch, caplog):
+    from wan_core.dit import cuda_graphs
+    from wan_core.dit.attention import SageAttention
+
+    class OnCuda(WanDiT):
+        device = property(lambda self: torch.device("cuda"))
+
+    monkeypatch.setattr(cuda_graphs, "_WARNED", set())
+    monkeypatch.setattr(torch.cuda, "get_allocator_backend", lambda: "cudaMallocAsync")
+    model = OnCuda(DIT_CONFIGS["tiny-t2v"])
+    with caplog.at_level("INFO", logger=cuda_graphs.__name__):
+        for _ in range(3):
+            cuda_graphs._explain_once(model, SageAttention())
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert any("--disable-cuda-malloc" in line and "cudaMallocAsync" in line for line in lines)
+    assert any("sage attention run eagerly" in line for line in lines)

@@ -113,9 +113,14 @@ class SageAttention(AttentionBackend):
     graph_safe = False  # SageAttention 2's CUDA kernels launch on the legacy default stream, outside any capture
 
     def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return _ordered_with_legacy_stream(q, lambda out: self._attention(q, k, v, out))
+
+    @staticmethod
+    def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         if sage_sm90.supported(q, k, v):
-            return _ordered_with_legacy_stream(q.device, lambda: sage_sm90.attention(q, k, v))
-        return _ordered_with_legacy_stream(q.device, lambda: _sage_fn()(q, k, v, tensor_layout="NHD", is_causal=False))
+            return sage_sm90.attention(q, k, v, out)
+        result = _sage_fn()(q, k, v, tensor_layout="NHD", is_causal=False)
+        return result if out is None else out.copy_(result)
 
     @staticmethod
     def available() -> bool:
@@ -175,20 +180,24 @@ def _flash_fn(capability: tuple[int, int] | None = None) -> Callable | None:
     return None
 
 
-def _ordered_with_legacy_stream(device: torch.device, call: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """`call()`, whose CUDA kernels may launch on the legacy default stream whatever the current stream is (as
-    SageAttention 2's do), run wholly on that stream (its input preparation too), after the current stream's work so
-    far and before its work to come. Without this, a thread working on a stream of its own (the batch queue's lanes)
-    races them: torch's streams do not synchronize with the legacy one."""
-    current, legacy = torch.cuda.current_stream(device), torch.cuda.default_stream(device)
+def _ordered_with_legacy_stream(
+    q: torch.Tensor, call: Callable[[torch.Tensor | None], torch.Tensor]
+) -> torch.Tensor:
+    """`call(out)`: attention of `q` whose CUDA kernels may launch on the legacy default stream whatever the current
+    stream is (as SageAttention 2's do), written into `out` (None: into a tensor of its own).
+
+    On the legacy stream it runs as it is. Elsewhere (the batch queue's lanes work on streams of their own, which do
+    not synchronize with the legacy one) it runs wholly on the legacy stream, its input preparation too, after this
+    stream's work so far and before its work to come, into an output allocated here: the output's memory then belongs
+    to this stream and is freed in this stream's order (under the `cudaMallocAsync` allocator too, which may hand a
+    freed block to another stream at once), while the call's own temporaries live and die on the legacy stream."""
+    current, legacy = torch.cuda.current_stream(q.device), torch.cuda.default_stream(q.device)
     if current == legacy:
-        return call()
+        return call(None)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     legacy.wait_stream(current)
     with torch.cuda.stream(legacy):
-        out = call()
-    # `out` comes from the legacy stream's memory: the next call there waits for this stream's work first, so it is
-    # not rewritten while read here. (`out.record_stream` would also hold each freed output until this stream's work
-    # caught up, which can be a whole forward's outputs where the CPU issues far ahead of the GPU.)
+        call(out)
     current.wait_stream(legacy)
     return out
 

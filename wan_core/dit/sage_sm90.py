@@ -140,12 +140,13 @@ def quantize_v(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out, amax / 448.0
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention of `[B, L, H, D]` tensors (`supported`), SageAttention 2's sm_90 kernel."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax attention of `[B, L, H, D]` tensors (`supported`), SageAttention 2's sm_90 kernel, into `out` (a
+    contiguous tensor like `q`) where given."""
     q_int8, q_scale = quantize_q(q)
     k_int8, k_scale = quantize_k(k)
     v_fp8, v_scale = quantize_v(v)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if out is None else out
     _kernel_entry()(q_int8, k_int8, v_fp8, out, q_scale, k_scale, v_scale, NHD, NOT_CAUSAL, PER_THREAD,
                     q.shape[-1] ** -0.5, NO_LSE)
     return out

@@ -1,0 +1,92 @@
+"""How the SageAttention backend orders its calls around the caller's CUDA stream
+(`attention._ordered_with_legacy_stream`), with the streams stood in for on the CPU: on the legacy stream it runs as
+it is; elsewhere the output is allocated on the caller's stream first, the legacy stream waits for the caller, the
+kernels run there writing into that output, and the caller waits for them. On a GPU
+`tests/test_gpu.py::test_sage_keeps_order_on_a_stream_of_its_own` checks the result on a busy stream."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from wan_core.dit import attention, sage_sm90
+
+
+class _Stream:
+    def __init__(self, name: str, log: list) -> None:
+        self.name, self.log = name, log
+
+    def wait_stream(self, other: _Stream) -> None:
+        self.log.append(f"{self.name} waits for {other.name}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Stream) and other.name == self.name
+
+    __hash__ = object.__hash__
+
+
+def _streams(monkeypatch, current_name: str) -> tuple[list, dict]:
+    log: list = []
+    legacy = _Stream("legacy", log)
+    state = {"current": legacy if current_name == "legacy" else _Stream(current_name, log)}
+
+    @contextlib.contextmanager
+    def stream(s):
+        before, state["current"] = state["current"], s
+        log.append(f"enter {s.name}")
+        yield
+        state["current"] = before
+        log.append(f"leave {s.name}")
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: state["current"])
+    monkeypatch.setattr(torch.cuda, "default_stream", lambda device=None: legacy)
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    return log, state
+
+
+def _qkv():
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(1, 6, 2, 8, generator=gen) for _ in range(3)]
+
+
+def _sm90_kernel(log, state):
+    def run(q, k, v, out=None):
+        log.append(f"kernel on {state['current'].name} into {'a given output' if out is not None else 'its own'}")
+        result = q * 2 + k - v
+        return result if out is None else out.copy_(result)
+
+    return run
+
+
+def test_on_the_legacy_stream_it_runs_as_it_is(monkeypatch):
+    log, state = _streams(monkeypatch, "legacy")
+    monkeypatch.setattr(sage_sm90, "supported", lambda q, k, v: True)
+    monkeypatch.setattr(sage_sm90, "attention", _sm90_kernel(log, state))
+    q, k, v = _qkv()
+    out = attention.SageAttention().kernel(q, k, v)
+    assert torch.equal(out, q * 2 + k - v)
+    assert log == ["kernel on legacy into its own"]
+
+
+def test_on_a_stream_of_its_own_the_call_is_ordered_and_writes_the_callers_output(monkeypatch):
+    log, state = _streams(monkeypatch, "lane")
+    monkeypatch.setattr(sage_sm90, "supported", lambda q, k, v: True)
+    monkeypatch.setattr(sage_sm90, "attention", _sm90_kernel(log, state))
+    q, k, v = _qkv()
+    out = attention.SageAttention().kernel(q, k, v)
+    assert torch.equal(out, q * 2 + k - v)
+    assert log == ["legacy waits for lane", "enter legacy", "kernel on legacy into a given output",
+                        "leave legacy", "lane waits for legacy"]
+
+
+def test_sageattn_on_other_gpus_is_copied_into_the_callers_output(monkeypatch):
+    log, state = _streams(monkeypatch, "lane")
+    monkeypatch.setattr(sage_sm90, "supported", lambda q, k, v: False)
+    kernel = _sm90_kernel(log, state)
+    monkeypatch.setattr(attention, "_sage_fn", lambda: lambda q, k, v, tensor_layout, is_causal: kernel(q, k, v))
+    q, k, v = _qkv()
+    out = attention.SageAttention().kernel(q, k, v)
+    assert torch.equal(out, q * 2 + k - v)
+    assert log == ["legacy waits for lane", "enter legacy", "kernel on legacy into its own", "leave legacy",
+                        "lane waits for legacy"]

@@ -49,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--fp8", action="store_true", help="fp8 compute (rowwise scales)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--cfg_batch", action="store_true")
+    p.add_argument("--cuda_graphs", action="store_true", help="DiT forwards replayed from CUDA graphs")
     p.add_argument("--caches", default="off,easycache,magcache", help="cache settings to run, off first")
     p.add_argument("--cache_threshold", type=float, default=None, help="default: each method's")
     p.add_argument("--skip-few-step", action="store_true", help="leave out the 4-step CFG-1 run")
@@ -69,7 +70,8 @@ def main() -> None:
     width, height = (int(v) for v in args.size.split("*"))
     cfg = DIT_CONFIGS["tiny-t2v" if args.tiny else "t2v-A14B"]
     runtime = Runtime.create(device, compute_dtype=dtype if device.type == "cuda" else None,
-                             attention=args.attention, compile=args.compile, cfg_batch=args.cfg_batch)
+                             attention=args.attention, compile=args.compile, cfg_batch=args.cfg_batch,
+                             cuda_graphs=args.cuda_graphs)
     high = build_ours(cfg, device, dtype)
     if args.fp8:
         high = to_fp8_compute(high)
@@ -81,7 +83,7 @@ def main() -> None:
         "model": "tiny-t2v" if args.tiny else "t2v-A14B (random weights)",
         "size": [width, height, args.frame_num],
         "attention": runtime.attention.name, "fp8": args.fp8, "compile": args.compile, "cfg_batch": args.cfg_batch,
-        "runs": {},
+        "cuda_graphs": args.cuda_graphs, "runs": {},
     }
     gen = torch.Generator(device="cpu").manual_seed(0)
     cond, uncond = torch.randn(512, cfg.text_dim, generator=gen), torch.randn(512, cfg.text_dim, generator=gen)

@@ -4,11 +4,13 @@ themselves are checked on a GPU (`tests/test_gpu_cuda_graphs.py`)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from wan_core.configs import DIT_CONFIGS
-from wan_core.dit.cuda_graphs import _padded_context, captured_signatures, graphable, graphed, graphed_forward
+from wan_core.dit.cuda_graphs import captured_signatures, graphable, graphed, graphed_forward
 from wan_core.dit.model import WanDiT, init_random_
+from wan_core.errors import InputError
 from wan_core.pipeline.forwards import step_forwards
 from wan_core.runtime import Runtime
 
@@ -26,15 +28,17 @@ def test_the_padded_context_gives_the_models_own_output():
     text_len = model.config.text_len
     with torch.no_grad():
         for context in contexts:
-            padded = _padded_context(context, 1, text_len)
+            padded = model.padded_context(context, 1)
             assert padded.shape == (1, text_len, model.config.text_dim)
             assert torch.equal(model(x, t, padded), model(x, t, context))
-        both = _padded_context([contexts[0][0], contexts[1][0]], 2, text_len)
+        both = model.padded_context([contexts[0][0], contexts[1][0]], 2)
         assert torch.equal(model(x.expand(2, -1, -1, -1, -1), t.expand(2), both),
                            model(x.expand(2, -1, -1, -1, -1), t.expand(2), [contexts[0][0], contexts[1][0]]))
     too_long = torch.randn(text_len + 1, model.config.text_dim)
-    assert _padded_context([too_long], 1, text_len) is None  # left to the model, which says what is wrong
-    assert _padded_context([too_long[:4]] * 3, 2, text_len) is None
+    with pytest.raises(InputError, match="at most"):
+        model.padded_context([too_long], 1)
+    with pytest.raises(InputError, match="3 text contexts for a batch of 2"):
+        model.padded_context([too_long[:4]] * 3, 2)
 
 
 def test_cpu_forwards_run_eagerly_and_capture_nothing():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 
 from wan_core.dit import attention, sage_sm90
@@ -59,25 +60,19 @@ def _sm90_kernel(log, state):
     return run
 
 
-def test_on_the_legacy_stream_it_runs_as_it_is(monkeypatch):
-    log, state = _streams(monkeypatch, "legacy")
+@pytest.mark.parametrize(("current", "want"), [
+    ("legacy", ["kernel on legacy into its own"]),  # there it runs as it is
+    ("lane", ["legacy waits for lane", "enter legacy", "kernel on legacy into a given output", "leave legacy",
+              "lane waits for legacy"]),  # a stream of its own: ordered, into the caller's output
+])
+def test_the_sm90_kernel_is_ordered_with_the_callers_stream(monkeypatch, current, want):
+    log, state = _streams(monkeypatch, current)
     monkeypatch.setattr(sage_sm90, "supported", lambda q, k, v: True)
     monkeypatch.setattr(sage_sm90, "attention", _sm90_kernel(log, state))
     q, k, v = _qkv()
     out = attention.SageAttention().kernel(q, k, v)
     assert torch.equal(out, q * 2 + k - v)
-    assert log == ["kernel on legacy into its own"]
-
-
-def test_on_a_stream_of_its_own_the_call_is_ordered_and_writes_the_callers_output(monkeypatch):
-    log, state = _streams(monkeypatch, "lane")
-    monkeypatch.setattr(sage_sm90, "supported", lambda q, k, v: True)
-    monkeypatch.setattr(sage_sm90, "attention", _sm90_kernel(log, state))
-    q, k, v = _qkv()
-    out = attention.SageAttention().kernel(q, k, v)
-    assert torch.equal(out, q * 2 + k - v)
-    assert log == ["legacy waits for lane", "enter legacy", "kernel on legacy into a given output",
-                        "leave legacy", "lane waits for legacy"]
+    assert log == want
 
 
 def test_sageattn_on_other_gpus_is_copied_into_the_callers_output(monkeypatch):

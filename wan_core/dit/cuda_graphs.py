@@ -69,23 +69,6 @@ def _weights_key(model: WanDiT) -> tuple:
     return tuple(p.data_ptr() for p in model.parameters()) + tuple(b.data_ptr() for b in model.buffers())
 
 
-def _padded_context(context: Context, batch: int, text_len: int) -> torch.Tensor | None:
-    """The contexts as one zero-padded `[batch, text_len, dim]` tensor (what the model pads them to itself), so that
-    prompts of any length share a graph; None where they do not fit (the model then raises its own error)."""
-    items = list(context.unbind(0)) if isinstance(context, torch.Tensor) and context.dim() == 3 else (
-        [context] if isinstance(context, torch.Tensor) else list(context))
-    if len(items) == 1 and batch > 1:
-        items = items * batch
-    if len(items) != batch or any(u.dim() != 2 or u.shape[0] > text_len for u in items):
-        return None
-    if len({(u.dtype, u.device, u.shape[1]) for u in items}) != 1:
-        return None
-    padded = items[0].new_zeros(batch, text_len, items[0].shape[1])
-    for i, u in enumerate(items):
-        padded[i, : u.shape[0]] = u
-    return padded
-
-
 def graphable(model: object, x: torch.Tensor, t: torch.Tensor | float, attention: AttentionBackend | None) -> bool:
     """Whether a forward of `model` on `x` at `t` can replay from a graph (see the module docstring)."""
     return (
@@ -151,9 +134,9 @@ def graphed_forward(model: WanDiT, x: torch.Tensor, t: torch.Tensor | float, con
                     y: torch.Tensor | None = None, attention: AttentionBackend | None = None) -> torch.Tensor:
     """`model(x, t, context, y=y, attention=attention)`, replayed from a graph where it can be (module docstring)."""
     _explain_once(model, attention)
-    padded = _padded_context(context, x.shape[0], model.config.text_len) if graphable(model, x, t, attention) else None
-    if padded is None or padded.device != model.device:
+    if not graphable(model, x, t, attention):
         return model(x, t, context, y=y, attention=attention)
+    padded = model.padded_context(context, x.shape[0])  # prompts of any length then share a graph
     graphs = state_of(model, STATE_KEY, _Graphs)
     key = _signature(x, t, padded, y, attention)
     weights = _weights_key(model)

@@ -406,9 +406,9 @@ class WanDiT(nn.Module):
             e0 = _linear_fp32(self.time_projection[1], F.silu(e)).unflatten(1, (6, self.config.dim))
         return TimeCond(e, e0, index)
 
-    def _context(
-        self, context: torch.Tensor | Sequence[torch.Tensor], batch: int, dtype: torch.dtype, device: torch.device
-    ) -> torch.Tensor:
+    def padded_context(self, context: torch.Tensor | Sequence[torch.Tensor], batch: int) -> torch.Tensor:
+        """The text contexts (a list of `[L_i, text_dim]`, or `[B, L, text_dim]`) as one zero-padded
+        `[batch, text_len, text_dim]` tensor in the compute dtype on the model's device, as the reference pads them."""
         cfg = self.config
         if isinstance(context, torch.Tensor):
             items = [context] if context.dim() == 2 else list(context.unbind(0))
@@ -418,7 +418,7 @@ class WanDiT(nn.Module):
             items = items * batch
         if len(items) != batch:
             raise InputError(f"{len(items)} text contexts for a batch of {batch} latents.")
-        padded = torch.zeros(batch, cfg.text_len, cfg.text_dim, dtype=dtype, device=device)
+        padded = torch.zeros(batch, cfg.text_len, cfg.text_dim, dtype=self.dtype, device=self.device)
         for i, u in enumerate(items):
             if u.dim() != 2 or u.shape[1] != cfg.text_dim:
                 raise InputError(
@@ -427,7 +427,7 @@ class WanDiT(nn.Module):
             if u.shape[0] > cfg.text_len:
                 raise InputError(f"Text context {i} has {u.shape[0]} tokens; the model takes at most {cfg.text_len}.")
             padded[i, : u.shape[0]] = u
-        return self.text_embedding(padded)
+        return padded
 
     def _patchify(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, tuple[int, int, int]]:
         cfg = self.config
@@ -493,7 +493,7 @@ class WanDiT(nn.Module):
             hidden = hidden.float()
             seq = hidden.shape[1]
             time = self._time(t, batch, seq, device)
-            ctx = self._context(context, batch, dtype, device)
+            ctx = self.text_embedding(self.padded_context(context, batch))
             freqs = self._rope(grid, device)
             attention = attention or _SDPA
             sequence = getattr(attention, "sequence", None)  # sequence parallel (wan_core.parallel): this rank's tokens

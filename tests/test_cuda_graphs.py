@@ -62,14 +62,16 @@ def test_the_cli_flag_reaches_the_runtime():
     assert runtime("--cuda_graphs").cuda_graphs and not runtime().cuda_graphs
 
 
-def test_moving_the_weights_drops_what_was_kept_for_their_place():
+def test_moving_the_weights_drops_what_was_kept_for_their_place_and_staying_keeps_it():
     from wan_core.mapped_weights import move_weights
     from wan_core.placement_state import peek_state, state_of
 
     model, *_ = _model_and_inputs()
     kept = state_of(model, "cuda_graphs", dict)
     assert state_of(model, "cuda_graphs", dict) is kept and peek_state(model, "cuda_graphs") is kept
-    move_weights(model, "cpu")  # what the runtime, the node handles and ComfyUI's memory manager call
+    move_weights(model, "cpu")  # already there: nothing moved, so what was kept stays
+    assert peek_state(model, "cuda_graphs") is kept
+    move_weights(model, "meta")  # what the runtime, the node handles and ComfyUI's memory manager call
     assert peek_state(model, "cuda_graphs") is None
 
 

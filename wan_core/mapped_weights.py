@@ -17,6 +17,7 @@ take torch's ordinary copy. Block swap's masters have their own sources (`wan_co
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import mmap
 from collections.abc import Iterator
@@ -146,16 +147,28 @@ def moving(model: object, device: torch.device | str) -> Iterator[None]:
 def move_weights(model: object, device: torch.device | str) -> None:
     """`model.to(device)` for a model that may hold views of its mapped files (see `moving`). Leaving the CPU it moves
     one child at a time (a plain block list block by block) and gives the file pages back after each, so that moving
-    a 14 GB expert never holds all of its file resident at once."""
+    a 14 GB expert never holds all of its file resident at once. What was kept for the weights' place (CUDA graphs
+    hold their addresses) is dropped when any weight moved."""
     device = torch.device(device)
-    drop_state(model)  # e.g. CUDA graphs: they hold the addresses the weights leave
-    with moving(model, device):
-        if not isinstance(model, torch.nn.Module):
-            model.to(device)
-            return
-        if device.type != "cpu" and mapped_files(model):
-            for child in model.children():
-                for part in child if type(child) is torch.nn.ModuleList else [child]:
-                    move_module(part, device)
-                    release_file_pages(model)
-        move_module(model, device)
+    before = _weight_places(model)
+    try:
+        with moving(model, device):
+            if not isinstance(model, torch.nn.Module):
+                model.to(device)
+                return
+            if device.type != "cpu" and mapped_files(model):
+                for child in model.children():
+                    for part in child if type(child) is torch.nn.ModuleList else [child]:
+                        move_module(part, device)
+                        release_file_pages(model)
+            move_module(model, device)
+    finally:
+        if before is None or _weight_places(model) != before:
+            drop_state(model)
+
+
+def _weight_places(model: object) -> list[tuple[torch.device, int]] | None:
+    """Where each parameter and buffer of `model` is (device, address); None for what is not a module."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    return [(t.device, t.data_ptr()) for t in itertools.chain(model.parameters(), model.buffers())]

@@ -83,6 +83,46 @@ def test_weights_changed_in_place_are_used_and_moved_weights_capture_again():
         assert peek_state(model, STATE_KEY).weights[0] == model.patch_embedding.weight.data_ptr()
 
 
+def _overwrite_freed_memory() -> None:
+    """Allocate and fill what the caching allocator holds free, so that a replay reading freed memory reads junk."""
+    junk = [torch.randn(1 << 18, device="cuda") for _ in range(64)]
+    del junk
+
+
+def _replays_equal_eager(model: WanDiT, seeds: range) -> list[int]:
+    """The seeds whose replayed forward differs from the eager one, in one autocast region."""
+    differ = []
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for seed in seeds:
+            x, t, context = _inputs(seed)
+            if not torch.equal(graphed_forward(model, x, t, context), model(x, t, context)):
+                differ.append(seed)
+    return differ
+
+
+def test_float32_weights_replay_in_later_autocast_regions():
+    """Autocast caches its bf16 casts of float32 weights for one region and frees them at its end; a graph that read
+    the cache would replay on freed memory in the next job (it gave NaN)."""
+    _, model = _tiny_pair()  # float32 weights, as official checkpoints are stored
+    assert _replays_equal_eager(model, range(3)) == []
+    _overwrite_freed_memory()
+    assert _replays_equal_eager(model, range(3, 6)) == []
+    assert _captured(model) == 1
+
+
+def test_replays_outlive_the_models_rope_cache():
+    """The model keeps RoPE tables for a few grids and drops them all when it needs another; forwards on other sizes
+    between replays (another job's size, an eager path) must not free the table a graph reads."""
+    model, _ = _tiny_pair()
+    assert _replays_equal_eager(model, range(3)) == []
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        _, t, context = _inputs(0)
+        for frames in (1, 2, 4, 5, 6):
+            model(torch.randn(1, 16, frames, 16, 16, device="cuda"), t, context)
+    _overwrite_freed_memory()
+    assert _replays_equal_eager(model, range(3, 6)) == []
+
+
 def test_moving_the_model_off_the_gpu_drops_its_graphs_and_staying_keeps_them():
     from wan_core.mapped_weights import move_weights
     from wan_core.runtime import move_to

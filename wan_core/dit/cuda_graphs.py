@@ -16,13 +16,18 @@ ComfyUI (which picks it by default; its `--disable-cuda-malloc` keeps torch's al
 
 The graphs stay with the model (`wan_core.placement_state`) until its weights move (a parameter's address changes, or
 `move_weights` moves them, off the GPU too), or more signatures than `MAX_GRAPHS` are captured.
-Their activation memory stays reserved meanwhile; a model's graphs share one memory pool (a forward's worth, not one
-per signature), which is safe because each replay's output is copied out before the next replay. Each model has its
-own pool: a pool lives only while a graph holds it, and the expert that is not sampling can leave the GPU alone.
+A graph reads addresses, so whatever it reads must live as long as it does: its static inputs, its output, the
+weights (checked by address), the model's RoPE table for its grid (held, since the model's cache drops tables), and
+the autocast casts of float32 weights, which are captured as kernels (autocast's own cache of them is freed at the
+end of each autocast region). Their activation memory stays reserved meanwhile; a model's graphs share one memory
+pool (a forward's worth, not one per signature), which is safe because each replay's output is copied out before the
+next replay. Each model has its own pool: a pool lives only while a graph holds it, and the expert that is not
+sampling can leave the GPU alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
@@ -53,6 +58,7 @@ class _Captured:
     context: torch.Tensor
     y: torch.Tensor | None
     out: torch.Tensor
+    rope: torch.Tensor  # read by the graph, made outside it: held so that the model's RoPE cache cannot free it
 
 
 class _Graphs:
@@ -94,6 +100,15 @@ def _signature(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y: torch
     return spec(x), spec(t), spec(context), spec(y), type(attention), getattr(attention, "name", None), autocast
 
 
+def _uncached_autocast() -> contextlib.AbstractContextManager:
+    """CUDA autocast as it is, but without its cache of weight casts. A capture that read a cached cast would replay
+    reading it after the autocast region that made it has ended and freed it (float32 weights under a bf16 autocast);
+    uncached, the casts are kernels of the graph, into its own memory."""
+    if not torch.is_autocast_enabled("cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
+
+
 def _capture(model: WanDiT, static: list, attention: AttentionBackend | None, pool: tuple | None) -> _Captured:
     """Capture the forward on the static inputs `static` (x, t, context, y), which an eager forward has just run on
     (so every kernel is compiled and tuned for exactly these buffers), into `pool` (None: a new one)."""
@@ -101,7 +116,7 @@ def _capture(model: WanDiT, static: list, attention: AttentionBackend | None, po
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
+    with torch.cuda.stream(stream), _uncached_autocast():
         # thread_local: the other threads of the process (another GPU's stages, this GPU's decode) keep working.
         graph.capture_begin(pool=pool, capture_error_mode="thread_local")
         try:
@@ -109,7 +124,7 @@ def _capture(model: WanDiT, static: list, attention: AttentionBackend | None, po
         finally:
             graph.capture_end()
     torch.cuda.current_stream(device).wait_stream(stream)
-    return _Captured(graph, *static, out)
+    return _Captured(graph, *static, out, rope=model.rope_table(static[0].shape))
 
 
 def _explain_once(model: WanDiT, attention: AttentionBackend | None) -> None:
@@ -151,7 +166,8 @@ def graphed_forward(model: WanDiT, x: torch.Tensor, t: torch.Tensor | float, con
             while len(graphs.captured) >= MAX_GRAPHS:
                 graphs.captured.popitem(last=False)
             static = [x.clone(), t.clone(), padded, None if y is None else y.clone()]
-            out = model(*static[:3], y=static[3], attention=attention)
+            with _uncached_autocast():  # the kernels the capture will run
+                out = model(*static[:3], y=static[3], attention=attention)
             try:
                 pool = next(iter(graphs.captured.values())).graph.pool() if graphs.captured else None
                 graphs.captured[key] = _capture(model, static, attention, pool)

@@ -382,6 +382,12 @@ class WanDiT(nn.Module):
             self._rope_cache[key] = freqs
         return freqs
 
+    def rope_table(self, latent_shape: Sequence[int]) -> torch.Tensor:
+        """The RoPE table that forwards on latents of `latent_shape` `[B, C, F, H, W]` read (cached per grid)."""
+        pt, ph, pw = self.config.patch_size
+        *_, frames, height, width = latent_shape
+        return self._rope((frames // pt, height // ph, width // pw), self.device)
+
     def _time(self, t: torch.Tensor | float, batch: int, seq: int, device: torch.device) -> TimeCond:
         t = torch.as_tensor(t, device=device)
         if t.dim() == 0:

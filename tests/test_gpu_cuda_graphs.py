@@ -123,6 +123,25 @@ def test_replays_outlive_the_models_rope_cache():
     assert _replays_equal_eager(model, range(3, 6)) == []
 
 
+def test_a_forward_that_cannot_be_captured_runs_eagerly_and_later_captures_still_work(caplog):
+    """A forward with a host sync inside cannot be captured: it and its signature run eagerly from then on, and the
+    thread's capture stream still serves other models."""
+    failing, _ = _tiny_pair()
+    failing.head.register_forward_hook(
+        lambda module, args, out: out.sum().item() if torch.cuda.is_current_stream_capturing() else None)
+    working, _ = _tiny_pair()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for seed in range(3):
+            x, t, context = _inputs(seed)
+            assert torch.equal(graphed_forward(failing, x, t, context), failing(x, t, context))
+        assert _captured(failing) == 0
+        for seed in range(3):
+            x, t, context = _inputs(seed)
+            assert torch.equal(graphed_forward(working, x, t, context), working(x, t, context))
+        assert _captured(working) == 1
+    assert sum("its capture failed" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_captures_leave_no_memory_behind_once_dropped():
     """Capture and drop again and again (weights that move, as ComfyUI's unloads do): what stays allocated must not
     grow (a new capture stream each time left a cuBLAS workspace in every graph's pool: 33 MiB a capture)."""

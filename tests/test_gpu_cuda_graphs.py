@@ -80,7 +80,8 @@ def test_weights_changed_in_place_are_used_and_moved_weights_capture_again():
         model.blocks[0].ffn[0].weight = torch.nn.Parameter(weight * 0.5)  # a new tensor: a new address
         assert torch.equal(graphed_forward(model, x, t, context), model(x, t, context))
         assert _captured(model) == 1
-        assert peek_state(model, STATE_KEY).weights[0] == model.patch_embedding.weight.data_ptr()
+        weight = model.patch_embedding.weight
+        assert peek_state(model, STATE_KEY).weights[0] == (weight.device, weight.data_ptr())
 
 
 def _overwrite_freed_memory() -> None:

@@ -17,7 +17,6 @@ take torch's ordinary copy. Block swap's masters have their own sources (`wan_co
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import mmap
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ import torch
 
 from .host_copy import move_module, set_parameter
 from .patching import weights_generation
-from .placement_state import drop_state
+from .placement_state import drop_state, weight_places
 from .ram import forget_read_pages, release_pages
 
 log = logging.getLogger(__name__)
@@ -150,7 +149,7 @@ def move_weights(model: object, device: torch.device | str) -> None:
     a 14 GB expert never holds all of its file resident at once. What was kept for the weights' place (CUDA graphs
     hold their addresses) is dropped when any weight moved."""
     device = torch.device(device)
-    before = _weight_places(model)
+    before = weight_places(model) if isinstance(model, torch.nn.Module) else None
     try:
         with moving(model, device):
             if not isinstance(model, torch.nn.Module):
@@ -163,12 +162,6 @@ def move_weights(model: object, device: torch.device | str) -> None:
                         release_file_pages(model)
             move_module(model, device)
     finally:
-        if before is None or _weight_places(model) != before:
+        if before is None or weight_places(model) != before:
             drop_state(model)
 
-
-def _weight_places(model: object) -> list[tuple[torch.device, int]] | None:
-    """Where each parameter and buffer of `model` is (device, address); None for what is not a module."""
-    if not isinstance(model, torch.nn.Module):
-        return None
-    return [(t.device, t.data_ptr()) for t in itertools.chain(model.parameters(), model.buffers())]

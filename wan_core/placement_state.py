@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import TypeVar
+
+import torch
 
 T = TypeVar("T")
 _ATTRIBUTE = "_wan_placement_state"
@@ -27,3 +30,8 @@ def peek_state(model: object, key: str) -> object | None:
 def drop_state(model: object) -> None:
     """Forget everything kept on `model` for where its weights are."""
     getattr(model, "__dict__", {}).pop(_ATTRIBUTE, None)
+
+
+def weight_places(model: torch.nn.Module) -> tuple[tuple[torch.device, int], ...]:
+    """Where each parameter and buffer of `model` is: (device, address), in module order."""
+    return tuple((t.device, t.data_ptr()) for t in itertools.chain(model.parameters(), model.buffers()))

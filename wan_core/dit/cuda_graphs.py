@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..placement_state import drop_state, peek_state, state_of
+from ..placement_state import drop_state, peek_state, state_of, weight_places
 from .attention import AttentionBackend
 from .compiled import blocks_compiled
 from .model import WanDiT
@@ -70,10 +70,6 @@ class _Graphs:
         self.captured: OrderedDict[tuple, _Captured] = OrderedDict()
         self.refused: set[tuple] = set()  # signatures whose capture failed: they run eagerly
         self.lock = threading.Lock()
-
-
-def _weights_key(model: WanDiT) -> tuple:
-    return tuple(p.data_ptr() for p in model.parameters()) + tuple(b.data_ptr() for b in model.buffers())
 
 
 def graphable(model: object, x: torch.Tensor, t: torch.Tensor | float, attention: AttentionBackend | None) -> bool:
@@ -166,7 +162,7 @@ def graphed_forward(model: WanDiT, x: torch.Tensor, t: torch.Tensor | float, con
     padded = model.padded_context(context, x.shape[0])  # prompts of any length then share a graph
     graphs = state_of(model, STATE_KEY, _Graphs)
     key = _signature(x, t, padded, y, attention)
-    weights = _weights_key(model)
+    weights = weight_places(model)
     with graphs.lock, torch.cuda.device(model.device):
         if graphs.weights != weights:
             graphs.captured.clear()

@@ -384,9 +384,17 @@ class WanDiT(nn.Module):
 
     def rope_table(self, latent_shape: Sequence[int]) -> torch.Tensor:
         """The RoPE table that forwards on latents of `latent_shape` `[B, C, F, H, W]` read (cached per grid)."""
-        pt, ph, pw = self.config.patch_size
+        return self._rope(self._grid(latent_shape), self.device)
+
+    def _grid(self, latent_shape: Sequence[int]) -> tuple[int, int, int]:
+        """The token grid (frames, height, width in patches) of latents `[B, C, F, H, W]`."""
         *_, frames, height, width = latent_shape
-        return self._rope((frames // pt, height // ph, width // pw), self.device)
+        pt, ph, pw = self.config.patch_size
+        if frames % pt or height % ph or width % pw:
+            raise InputError(
+                f"Latent size {frames}x{height}x{width} is not a multiple of the patch size {self.config.patch_size}."
+            )
+        return frames // pt, height // ph, width // pw
 
     def _time(self, t: torch.Tensor | float, batch: int, seq: int, device: torch.device) -> TimeCond:
         t = torch.as_tensor(t, device=device)
@@ -437,13 +445,9 @@ class WanDiT(nn.Module):
 
     def _patchify(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, tuple[int, int, int]]:
         cfg = self.config
-        batch, channels, frames, height, width = x.shape
+        batch, channels = x.shape[:2]
         pt, ph, pw = cfg.patch_size
-        if frames % pt or height % ph or width % pw:
-            raise InputError(
-                f"Latent size {frames}x{height}x{width} is not a multiple of the patch size {cfg.patch_size}."
-            )
-        f, h, w = frames // pt, height // ph, width // pw
+        f, h, w = self._grid(x.shape)
         patches = (
             x.to(dtype)
             .view(batch, channels, f, pt, h, ph, w, pw)

@@ -164,4 +164,3 @@ def move_weights(model: object, device: torch.device | str) -> None:
     finally:
         if before is None or weight_places(model) != before:
             drop_state(model)
-

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from wan_core.errors import InputError
 from wan_core.generate import main
 from wan_core.video_io import load_tensor
 
@@ -65,6 +66,37 @@ def test_ulysses_times_ring_on_four_processes_equals_one_process(tmp_path):
     for rank in range(4):
         single, split = results[rank]
         assert relative_error(split, single) < 1e-5
+
+
+@pytest.mark.parametrize("check, rank_1_waits", [("close_completed", True), ("close_failed", False)])
+def test_closing_waits_for_every_rank_only_after_a_completed_run(tmp_path, check, rank_1_waits):
+    times = run_two_ranks(tmp_path, check)  # rank 0 closes 1 s after rank 1
+    if rank_1_waits:
+        assert times[1] >= times[0]
+    else:
+        assert times[1] < times[0] - 0.5
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_cli_tells_the_group_whether_the_run_completed(monkeypatch, fails):
+    import wan_core.generate as generate
+    import wan_core.parallel.launch as launch
+
+    closed = []
+
+    class Group:
+        def close(self, completed: bool) -> None:
+            closed.append(completed)
+
+    def generate_or_fail(args, distributed):
+        if fails:
+            raise InputError("bad input on this rank")
+        return 0
+
+    monkeypatch.setattr(launch, "start", lambda *args: Group())
+    monkeypatch.setattr(generate, "_generate", generate_or_fail)
+    assert main(["--demo"]) == (2 if fails else 0)
+    assert closed == [not fails]
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -322,11 +322,15 @@ def run(args: argparse.Namespace) -> int:
     from .parallel.launch import start as start_distributed
 
     distributed = start_distributed(args.ulysses_size, args.ring_size, args.device, args.dit_fsdp, args.t5_fsdp)
+    if distributed is None:
+        return _generate(args, None)
+    completed = False
     try:
-        return _generate(args, distributed)
+        code = _generate(args, distributed)
+        completed = True
+        return code
     finally:
-        if distributed is not None:
-            distributed.close()
+        distributed.close(completed)
 
 
 def _generate(args: argparse.Namespace, distributed: DistributedRun | None) -> int:

@@ -101,9 +101,16 @@ class DistributedRun:
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
 
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, completed: bool) -> None:
+        """Tears the process group down. After a `completed` run every rank first waits for the others (rank 0 may
+        still be decoding and writing the video): a rank that tears down and exits early can abort at exit, and
+        torchrun then stops rank 0 before the video is written. After an error no rank waits, as the others may
+        never arrive (torchrun stops them when this one exits with an error)."""
+        if not dist.is_initialized():
+            return
+        if completed:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def start(

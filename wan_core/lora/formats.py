@@ -2,15 +2,20 @@
 
 The layout is detected from the keys:
 - ComfyUI / lightx2v: `diffusion_model.<module>.lora_A.weight` / `.lora_B.weight` (or `lora_down` / `lora_up`,
-  `lora.down` / `lora.up`), optional `<module>.alpha`, full-tensor deltas `<module>.diff` (weights, e.g. norms) and
-  `<module>.diff_b` (biases); the `diffusion_model.` prefix is optional;
-- kohya / musubi-tuner: `lora_unet_<module with dots as underscores>.lora_down.weight` / `.lora_up.weight` / `.alpha`;
+  `lora.down` / `lora.up`, PEFT's `lora_A.default` / `lora_B.default` of DiffSynth-Studio), optional
+  `<module>.alpha`, full-tensor deltas `<module>.diff` (weights, e.g. norms) and `<module>.diff_b` (biases), and
+  lightx2v's `blocks.N.diff_m` (the delta of `blocks.N.modulation`); the `diffusion_model.` prefix is optional;
+- kohya / musubi-tuner: `lora_unet_<module with dots as underscores>.lora_down.weight` / `.lora_up.weight` / `.alpha`
+  (Wan-Fun files write `lora_unet__`);
 - diffusers / PEFT: `transformer.blocks.N.attn1.to_q.lora_A.weight` (diffusers module names, `wan_core.dit.keymap`).
-Module names are official (`blocks.N.self_attn.q`, `head.head`, ...) in the result, whatever the layout.
+Module names are official (`blocks.N.self_attn.q`, `head.head`, ...) in the result, whatever the layout. Keys of the
+CLIP image branch of Wan2.1 I2V (which Wan2.2 lacks) are left out with a warning, as ComfyUI does.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
 
 import torch
@@ -18,16 +23,26 @@ import torch
 from ..dit.keymap import diffusers_to_official_key, flat_to_official_module, is_diffusers_layout, is_official_module
 from ..errors import InputError, describe_keys
 
+log = logging.getLogger(__name__)
+
 KOHYA_PREFIX = "lora_unet_"
-_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.")
+_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.", "pipe.dit.")
 # key suffix -> which part of a layer it is
 _PARTS = {
     ".lora_A.weight": "down", ".lora_B.weight": "up",
+    ".lora_A.default.weight": "down", ".lora_B.default.weight": "up",
     ".lora_down.weight": "down", ".lora_up.weight": "up",
     ".lora.down.weight": "down", ".lora.up.weight": "up",
     ".alpha": "alpha", ".diff": "diff", ".diff_b": "diff_b",
 }  # fmt: skip
-_IMAGE_BRANCH = (".k_img", ".v_img", ".norm_k_img", "img_emb.")
+# lightx2v's `blocks.N.diff_m`: the full delta of `blocks.N.modulation` (lightx2v's and kijai's loaders add it there)
+_MODULATION_DIFF = ".diff_m"
+# The CLIP image branch of Wan2.1 I2V in official, kohya and diffusers names (`cross_attn.k_img`, `..._v_img`,
+# `attn2.add_k_proj`, `img_emb.proj.1`, `condition_embedder.image_embedder.*`): no Wan2.2 model has it.
+_IMAGE_BRANCH = re.compile(
+    r"(^|[._])(k_img|v_img|norm_k_img|img_emb|add_k_proj|add_v_proj|norm_added_k|image_embedder)([._]|$)"
+)
+_UNSUPPORTED = ("hada_", "lokr_", "dora_scale")  # LyCORIS LoHa / LoKr, DoRA
 
 
 @dataclass(frozen=True)
@@ -67,16 +82,21 @@ def _strip_prefix(key: str) -> str:
 
 
 def _split_part(key: str) -> tuple[str, str] | None:
+    """(the module a key belongs to, which part of its layer the key is), or None for an unknown suffix."""
+    if key.endswith(_MODULATION_DIFF):
+        return key[: -len(_MODULATION_DIFF)] + ".modulation", "diff"
     for suffix, part in _PARTS.items():
         if key.endswith(suffix):
             return key[: -len(suffix)], part
     return None
 
 
-def _official_module(module: str, layout: str) -> str | None:
-    if layout == "kohya":
-        return flat_to_official_module(module[len(KOHYA_PREFIX):])
-    if layout == "diffusers":
+def _official_module(module: str, diffusers: bool) -> str | None:
+    """The official name of a key's module (any prefix; kohya, diffusers or official names), or None."""
+    if module.startswith(KOHYA_PREFIX):
+        return flat_to_official_module(module[len(KOHYA_PREFIX):].lstrip("_"))  # Wan-Fun: `lora_unet__blocks_0_...`
+    module = _strip_prefix(module)
+    if diffusers:
         as_weight = diffusers_to_official_key(module + ".weight")
         module = as_weight[: -len(".weight")] if as_weight != module + ".weight" else diffusers_to_official_key(module)
     return module if is_official_module(module) else None
@@ -91,30 +111,40 @@ def detect_layout(keys: list[str]) -> str:
 
 
 def parse_lora(state_dict: dict[str, torch.Tensor], source: str) -> LoraWeights:
-    """The layers of a LoRA state dict; raises `InputError` listing every key that names no part of the Wan2.2 DiT."""
+    """The layers of a LoRA state dict; raises `InputError` listing every key that names no part of the Wan2.2 DiT
+    (keys of Wan2.1 I2V's image branch are left out with a warning)."""
     keys = list(state_dict)
     if not keys:
         raise InputError(f"The LoRA file {source} holds no tensors: download it again.")
     layout = detect_layout(keys)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     unknown: list[str] = []
+    image_branch: list[str] = []
     for key in keys:
-        split = _split_part(key if layout == "kohya" else _strip_prefix(key))
-        module = _official_module(split[0], layout) if split is not None else None
-        if module is None or split is None:
-            unknown.append(key)
-            continue
-        parts.setdefault(module, {})[split[1]] = state_dict[key]
-    if unknown:
-        hint = ""
-        if any(marker in k for k in unknown for marker in _IMAGE_BRANCH):
-            hint = " Keys of the CLIP image branch (k_img, v_img, img_emb) belong to Wan2.1 I2V, which Wan2.2 lacks."
-        raise InputError(
-            f"The LoRA file {source} ({layout} layout) has {len(unknown)} key(s) that name no part of the Wan2.2 "
-            f"DiT: {describe_keys(unknown)}.{hint} Use a LoRA made for Wan2.2 (or Wan2.1 text-to-video)."
-        )
+        split = _split_part(key)
+        module = None if split is None else _official_module(split[0], layout == "diffusers")
+        if split is not None and module is not None:
+            parts.setdefault(module, {})[split[1]] = state_dict[key]
+        else:
+            (image_branch if _IMAGE_BRANCH.search(key) else unknown).append(key)
+    _check_left_out(unknown, image_branch, bool(parts), f"The LoRA file {source} ({layout} layout)")
     layers = {module: _layer(module, found, source) for module, found in parts.items()}
     return LoraWeights(source=source, layout=layout, layers=layers)
+
+
+def _check_left_out(unknown: list[str], image_branch: list[str], usable: bool, what: str) -> None:
+    """Raise listing the keys that name no part of the Wan2.2 DiT. Keys of Wan2.1 I2V's CLIP image branch are left
+    out with a warning, as ComfyUI does (raise when nothing else is `usable`)."""
+    if unknown:
+        hint = " LoHa, LoKr and DoRA files are not supported." if any(
+            marker in k for k in unknown for marker in _UNSUPPORTED) else ""
+        raise InputError(f"{what} has {len(unknown)} key(s) that name no part of the Wan2.2 DiT: "
+                         f"{describe_keys(unknown)}.{hint} Use a LoRA made for Wan2.2 (or Wan2.1).")
+    branch = "the CLIP image branch of Wan2.1 I2V (k_img, v_img, img_emb), which Wan2.2 does not have"
+    if not usable:
+        raise InputError(f"{what} changes only {branch}: it would change nothing.")
+    if image_branch:
+        log.warning("%s: left out %d key(s) of %s: %s.", what, len(image_branch), branch, describe_keys(image_branch))
 
 
 def _layer(module: str, found: dict[str, torch.Tensor], source: str) -> LoraLayer:

@@ -76,7 +76,9 @@ def merge_layer(
         name, owner = _weight_name(model, layer.module, where)
         current = weights.get(name)
         fp8 = isinstance(owner, FP8Linear) and current.dtype == FP8
-        merged = dequantize_fp8(current, owner.weight_scale) if fp8 else current.float()
+        # a copy: `.float()` of a float32 weight (norms, modulations) is the weight itself, which the in-place adds
+        # below would change before `weights.set` keeps its original
+        merged = dequantize_fp8(current, owner.weight_scale) if fp8 else current.to(torch.float32, copy=True)
         rows = current.shape[0]
         if layer.down is not None:
             down = layer.down.to(current.device, torch.float32).flatten(1)

@@ -3,8 +3,9 @@
 1. official expert folder (`high_noise_model/`, `low_noise_model/`, or the TI2V-5B root): `config.json` +
    `diffusion_pytorch_model-0000k-of-0000n.safetensors` + `.safetensors.index.json` (shards renamed by mirrors,
    e.g. `...-00001-of-00006-bf16.safetensors`, and a missing index are fine);
-2. a ComfyUI single file, keys bare or prefixed `model.diffusion_model.`, fp16/bf16/fp32, or fp8: `*_fp8_scaled`
-   (`<layer>.scale_weight` + `scaled_fp8`) and the newer `weight_scale` / `comfy_quant` format;
+2. a ComfyUI single file, keys bare or prefixed `model.diffusion_model.`, fp16/bf16/fp32, or quantized:
+   `*_fp8_scaled` (`<layer>.scale_weight` + `scaled_fp8`) and the newer `weight_scale` / `comfy_quant` format
+   (fp8, int8, nvfp4 and mxfp8 layers, read by `wan_core.io.quant`);
 3. a diffusers `WanTransformer3DModel` folder (`transformer/`, `transformer_2/`) or single file;
 plus an official `.pth` state dict (read with `weights_only=True`), and a GGUF file (city96's conversions: the block
 matmul weights stay quantized, `GGUFLinear`, and are dequantized on the device as each layer runs).
@@ -38,8 +39,15 @@ from ..io.files import find_weight_files
 from ..io.gguf_file import GGUFFile
 from ..io.mapped_safetensors import SAFETENSORS_DTYPES as _SAFETENSORS_DTYPES
 from ..io.mapped_safetensors import MappedSafetensors, PageDropper, unreadable_tensor
-from ..io.quant import dequantize
-from ..io.state_dict import FP8_DTYPES, WEIGHT_SUFFIXES, is_torch_file, read_safetensors_metadata, read_torch_file
+from ..io.quant import check_format, dequantize, layer_formats, logical_shape
+from ..io.state_dict import (
+    FP8_DTYPES,
+    SAFETENSORS_SUFFIXES,
+    WEIGHT_SUFFIXES,
+    is_torch_file,
+    read_safetensors_metadata,
+    read_torch_file,
+)
 from ..pipeline.finite import check_weight_dtypes, scan_weights
 from ..ram import check_ram, forget_read_pages
 from .fp8 import quantize_weight
@@ -112,7 +120,7 @@ class _Checkpoint:
             self._read_header(file)
 
     def _read_header(self, file: Path) -> None:
-        if file.suffix == ".gguf":
+        if file.suffix.lower() == ".gguf":
             self.gguf = GGUFFile(file)
             for key, tensor in self.gguf.tensors.items():
                 self.entries[key] = _Entry(file, tensor.stored_dtype, tensor.shape)
@@ -218,6 +226,23 @@ def _split_quant(names: dict[str, str]) -> tuple[dict[str, str], dict[str, dict[
         else:
             main[name] = raw
     return main, aux
+
+
+def _quant_formats(ckpt: _Checkpoint, main: dict[str, str], aux: dict[str, dict[str, str]]) -> dict[str, dict]:
+    """Official layer name -> its ComfyUI quantization config (the `.comfy_quant` tensors and the
+    `_quantization_metadata` header), each checked to be a format `wan_core.io.quant` reads."""
+    layers = {raw.removesuffix(".weight"): name.removesuffix(".weight") for name, raw in main.items()
+              if name.endswith(".weight")}
+    configs = [side[".comfy_quant"] for side in aux.values() if ".comfy_quant" in side]
+    reader = ckpt.reader(torch.device("cpu"))
+    try:
+        tensors = {raw: reader.get(raw) for raw in configs}
+    finally:
+        reader.close()
+    formats = {layers[raw]: fmt for raw, fmt in layer_formats(tensors, ckpt.metadata).items() if raw in layers}
+    for layer, fmt in formats.items():
+        check_format(layer, fmt)
+    return formats
 
 
 # --- config ------------------------------------------------------------------------------------------------------
@@ -339,7 +364,9 @@ def load_dit(
     where = str(ckpt.path)
     names = _normalize_names(list(ckpt.entries))
     main, aux = _split_quant(names)
-    shapes = {name: ckpt.entries[raw].shape for name, raw in main.items()}
+    formats = _quant_formats(ckpt, main, aux)
+    shapes = {name: logical_shape(ckpt.entries[raw].shape, formats.get(name.removesuffix(".weight"), {}))
+              for name, raw in main.items()}
     facts = _shape_facts(shapes, where)
 
     if config is not None:
@@ -440,7 +467,7 @@ def _copied_bytes(ckpt: _Checkpoint, main: dict[str, str], expected: dict[str, t
     for name, shape in expected.items():
         entry = ckpt.entries[main[name]]
         kept = FP8 if name in fp8_names else torch.float32 if keeps_fp32(name) else target
-        mapped = entry.file.suffix == ".safetensors" and entry.dtype == kept or name in gguf_names
+        mapped = entry.file.suffix.lower() in SAFETENSORS_SUFFIXES and entry.dtype == kept or name in gguf_names
         if not mapped:
             total += math.prod(shape) * kept.itemsize
     return total

@@ -3,10 +3,14 @@
 Two formats are in circulation:
 - `*_fp8_scaled` (2024-2025): e4m3 weights, a float32 `<layer>.scale_weight` beside each (optionally
   `<layer>.scale_input`) and a `scaled_fp8` marker tensor.
-- The quantization metadata format of newer ComfyUI (`comfy/quant_ops.py`): `<layer>.weight_scale`
-  (and `input_scale`, `weight_scale_2`), a `<layer>.comfy_quant` JSON tensor per layer and/or a
-  `_quantization_metadata` JSON entry in the safetensors header; formats `float8_e4m3fn` (per-tensor scale)
-  and `int8_blockwise` (one scale per block of `group_size` x `group_size`).
+- The quantization metadata format of newer ComfyUI (`comfy/quant_ops.py` `QUANT_ALGOS`, loaded by
+  `comfy/ops.py` `_load_quantized_module`): `<layer>.weight_scale` (and `input_scale`, `weight_scale_2`), a
+  `<layer>.comfy_quant` JSON tensor per layer and/or a `_quantization_metadata` JSON entry in the safetensors
+  header. Formats read here: `float8_e4m3fn` / `float8_e5m2` / `int8_tensorwise` (per-tensor or per-row scale),
+  `int8_blockwise` (one scale per block of `group_size` x `group_size`), `nvfp4` (two e2m1 values per uint8 byte,
+  high nibble first, an e4m3 scale per 16 values plus the per-tensor `weight_scale_2`) and `mxfp8` (e4m3 values, an
+  e8m0 scale per 32); the block scales of the last two are stored in cuBLAS's tiled layout (comfy_kitchen
+  `to_blocked`). The others (`convrot_w4a4`, `asym_w4a8_int8`, `awq_w4a16`, int8 with `convrot`) raise.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ import json
 
 import torch
 
-from ..errors import CorruptFileError
+from ..errors import CheckpointError, CorruptFileError
 from .state_dict import FP8_DTYPES
 
 _DROPPED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant", ".weight_scale_2", ".pre_quant_scale")
 _MARKERS = ("scaled_fp8",)
+READABLE_FORMATS = ("float8_e4m3fn", "float8_e5m2", "int8_tensorwise", "int8_blockwise", "nvfp4", "mxfp8")
+E8M0 = getattr(torch, "float8_e8m0fnu", None)
+_E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
 
 def is_quantized(state_dict: dict[str, torch.Tensor]) -> bool:
@@ -28,7 +35,8 @@ def is_quantized(state_dict: dict[str, torch.Tensor]) -> bool:
     ) or any(v.dtype in FP8_DTYPES for v in state_dict.values())
 
 
-def _layer_formats(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> dict[str, dict]:
+def layer_formats(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> dict[str, dict]:
+    """Layer -> its ComfyUI quantization config (`{"format": ...}`), from the header and the `.comfy_quant` tensors."""
     formats: dict[str, dict] = {}
     header = (metadata or {}).get("_quantization_metadata")
     if header:
@@ -45,6 +53,24 @@ def _layer_formats(state_dict: dict[str, torch.Tensor], metadata: dict[str, str]
     return formats
 
 
+def check_format(layer: str, fmt: dict) -> None:
+    """CheckpointError naming the layer when its ComfyUI quantization format is not one this module reads."""
+    name = fmt.get("format")
+    params = fmt.get("params") if isinstance(fmt.get("params"), dict) else {}
+    if name in READABLE_FORMATS and not (fmt.get("convrot") or params.get("convrot")):
+        return
+    kind = f"{name!r} with convrot rotation" if name in READABLE_FORMATS else repr(name)
+    raise CheckpointError(
+        f"Layer {layer!r} is stored in ComfyUI's {kind} quantization format, which wan_core cannot read (it reads "
+        f"{', '.join(READABLE_FORMATS)}). Use the fp16/bf16, fp8_scaled or GGUF file of this model."
+    )
+
+
+def logical_shape(shape: tuple[int, ...], fmt: dict) -> tuple[int, ...]:
+    """The shape a stored weight dequantizes to: `nvfp4` packs two values per byte of its last dim."""
+    return (*shape[:-1], shape[-1] * 2) if fmt.get("format") == "nvfp4" else shape
+
+
 def _scale_of(state_dict: dict[str, torch.Tensor], layer: str) -> torch.Tensor | None:
     for suffix in (".scale_weight", ".weight_scale"):
         if layer + suffix in state_dict:
@@ -52,17 +78,55 @@ def _scale_of(state_dict: dict[str, torch.Tensor], layer: str) -> torch.Tensor |
     return None
 
 
-def _dequantize_one(weight: torch.Tensor, scale: torch.Tensor | None, fmt: dict, dtype: torch.dtype) -> torch.Tensor:
+def _untiled(scales: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Block scales stored in cuBLAS's tiled layout (128 x 4 tiles, rows and columns padded) as a plain
+    `[rows, cols]` (comfy_kitchen `from_blocked`)."""
+    row_tiles, col_tiles = -(-rows // 128), -(-cols // 4)
+    tiles = scales.reshape(row_tiles, col_tiles, 32, 4, 4).permute(0, 1, 3, 2, 4)
+    plain = tiles.reshape(row_tiles, col_tiles, 128, 4).permute(0, 2, 1, 3).reshape(row_tiles * 128, col_tiles * 4)
+    return plain[:rows, :cols]
+
+
+def _nvfp4(packed: torch.Tensor, block_scale: torch.Tensor, tensor_scale: torch.Tensor) -> torch.Tensor:
+    codes = torch.stack((packed >> 4, packed & 0x0F), dim=-1).reshape(packed.shape[0], -1)
+    values = torch.tensor(_E2M1, device=packed.device)[codes.long()]
+    rows, cols = values.shape
+    blocks = _untiled(block_scale.view(torch.float8_e4m3fn).float(), rows, cols // 16) * tensor_scale.float()
+    return (values.view(rows, -1, 16) * blocks[..., None]).view(rows, cols)
+
+
+def _mxfp8(weight: torch.Tensor, block_scale: torch.Tensor) -> torch.Tensor:
+    rows, cols = weight.shape
+    exponents = _untiled(block_scale.view(torch.uint8), rows, cols // 32).to(torch.int32)
+    scales = torch.where(exponents == 0, 0, exponents << 23).view(torch.float32)  # e8m0: 2**(e - 127); 0 -> 0
+    return (weight.float().view(rows, -1, 32) * scales[..., None]).view(rows, cols)
+
+
+def _scaled(weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     values = weight.to(torch.float32)
     if scale is None:
-        return values.to(dtype)
+        return values
     scale = scale.to(torch.float32)
-    if fmt.get("format") == "int8_blockwise" or (scale.dim() == 2 and scale.numel() > 1):
+    if scale.dim() == 2 and scale.numel() > 1:  # int8_blockwise, or one scale per row ([rows, 1])
         rows, cols = scale.shape
         block_r, block_c = values.shape[0] // rows, values.shape[1] // cols
-        values = (values.view(rows, block_r, cols, block_c) * scale[:, None, :, None]).view(weight.shape)
+        return (values.view(rows, block_r, cols, block_c) * scale[:, None, :, None]).view(weight.shape)
+    return values * scale
+
+
+def _dequantize_one(
+    weight: torch.Tensor, state_dict: dict[str, torch.Tensor], layer: str, fmt: dict, dtype: torch.dtype
+) -> torch.Tensor:
+    """One quantized tensor of `state_dict` (which holds its layer's scales) as `dtype`."""
+    scale = _scale_of(state_dict, layer)
+    if fmt:
+        check_format(layer, fmt)
+    if fmt.get("format") == "nvfp4":
+        values = _nvfp4(weight, scale, state_dict[layer + ".weight_scale_2"])
+    elif fmt.get("format") == "mxfp8" or (scale is not None and scale.dtype == E8M0):
+        values = _mxfp8(weight, scale)
     else:
-        values = values * scale
+        values = _scaled(weight, scale)
     return values.to(dtype)
 
 
@@ -75,19 +139,18 @@ def dequantize(
 ) -> dict[str, torch.Tensor]:
     """Plain `dtype` weights from a ComfyUI quantized state dict (a plain one passes through). `consume`: each
     weight leaves `state_dict` once converted, so that the quantized and the plain weights are never all in memory."""
-    formats = _layer_formats(state_dict, metadata)
+    formats = layer_formats(state_dict, metadata)
     out: dict[str, torch.Tensor] = {}
     for key in list(state_dict):
         if key in _MARKERS or key.endswith(_DROPPED_SUFFIXES) or key.endswith((".scale_weight", ".weight_scale")):
             continue
         value = state_dict.pop(key) if consume else state_dict[key]
-        layer = key[: -len(".weight")] if key.endswith(".weight") else None
-        scale = _scale_of(state_dict, layer) if layer is not None else None
+        layer = key[: -len(".weight")] if key.endswith(".weight") else key
         quantized = value.dtype in FP8_DTYPES or value.dtype == torch.int8 or (layer in formats)
         if not quantized:
             out[key] = value.to(dtype) if value.is_floating_point() else value
         else:
-            out[key] = _dequantize_one(value, scale, formats.get(layer, {}), dtype)
+            out[key] = _dequantize_one(value, state_dict, layer, formats.get(layer, {}), dtype)
     return out
 
 

@@ -122,8 +122,8 @@ class Wan22T5Loader:
         return {
             "required": {
                 "t5_name": (host.list_models("text_encoders"), {
-                    "tooltip": "UMT5-XXL: ComfyUI's umt5_xxl_*.safetensors or the official "
-                    "models_t5_umt5-xxl-enc-bf16.pth (with google/umt5-xxl/ beside it).",
+                    "tooltip": "UMT5-XXL: ComfyUI's umt5_xxl_*.safetensors, city96's umt5-xxl-encoder-*.gguf "
+                    "or the official models_t5_umt5-xxl-enc-bf16.pth (with google/umt5-xxl/ beside it).",
                 }),
                 "weight_dtype": (list(COMPUTE_DTYPES), {"default": "default"}),
             }

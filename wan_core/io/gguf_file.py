@@ -7,6 +7,7 @@ their real shape in a `comfy.gguf.orig_shape.<name>` metadata array.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from ..errors import CorruptFileError, WanError
 from .gguf_dequant import FLOAT_TYPES, check_supported, dequantize, raw_shape
 
 ORIG_SHAPE_KEY = "comfy.gguf.orig_shape."
+_CHUNK_VALUES = 1 << 24  # values dequantized at once (64 MB of float32)
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,8 @@ class GGUFFile:
                 f"{self.path} cannot be read as GGUF ({type(err).__name__}: {err}). The file is truncated or "
                 "damaged: download it again."
             ) from err
-        field = reader.get_field("general.architecture")
-        self.architecture = str(bytes(field.parts[field.data[-1]]), "utf-8") if field is not None else None
+        self._reader = reader
+        self.architecture = self.field("general.architecture")
         self.tensors: dict[str, GGUFTensor] = {}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -75,8 +77,30 @@ class GGUFFile:
                 raw = torch.from_numpy(tensor.data.reshape(-1).view("uint8"))
                 self.tensors[tensor.name] = GGUFTensor(qtype, shape, raw.view(raw_shape(qtype, shape)))
 
+    def field(self, key: str) -> str | int | float | bool | list | None:
+        """Metadata entry `key` as Python values (a list for arrays), or None where the file lacks it."""
+        field = self._reader.get_field(key)
+        if field is None:
+            return None
+        string = _import_gguf().GGUFValueType.STRING
+
+        def value(index: int) -> str | int | float | bool:
+            part = field.parts[index]
+            return str(bytes(part), "utf-8") if field.types[-1] == string else part[0].item()
+
+        values = [value(index) for index in field.data]
+        return values if len(field.types) > 1 else values[0]  # types: [ARRAY, element type] for arrays
+
     def dequantized(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Tensor `name` on `device`: float tensors in their stored dtype, quantized ones in float32 (or `dtype`)."""
         tensor = self.tensors[name]
         target = dtype or (tensor.stored_dtype if not tensor.quantized else torch.float32)
-        return dequantize(tensor.raw.to(device), tensor.qtype, tensor.shape, target)
+        rows = max(1, _CHUNK_VALUES // math.prod(tensor.shape[1:])) if len(tensor.shape) > 1 else tensor.shape[0]
+        if not tensor.quantized or rows >= tensor.shape[0]:
+            return dequantize(tensor.raw.to(device), tensor.qtype, tensor.shape, target)
+        # in slices of rows: UMT5's Q8_0 token embedding (256384 x 4096) would need GBs of float32 temporaries at once
+        out = torch.empty(tensor.shape, dtype=target, device=device)
+        for start in range(0, tensor.shape[0], rows):
+            raw = tensor.raw[start : start + rows]
+            out[start : start + rows] = dequantize(raw.to(device), tensor.qtype, (len(raw), *tensor.shape[1:]), target)
+        return out

@@ -7,7 +7,10 @@ Accepted weights:
 - ComfyUI's `umt5_xxl_fp16.safetensors` / `umt5_xxl_fp8_e4m3fn_scaled.safetensors` (dequantized; the tokenizer is
   read from the `spiece_model` tensor they carry);
 - a transformers folder (`config.json` + `model*.safetensors`, e.g. diffusers' `text_encoder/`; its tokenizer is
-  `../tokenizer/`).
+  `../tokenizer/`);
+- a GGUF file (city96's `umt5-xxl-encoder-Q8_0.gguf`, `-Q5_K_M.gguf`, ...: llama.cpp names, dequantized on the load's
+  device by `gguf_weights`; the tokenizer is rebuilt from the file's `tokenizer.ggml` metadata, or, where it has
+  none, read from a folder beside it such as `google/umt5-xxl/`).
 Without a `config.json` the architecture is read from the weights' shapes.
 """
 
@@ -33,6 +36,7 @@ from ..errors import (
     describe_keys,
 )
 from ..io.files import find_weight_files
+from ..io.gguf_file import GGUFFile
 from ..io.mapped_safetensors import DroppingStateDict, PageDropper, read_mapped
 from ..io.quant import dequantize, is_quantized
 from ..io.state_dict import (
@@ -44,6 +48,7 @@ from ..io.state_dict import (
 )
 from ..memory import out_of_memory
 from ..pipeline.finite import check_weight_dtypes, scan_weights
+from .gguf_weights import check_complete, dequantized, is_gguf, meta_tensors, open_gguf, spiece_model
 from .keymap import EMBED_TOKENS, SHARED, SPIECE_MODEL, to_transformers
 from .tokenizer import (
     TINY_UMT5_CONFIG,
@@ -367,7 +372,8 @@ def _build_model(config, state_dict: dict[str, torch.Tensor]):
 def _default_dtype(state_dict: Mapping[str, torch.Tensor]) -> torch.dtype:
     """The dtype the weights are stored in; bf16 (the reference's) for fp8 files."""
     probe = next(
-        (v for k, v in state_dict.items() if k.endswith("SelfAttention.q.weight") or k.endswith("attn.q.weight")), None
+        (v for k, v in state_dict.items() if k.endswith(("SelfAttention.q.weight", "attn.q.weight", "attn_q.weight"))),
+        None,
     )
     if probe is None or probe.dtype in FP8_DTYPES or not probe.is_floating_point():
         return torch.bfloat16
@@ -388,10 +394,10 @@ def text_encoder_from_state_dict(
     pages: PageDropper | None = None,
 ) -> TextEncoder:
     """A `TextEncoder` from weights already in memory, in any supported naming (official, transformers, ComfyUI,
-    fp8-scaled). `tokenizer`: a tokenizer, a tokenizer folder/file, or None to use the weights' `spiece_model`.
-    `consume`: `state_dict` (a dict) is emptied as its quantized weights are converted (a load's peak RAM is then
-    the converted model, not both). `pages`: the memory-mapped files the weights are views of, dropped as they are
-    read (a file load)."""
+    fp8-scaled, llama.cpp). `tokenizer`: a tokenizer, a tokenizer folder/file, or None to use the weights'
+    `spiece_model`. `consume`: `state_dict` (a dict) is emptied as its quantized weights are converted (a load's peak
+    RAM is then the converted model, not both). `pages`: the memory-mapped files the weights are views of, dropped as
+    they are read (a file load)."""
     sd = state_dict if consume else dict(state_dict)
     spiece = None
     for key in [k for k in sd if k.endswith(SPIECE_MODEL)]:
@@ -464,8 +470,8 @@ def _resolve_weights(path: Path) -> tuple[list[Path], Path | None]:
         return [path], None
     if not path.is_dir():
         raise MissingFileError(
-            f"Text encoder {path} does not exist. Pass {OFFICIAL_FILENAME}, a ComfyUI umt5_xxl_*.safetensors file "
-            "or a transformers folder (config.json + model.safetensors)."
+            f"Text encoder {path} does not exist. Pass {OFFICIAL_FILENAME}, a ComfyUI umt5_xxl_*.safetensors file, "
+            "a umt5-xxl-encoder-*.gguf file or a transformers folder (config.json + model.safetensors)."
         )
     if (path / OFFICIAL_FILENAME).is_file():  # the official checkpoint folder
         return [path / OFFICIAL_FILENAME], None
@@ -482,6 +488,14 @@ def _resolve_weights(path: Path) -> tuple[list[Path], Path | None]:
     return files, config if config.is_file() else None
 
 
+def _open_gguf(path: Path) -> GGUFFile:
+    """A GGUF text encoder whose names and shapes (its header only) passed the other layouts' checks, so that a wrong
+    or incomplete file fails before a tokenizer is sought and before gigabytes are dequantized."""
+    file = open_gguf(path)
+    check_complete(file, infer_config(to_transformers(meta_tensors(file)))["num_layers"])
+    return file
+
+
 def load_text_encoder(
     path: str | Path,
     *,
@@ -492,15 +506,19 @@ def load_text_encoder(
     """Load the UMT5-XXL text encoder from `path` (see the module docstring for the layouts).
 
     `tokenizer`: a folder holding `tokenizer.json` and/or `spiece.model` (the official `google/umt5-xxl/`); when
-    None, the weights' `spiece_model` tensor, else a tokenizer folder that the published layouts put beside the
-    weights (`google/umt5-xxl/`, `../tokenizer/`). `dtype`: None keeps the stored dtype (bf16 for fp8 files).
+    None, the weights' `spiece_model` tensor (a GGUF's `tokenizer.ggml` metadata), else a tokenizer folder that the
+    published layouts put beside the weights (`google/umt5-xxl/`, `../tokenizer/`). `dtype`: None keeps the stored
+    dtype (bf16 for fp8 files and quantized GGUF ones).
     """
     path = Path(os.fspath(path)).expanduser()
     files, config_path = _resolve_weights(path)
     resolved = _resolve_dtype(dtype)
-    safetensors = not any(is_torch_file(f) for f in files)
+    gguf = _open_gguf(files[0]) if is_gguf(files[0]) else None
+    safetensors = gguf is None and not any(is_torch_file(f) for f in files)
     # The tokenizer is settled before the (large) weights are read, so that a missing one fails at once.
     tok: str | Path | UMT5Tokenizer | None = tokenizer
+    if tok is None and gguf is not None and (spiece := spiece_model(gguf)) is not None:
+        tok = tokenizer_from_spiece(spiece, source=f"{path} (tokenizer.ggml metadata)")
     if tok is None and not (safetensors and _carries_spiece(files)):
         tok = find_tokenizer_near(files[0].parent if config_path is not None else path)
         if tok is None:
@@ -513,7 +531,9 @@ def load_text_encoder(
 
     metadata: dict[str, str] = {}
     pages = None
-    if safetensors:
+    if gguf is not None:
+        state_dict = dequantized(gguf, torch.device(device), resolved)
+    elif safetensors:
         tensors, maps = read_mapped(files)
         pages = PageDropper(maps)
         state_dict = DroppingStateDict(tensors, pages)

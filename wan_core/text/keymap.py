@@ -17,6 +17,12 @@ product, so `gate.0 <-> wi_0` and `fc1 <-> wi_1`.
 ComfyUI's `umt5_xxl_*.safetensors` use transformers' names, store the embedding once (`shared.weight`, no
 `encoder.embed_tokens.weight`) and add the sentencepiece model as a uint8 tensor `spiece_model`; the fp8 files add
 `scaled_fp8` and `<layer>.scale_weight` (see `wan_core.io.quant`).
+
+GGUF files (city96's `umt5-xxl-encoder-*.gguf`, made with llama.cpp's `convert_hf_to_gguf.py`) use llama.cpp's T5
+encoder names (gguf-py `constants.py`, `MODEL_TENSOR.ENC_*`; ComfyUI-GGUF's `loader.py` maps them back the same way):
+`token_embd.weight` -> `shared.weight`, `enc.blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_o, attn_rel_b, ffn_norm,
+ffn_gate, ffn_up, ffn_down}.weight` -> `encoder.block.N.*` (`ffn_gate` is the GELU branch `wi_0`, `ffn_up` is `wi_1`),
+`enc.output_norm.weight` -> `encoder.final_layer_norm.weight`.
 """
 
 from __future__ import annotations
@@ -55,7 +61,28 @@ _HF_TO_OFFICIAL_BLOCK = {hf: off for off, hf in _BLOCK_PAIRS}
 _OFFICIAL_TO_HF_GLOBAL = dict(_GLOBAL_PAIRS)
 _HF_TO_OFFICIAL_GLOBAL = {hf: off for off, hf in _GLOBAL_PAIRS}
 
+# (llama.cpp suffix after `enc.blk.N.`, transformers suffix after `encoder.block.N.`)
+_LLAMA_CPP_BLOCK_PAIRS = (
+    ("attn_norm.weight", "layer.0.layer_norm.weight"),
+    ("attn_q.weight", "layer.0.SelfAttention.q.weight"),
+    ("attn_k.weight", "layer.0.SelfAttention.k.weight"),
+    ("attn_v.weight", "layer.0.SelfAttention.v.weight"),
+    ("attn_o.weight", "layer.0.SelfAttention.o.weight"),
+    ("attn_rel_b.weight", "layer.0.SelfAttention.relative_attention_bias.weight"),
+    ("ffn_norm.weight", "layer.1.layer_norm.weight"),
+    ("ffn_gate.weight", "layer.1.DenseReluDense.wi_0.weight"),
+    ("ffn_up.weight", "layer.1.DenseReluDense.wi_1.weight"),
+    ("ffn_down.weight", "layer.1.DenseReluDense.wo.weight"),
+)
+LLAMA_CPP_EMBEDDING = "token_embd.weight"
+_LLAMA_CPP_TO_HF_GLOBAL = {
+    LLAMA_CPP_EMBEDDING: SHARED,
+    "enc.output_norm.weight": "encoder.final_layer_norm.weight",
+}
+_LLAMA_CPP_TO_HF_BLOCK = dict(_LLAMA_CPP_BLOCK_PAIRS)
+
 _OFFICIAL_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_LLAMA_CPP_BLOCK = re.compile(r"^enc\.blk\.(\d+)\.(.+)$")
 _HF_BLOCK = re.compile(r"^encoder\.block\.(\d+)\.(.+)$")
 
 # Prefixes that some exports put before every name (DataParallel, ComfyUI's saved CLIP, ...).
@@ -70,6 +97,13 @@ def official_keys(num_layers: int) -> list[str]:
     return keys + ["norm.weight"]
 
 
+def llama_cpp_keys(num_layers: int) -> list[str]:
+    """The tensor names of a llama.cpp T5 encoder GGUF with `num_layers` blocks."""
+    keys = [LLAMA_CPP_EMBEDDING]
+    keys += [f"enc.blk.{i}.{name}" for i in range(num_layers) for name, _ in _LLAMA_CPP_BLOCK_PAIRS]
+    return keys + ["enc.output_norm.weight"]
+
+
 def is_official(sd: Mapping[str, torch.Tensor]) -> bool:
     """True when the names are the official checkpoint's (`token_embedding`, `blocks.N.*`)."""
     keys = strip_prefix(dict.fromkeys(sd), _OFFICIAL_PREFIXES)
@@ -80,6 +114,11 @@ def is_transformers(sd: Mapping[str, torch.Tensor]) -> bool:
     """True when the names are transformers' / ComfyUI's (`shared`, `encoder.block.N.*`)."""
     keys = strip_prefix(dict.fromkeys(sd), _HF_PREFIXES)
     return SHARED in keys or EMBED_TOKENS in keys or any(k.startswith("encoder.block.") for k in keys)
+
+
+def is_llama_cpp(sd: Mapping[str, object]) -> bool:
+    """True when the names are llama.cpp's T5 encoder names (`token_embd`, `enc.blk.N.*`), as in a GGUF file."""
+    return LLAMA_CPP_EMBEDDING in sd or any(k.startswith("enc.blk.") for k in sd)
 
 
 def _rename(
@@ -141,6 +180,18 @@ def to_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def from_llama_cpp(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """llama.cpp (GGUF) names -> transformers names; an unknown name raises `KeyMismatchError`."""
+    out, unknown = _rename(sd, _LLAMA_CPP_TO_HF_GLOBAL, _LLAMA_CPP_BLOCK, _LLAMA_CPP_TO_HF_BLOCK, "encoder.block")
+    if unknown:
+        raise KeyMismatchError(
+            f"{len(unknown)} name(s) are not tensors of a llama.cpp T5 encoder: {describe_keys(unknown)}. Expected "
+            "names such as 'token_embd.weight', 'enc.blk.0.attn_q.weight', 'enc.output_norm.weight' "
+            "(umt5-xxl-encoder-*.gguf)."
+        )
+    return out
+
+
 def from_comfy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """ComfyUI umt5 file -> transformers names: the names are the same; `spiece_model` is removed (read it first)
     and a prefix such as `umt5xxl.transformer.` (a CLIP saved by ComfyUI) is stripped."""
@@ -149,12 +200,15 @@ def from_comfy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def to_transformers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Any supported naming (official, transformers, ComfyUI) -> transformers names."""
+    """Any supported naming (official, transformers, ComfyUI, llama.cpp) -> transformers names."""
+    if is_llama_cpp(sd):
+        return from_llama_cpp(sd)
     if is_official(sd) and not is_transformers(sd):
         return from_official(sd)
     if is_transformers(sd):
         return from_comfy(sd)
     raise KeyMismatchError(
-        f"These weights are not a UMT5 text encoder: no 'token_embedding.weight' / 'blocks.N.*' (official) nor "
-        f"'shared.weight' / 'encoder.block.N.*' (transformers, ComfyUI) names. They hold: {describe_keys(list(sd))}."
+        f"These weights are not a UMT5 text encoder: no 'token_embedding.weight' / 'blocks.N.*' (official), "
+        f"'shared.weight' / 'encoder.block.N.*' (transformers, ComfyUI) nor 'token_embd.weight' / 'enc.blk.N.*' "
+        f"(llama.cpp, GGUF) names. They hold: {describe_keys(list(sd))}."
     )

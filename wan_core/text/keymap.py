@@ -121,15 +121,17 @@ def is_llama_cpp(sd: Mapping[str, object]) -> bool:
     return LLAMA_CPP_EMBEDDING in sd or any(k.startswith("enc.blk.") for k in sd)
 
 
-def _rename(
+def _renamed(
     sd: Mapping[str, torch.Tensor],
     global_names: Mapping[str, str],
     block: re.Pattern[str],
     block_names: Mapping[str, str],
     block_prefix: str,
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """`sd` under the other side's names (`block` captures the block index and the suffix), and the keys no rule
-    names."""
+    what: str,
+    expected: str = "",
+) -> dict[str, torch.Tensor]:
+    """`sd` under the other side's names (`block` captures the block index and the suffix); raises
+    `KeyMismatchError` listing every key no rule names (keys that are not `what`)."""
     out: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     for key, value in sd.items():
@@ -140,8 +142,9 @@ def _rename(
             out[f"{block_prefix}.{match[1]}.{block_names[match[2]]}"] = value
         else:
             unknown.append(key)
-    return out, unknown
-
+    if unknown:
+        raise KeyMismatchError(f"{len(unknown)} name(s) are not {what}: {describe_keys(unknown)}.{expected}")
+    return out
 
 def from_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official names -> transformers names (`shared.weight`; the loader re-ties `encoder.embed_tokens`).
@@ -149,14 +152,9 @@ def from_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     Every name must be known: an unknown one raises `KeyMismatchError` rather than being dropped.
     """
     sd = strip_prefix(dict(sd), _OFFICIAL_PREFIXES)
-    out, unknown = _rename(sd, _OFFICIAL_TO_HF_GLOBAL, _OFFICIAL_BLOCK, _OFFICIAL_TO_HF_BLOCK, "encoder.block")
-    if unknown:
-        raise KeyMismatchError(
-            f"{len(unknown)} name(s) are not parameters of the official UMT5 encoder: {describe_keys(unknown)}. "
-            "Expected names such as 'token_embedding.weight', 'blocks.0.attn.q.weight', 'norm.weight' "
-            "(models_t5_umt5-xxl-enc-bf16.pth)."
-        )
-    return out
+    return _renamed(sd, _OFFICIAL_TO_HF_GLOBAL, _OFFICIAL_BLOCK, _OFFICIAL_TO_HF_BLOCK, "encoder.block",
+                    "parameters of the official UMT5 encoder", " Expected names such as 'token_embedding.weight', "
+                    "'blocks.0.attn.q.weight', 'norm.weight' (models_t5_umt5-xxl-enc-bf16.pth).")
 
 
 def to_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -172,24 +170,15 @@ def to_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         sd.pop(EMBED_TOKENS, None)
     else:
         global_names[EMBED_TOKENS] = "token_embedding.weight"
-    out, unknown = _rename(sd, global_names, _HF_BLOCK, _HF_TO_OFFICIAL_BLOCK, "blocks")
-    if unknown:
-        raise KeyMismatchError(
-            f"{len(unknown)} name(s) are not parameters of transformers' UMT5EncoderModel: {describe_keys(unknown)}."
-        )
-    return out
+    return _renamed(sd, global_names, _HF_BLOCK, _HF_TO_OFFICIAL_BLOCK, "blocks",
+                    "parameters of transformers' UMT5EncoderModel")
 
 
 def from_llama_cpp(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """llama.cpp (GGUF) names -> transformers names; an unknown name raises `KeyMismatchError`."""
-    out, unknown = _rename(sd, _LLAMA_CPP_TO_HF_GLOBAL, _LLAMA_CPP_BLOCK, _LLAMA_CPP_TO_HF_BLOCK, "encoder.block")
-    if unknown:
-        raise KeyMismatchError(
-            f"{len(unknown)} name(s) are not tensors of a llama.cpp T5 encoder: {describe_keys(unknown)}. Expected "
-            "names such as 'token_embd.weight', 'enc.blk.0.attn_q.weight', 'enc.output_norm.weight' "
-            "(umt5-xxl-encoder-*.gguf)."
-        )
-    return out
+    return _renamed(sd, _LLAMA_CPP_TO_HF_GLOBAL, _LLAMA_CPP_BLOCK, _LLAMA_CPP_TO_HF_BLOCK, "encoder.block",
+                    "tensors of a llama.cpp T5 encoder", " Expected names such as 'token_embd.weight', "
+                    "'enc.blk.0.attn_q.weight', 'enc.output_norm.weight' (umt5-xxl-encoder-*.gguf).")
 
 
 def from_comfy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

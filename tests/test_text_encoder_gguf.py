@@ -222,6 +222,7 @@ def test_a_lone_gguf_in_text_encoders_loads_through_the_nodes(tmp_path, monkeypa
     held, _ = write_gguf(folder / name, build_tiny_umt5(), q8_0_file, spiece=build_demo_spiece_model())
     assert name in Wan22T5Loader.INPUT_TYPES()["required"]["t5_name"][0]
     (handle,) = Wan22T5Loader().load(name, "fp32")
+    handle = handle.bind("cpu")  # as Set Device "cpu" does: the reference runs on the CPU
     handles.MODEL_CACHE.clear()
     try:
         cond, _, _ = Wan22T5Encode().encode(handle, PROMPTS[0], PROMPTS[1])

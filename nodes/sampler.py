@@ -57,10 +57,15 @@ def latent_preview(latents: torch.Tensor) -> Image.Image:
 
 
 def image_to_video_frame(image: torch.Tensor) -> torch.Tensor:
-    """ComfyUI IMAGE `[B, H, W, 3]` in 0..1 -> the first picture as `[3, H, W]` in [-1, 1]."""
-    if image.ndim != 4 or image.shape[-1] < 3:
-        raise InputError(f"start_image must be a ComfyUI IMAGE [B, H, W, 3]; got shape {tuple(image.shape)}.")
-    return image[0, ..., :3].permute(2, 0, 1).float() * 2.0 - 1.0
+    """ComfyUI IMAGE `[1, H, W, C]` in 0..1 -> `[3, H, W]` in [-1, 1] (an alpha channel is dropped, a gray one
+    repeated)."""
+    if image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
+        raise InputError(f"start_image must be a ComfyUI IMAGE [1, H, W, 3]; got shape {tuple(image.shape)}. Connect "
+                         "a Load Image node (or convert a mask with Convert Mask to Image).")
+    if image.shape[0] != 1:
+        raise InputError(f"start_image holds {image.shape[0]} pictures, and a video starts from one: pick it with an "
+                         "Image From Batch node (batch_index 0 for the first, the last index for the last frame).")
+    return image[0, ..., :3].expand(-1, -1, 3).permute(2, 0, 1).float() * 2.0 - 1.0
 
 
 def sampler_conditioning(
@@ -118,7 +123,8 @@ class Wan22DiTSampler:
             "optional": {
                 "conditioning": ("WAN22_CONDITIONING", {"tooltip": "From Wan2.2 T5 Encode (or positive/negative)."}),
                 "vae": ("WAN22_VAE", {"tooltip": "Needed with start_image (it encodes the picture)."}),
-                "start_image": ("IMAGE", {"tooltip": "i2v / ti2v: the first frame."}),
+                "start_image": ("IMAGE", {"tooltip": "i2v / ti2v: the first frame; a picture of another shape is "
+                                                     "center-cropped to width x height, as WanImageToVideo does."}),
                 "positive": ("CONDITIONING", {"tooltip": "Native CLIPTextEncode (umt5, type wan) instead."}),
                 "negative": ("CONDITIONING", {"tooltip": "Native CLIPTextEncode of the negative prompt."}),
                 "latent": ("LATENT", {

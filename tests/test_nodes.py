@@ -254,7 +254,12 @@ def test_image_conversions_round_trip_and_preview_is_an_rgb_picture():
     images = video_to_images(video)
     assert images.shape == (5, 8, 6, 3) and images.min() >= 0 and images.max() <= 1
     torch.testing.assert_close(images_to_video(images), video)
-    torch.testing.assert_close(image_to_video_frame(images), video[:, 0])
+    torch.testing.assert_close(image_to_video_frame(images[:1]), video[:, 0])
+    torch.testing.assert_close(image_to_video_frame(images[:1, ..., :1]), video[:1, 0].expand(3, -1, -1))  # gray
+    with pytest.raises(InputError, match="holds 5 pictures.*Image From Batch"):
+        image_to_video_frame(images)
+    with pytest.raises(InputError, match=r"\[1, H, W, 3\].*Load Image"):
+        image_to_video_frame(images[:1, ..., :2])
     picture = latent_preview(torch.randn(48, 3, 4, 5))
     assert picture.size == (5, 4) and picture.mode == "RGB"
 

@@ -1,13 +1,14 @@
 """Image conditioning of i2v-A14B and ti2v-5B, as the official ``image2video.py`` / ``textimage2video.py`` build it.
 
-* i2v-A14B: the start image, resized (bicubic) to the output size, followed by ``F - 1`` black frames, is encoded by
-  the VAE; ``y`` = 4 mask channels (1 on the first frame, 0 after, packed 4 frames per latent frame) + that latent,
-  concatenated to the noise on the channel axis inside the DiT.
+* i2v-A14B: the start image at the output size, followed by ``F - 1`` black frames, is encoded by the VAE; ``y`` =
+  4 mask channels (1 on the first frame, 0 after, packed 4 frames per latent frame) + that latent, concatenated to
+  the noise on the channel axis inside the DiT.
 * ti2v-5B: the start image is encoded alone (``[z, 1, H', W']``) and replaces the first latent frame before every
   model call; its tokens get timestep 0, the others the step's timestep (per-token timesteps).
 
-Images are ``[3, H, W]`` tensors in [-1, 1]. :func:`official_image_input` turns a PIL image into that tensor and the
-output size exactly as the official ``generate.py`` does (for the CLI).
+Images are ``[3, H, W]`` tensors in [-1, 1]. :func:`official_image_input` turns a PIL image into that tensor at the
+output size exactly as the official ``generate.py`` does (for the CLI). An image of another size (a ComfyUI IMAGE) is
+fitted as ComfyUI's native ``WanImageToVideo`` / ``Wan22ImageToVideoLatent`` fit theirs (:func:`fit_image`).
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ def vae_encode(vae: object, video: torch.Tensor, device: torch.device | str) -> 
 def i2v_condition(
     vae: object, image: torch.Tensor, *, width: int, height: int, frame_num: int, device: torch.device | str
 ) -> torch.Tensor:
-    """The i2v-A14B ``y``: ``[4 + z, F', H', W']`` from the start image ``[3, h, w]`` (any size; resized here)."""
+    """The i2v-A14B ``y``: ``[4 + z, F', H', W']`` from the start image ``[3, h, w]`` (fitted here if needed)."""
     check_image(image)
-    resized = F.interpolate(image[None].float().cpu(), size=(height, width), mode="bicubic").transpose(0, 1)
-    video = torch.cat([resized, torch.zeros(3, frame_num - 1, height, width)], dim=1)
+    first = fit_image(image, width, height).float().cpu()
+    video = torch.cat([first[:, None], torch.zeros(3, frame_num - 1, height, width)], dim=1)
     latent = vae_encode(vae, video, device)
     msk = i2v_mask(frame_num, latent.shape[-2], latent.shape[-1], device=latent.device)
     return torch.cat([msk, latent])
@@ -94,19 +95,29 @@ def check_image(image: torch.Tensor) -> None:
 
 
 def fit_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Scale ``image`` to cover ``width`` x ``height`` and center-crop (the official ti2v geometry).
+    """``image`` at ``width`` x ``height`` as ComfyUI's native Wan nodes fit a start image: the center crop of the
+    target's aspect ratio, resized bilinearly (``comfy.utils.common_upscale(..., "bilinear", "center")``).
 
-    The official code resizes with PIL's LANCZOS; this tensor path uses antialiased bicubic. Images that already have
-    the target size are returned unchanged (use :func:`official_image_input` to get the official resize).
+    An image of the target size is returned unchanged: the CLI's come sized the official way by
+    :func:`official_image_input`.
     """
     ih, iw = image.shape[-2:]
     if (ih, iw) == (height, width):
         return image
-    scale = max(width / iw, height / ih)
-    rw, rh = round(iw * scale), round(ih * scale)
-    out = F.interpolate(image[None].float(), size=(rh, rw), mode="bicubic", antialias=True)[0]
-    x1, y1 = (rw - width) // 2, (rh - height) // 2
-    return out[:, y1 : y1 + height, x1 : x1 + width].clamp(-1, 1)
+    y, x = center_crop_margins(iw, ih, width / height)
+    cropped = image[None, :, y : ih - y, x : iw - x].float()
+    return F.interpolate(cropped, size=(height, width), mode="bilinear")[0]
+
+
+def center_crop_margins(width: int, height: int, aspect: float) -> tuple[int, int]:
+    """``(top, left)`` margins that crop a ``width`` x ``height`` image to ``aspect`` (w / h) around its center,
+    rounded as ``common_upscale`` rounds them."""
+    old_aspect = width / height
+    if old_aspect > aspect:
+        return 0, round((width - width * (aspect / old_aspect)) / 2)
+    if old_aspect < aspect:
+        return round((height - height * (old_aspect / aspect)) / 2), 0
+    return 0, 0
 
 
 def best_output_size(w: int, h: int, dw: int, dh: int, expected_area: int) -> tuple[int, int]:
@@ -115,6 +126,8 @@ def best_output_size(w: int, h: int, dw: int, dh: int, expected_area: int) -> tu
     ratio = w / h
     ow = (expected_area * ratio) ** 0.5
     oh = expected_area / ow
+    if ow < dw or oh < dh:  # a side rounds down to 0 (the official code divides by zero)
+        raise too_extreme_error(w, h, expected_area, dw, dh)
     ow1 = int(ow // dw * dw)
     oh1 = int(expected_area / ow1 // dh * dh)
     oh2 = int(oh // dh * dh)
@@ -134,10 +147,21 @@ def official_output_size(task: str | TaskConfig, image_width: int, image_height:
         aspect = image_height / image_width
         lat_h = round(np.sqrt(max_area * aspect) // sh // ph * ph)
         lat_w = round(np.sqrt(max_area / aspect) // sw // pw * pw)
+        if lat_h == 0 or lat_w == 0:
+            raise too_extreme_error(image_width, image_height, max_area, pw * sw, ph * sh)
         return lat_w * sw, lat_h * sh
     if task.model_type == "ti2v":
         return best_output_size(image_width, image_height, pw * sw, ph * sh, max_area)
     raise InputError(f"task {task.name} takes no input image")
+
+
+def too_extreme_error(image_width: int, image_height: int, max_area: int, dw: int, dh: int) -> InputError:
+    """The error for an image whose aspect ratio leaves a side of the output below one ``dw`` x ``dh`` block."""
+    return InputError(
+        f"the {image_width}x{image_height} image is too wide or too tall for an output area of {max_area} pixels "
+        f"(--size): the output follows the image's aspect ratio, and a side below {min(dw, dh)} pixels rounds down "
+        f"to 0. Crop the image closer to the output's shape, or pass a larger --size."
+    )
 
 
 def pil_to_tensor(image) -> torch.Tensor:
@@ -147,23 +171,29 @@ def pil_to_tensor(image) -> torch.Tensor:
 
 
 def official_image_input(image, task: str | TaskConfig, max_area: int) -> tuple[torch.Tensor, int, int]:
-    """``(image tensor, width, height)`` for a PIL start image, as the official ``generate.py`` prepares it.
+    """``(image tensor, width, height)`` for a PIL start image, as the official ``generate.py`` prepares it; the
+    tensor has the output size.
 
-    i2v-A14B: the image at its own size (the pipeline resizes it bicubically to the output size, as the official code
-    does); the output size follows the image's aspect ratio within ``max_area``. ti2v-5B: LANCZOS resize to cover the
-    best output size, then center crop.
+    i2v-A14B: the output size follows the image's aspect ratio within ``max_area``; the whole image is resized to it
+    bicubically (the tensor, as ``image2video.py`` does). ti2v-5B: LANCZOS resize to cover the best output size, then
+    center crop (the PIL image, as ``textimage2video.py`` does).
     """
-    from PIL import Image
-
     task = get_task(task)
     image = image.convert("RGB")
     width, height = official_output_size(task, image.width, image.height, max_area)
-    if task.model_type == "ti2v":
-        scale = max(width / image.width, height / image.height)
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
-        x1, y1 = (image.width - width) // 2, (image.height - height) // 2
-        image = image.crop((x1, y1, x1 + width, y1 + height))
-    return pil_to_tensor(image), width, height
+    if task.model_type == "i2v":
+        return F.interpolate(pil_to_tensor(image)[None], size=(height, width), mode="bicubic")[0], width, height
+    return pil_to_tensor(cover_and_crop(image, width, height)), width, height
+
+
+def cover_and_crop(image, width: int, height: int):
+    """The official ti2v fit of a PIL image: LANCZOS resize to cover ``width`` x ``height``, then center crop."""
+    from PIL import Image
+
+    scale = max(width / image.width, height / image.height)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+    x1, y1 = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((x1, y1, x1 + width, y1 + height))
 
 
 def seq_len_for(latent_shape: tuple[int, ...], patch_size: tuple[int, int, int]) -> int:

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 Say = Callable[[str], None]
 
+# ffmpeg picks the container from the --save_file suffix; these cannot hold the H.264 stream it is given.
+NOT_H264_SUFFIXES = (".webm", ".gif")
+
 
 def check_output_target(path: Path, flag: str, overwrite: bool) -> None:
     """Refuse a folder, a missing parent folder that is a file, or an existing file without `--overwrite`; then
@@ -38,6 +41,15 @@ def check_output_target(path: Path, flag: str, overwrite: bool) -> None:
     probe_writable(parent, flag)
 
 
+def check_video_suffix(path: Path) -> None:
+    """Refuse a --save_file whose suffix gives ffmpeg no container for H.264 (it would fail only after sampling)."""
+    suffix = path.suffix.lower()
+    if not suffix or suffix in NOT_H264_SUFFIXES:
+        cause = "has no file extension" if not suffix else f"is a {suffix} file, which cannot hold H.264"
+        raise InputError(f"--save_file {path} {cause}; ffmpeg picks the container from the extension: use "
+                         f"{path.with_name(path.stem + '.mp4')}")
+
+
 def check_cli_files(args: argparse.Namespace, save_file: Path) -> None:
     """Before any model loads: ffmpeg is found, the --decode_latents file is read, and `check_output_target` runs for
     every output flag that is set."""
@@ -45,6 +57,7 @@ def check_cli_files(args: argparse.Namespace, save_file: Path) -> None:
     if args.decode_latents:
         load_latents(args.decode_latents)
     check_output_target(save_file, "--save_file", args.overwrite)
+    check_video_suffix(save_file)
     if args.save_tensor:
         check_output_target(Path(args.save_tensor), "--save_tensor", args.overwrite)
     if args.save_frames:

@@ -29,7 +29,7 @@ from .pipeline.conditioning import official_image_input
 from .pipeline.long_video_cli import add_chunk_flags, check_chunk_args, chunked_generate
 from .pipeline.request import SamplingRequest
 from .pipeline.step_cache import METHODS as STEP_CACHES
-from .pipeline.tasks import TASKS, get_task, parse_size
+from .pipeline.tasks import TASKS, TaskConfig, get_task, parse_size
 from .runtime import Runtime, pick_device
 from .sampling import SOLVERS
 
@@ -110,13 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=str2bool,
         default=None,
         help="Keep the expert not in use in CPU RAM and move models back to the CPU after the run, "
-        "reducing GPU memory use. Default: true on a GPU, false on the CPU.",
+        "reducing GPU memory use. Default: true on a GPU, false on the CPU and under torchrun.",
     )
     parser.add_argument("--t5_cpu", action="store_true", help="Run the T5 text encoder on the CPU.")
     parser.add_argument(
         "--convert_model_dtype", action="store_true", help="Store the DiT weights in bf16 (the param dtype)."
     )
     parser.add_argument("--prompt", default=None, help="The prompt. Default: the official example prompt.")
+    _add_prompt_extend_flags(parser)
     parser.add_argument("--image", default=None, help="The first frame (required for i2v-A14B, optional for ti2v-5B).")
     parser.add_argument("--base_seed", type=int, default=-1, help="The seed; -1 picks a random one.")
     parser.add_argument("--sample_solver", default="unipc", choices=SOLVERS, help="The sampler.")
@@ -138,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
             flag, action="append", default=[], type=parse_lora_spec, metavar="PATH[:STRENGTH]",
             help=f"A LoRA file for {which}, strength 1.0 unless given; repeat the flag for several.",
         )  # fmt: skip
-    parser.add_argument("--save_file", default=None, help="The MP4 to write. Default: a name from task, size, prompt.")
+    parser.add_argument(
+        "--save_file", default=None, help="The MP4 to write. Default: the official name from task, size, prompt."
+    )
     parser.add_argument(
         "--save_tensor", default=None, metavar="PATH", help="Also save the video as safetensors [3,F,H,W] in [-1,1]."
     )
@@ -194,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_prompt_extend_flags(parser: argparse.ArgumentParser) -> None:
+    """The official prompt-extension flags, so that an official command line parses; `--use_prompt_extend` itself is
+    refused with a clear message (`resolve_request`), the others only matter with it (as in the official script)."""
+    unsupported = "Official flag, accepted; prompt extension is not part of this CLI (pass the extended --prompt)."
+    parser.add_argument("--use_prompt_extend", action="store_true", help=unsupported)
+    parser.add_argument("--prompt_extend_method", default="local_qwen", choices=["dashscope", "local_qwen"],
+                        help=unsupported)
+    parser.add_argument("--prompt_extend_model", default=None, help=unsupported)
+    parser.add_argument("--prompt_extend_target_lang", default="zh", choices=["zh", "en"], help=unsupported)
+
+
 @dataclass
 class Request:
     """A generation request with every default filled in and every value checked."""
@@ -211,10 +225,18 @@ class Request:
         return self.sampling.task.name
 
 
-def _default_save_file(task: str, width: int, height: int, prompt: str, demo: bool) -> Path:
+# The official name keeps the prompt but for spaces and "/"; also replaced here: what no file name may hold on Windows
+# and control characters (newlines).
+_NOT_IN_FILE_NAMES = re.compile(r'[\s/\\:*?"<>|\x00-\x1f]')
+
+
+def _default_save_file(args: argparse.Namespace, size: str, prompt: str) -> Path:
+    """The official default `<task>_<size>_<ulysses_size>_<prompt>_<time>.mp4`, the size with `x` for `*` (as the
+    official script writes it on Windows), the prompt's first 50 characters; `demo_` first with --demo."""
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-    words = re.sub(r"[^\w.-]+", "_", prompt)[:50].strip("_")
-    return Path(f"{'demo_' if demo else ''}{task}_{width}x{height}_{words}_{stamp}.mp4")
+    words = _NOT_IN_FILE_NAMES.sub("_", prompt)[:50]
+    name = f"{args.task}_{size.replace('*', 'x')}_{args.ulysses_size}_{words}_{stamp}.mp4"
+    return Path(f"demo_{name}" if args.demo else name)
 
 
 def _open_image(path: str | None, demo_fallback: bool) -> PILImage | None:
@@ -241,10 +263,33 @@ def _demo_image() -> PILImage:
     return Image.fromarray(pixels.numpy())
 
 
+def _check_unsupported_uses(args: argparse.Namespace, task: TaskConfig) -> None:
+    """Refuse what would otherwise be dropped without a word: prompt extension, and a `low,high` pair for ti2v-5B's
+    one model (only the first number would be used)."""
+    if args.use_prompt_extend:
+        raise InputError(
+            "--use_prompt_extend: prompt extension (the official Qwen / DashScope prompt rewriting) is not part of "
+            "this CLI; drop it and pass the extended prompt with --prompt."
+        )
+    if task.is_moe:
+        return
+    for flag, value in (("--sample_guide_scale", args.sample_guide_scale), ("--cache_threshold", args.cache_threshold)):
+        if isinstance(value, tuple):
+            raise InputError(
+                f"{flag} {value[0]:g},{value[1]:g}: {task.name} has one model, so it takes one number, e.g. "
+                f"{flag} {value[0]:g} (low,high pairs are for the two experts of the A14B tasks)."
+            )
 
 
-def resolve_request(args: argparse.Namespace) -> Request:
-    """Fill the task's defaults into the parsed flags and validate everything before any model is loaded."""
+def default_offload(device: torch.device, distributed: bool) -> bool:
+    """--offload_model when not given: on for a one-process GPU run, off under torchrun (as the official
+    generate.py, whose default is `world_size == 1`) and on the CPU."""
+    return device.type != "cpu" and not distributed
+
+
+def resolve_request(args: argparse.Namespace, distributed: bool = False) -> Request:
+    """Fill the task's defaults into the parsed flags and validate everything before any model is loaded;
+    `distributed`: one process of a torchrun launch."""
     task = get_task(args.task)
     if args.demo and args.ckpt_dir is not None:
         raise InputError(
@@ -256,7 +301,9 @@ def resolve_request(args: argparse.Namespace) -> Request:
             "Pass --ckpt_dir with the folder of an official Wan2.2 download (e.g. hf download "
             f"{LAYOUTS[args.task].hf_repo} --local-dir ./ckpt), or --demo to try a tiny random checkpoint."
         )
-    width, height = parse_size(args.size or (DEMO_SIZE if args.demo else task.sizes[0]))
+    _check_unsupported_uses(args, task)
+    size = args.size or (DEMO_SIZE if args.demo else task.sizes[0])
+    width, height = parse_size(size)
     image = _open_image(args.image, task.needs_image and args.demo)
     if image is not None and task.accepts_image:
         # As the official generate.py: --size gives the area; the output's aspect ratio follows the image.
@@ -274,7 +321,7 @@ def resolve_request(args: argparse.Namespace) -> Request:
     device = pick_device(args.device)
     runtime = Runtime.create(
         device,
-        offload=args.offload_model if args.offload_model is not None else device.type != "cpu",
+        offload=args.offload_model if args.offload_model is not None else default_offload(device, distributed),
         t5_cpu=args.t5_cpu,
         attention=args.attention,
         compile=args.compile,
@@ -282,8 +329,7 @@ def resolve_request(args: argparse.Namespace) -> Request:
         cuda_graphs=args.cuda_graphs,
     )
     prompt = args.prompt if args.prompt is not None else EXAMPLE_PROMPTS[args.task]
-    save_file = Path(args.save_file) if args.save_file else _default_save_file(args.task, width, height, prompt,
-                                                                                 args.demo)
+    save_file = Path(args.save_file) if args.save_file else _default_save_file(args, size, prompt)
     check_cli_files(args, save_file)
     return Request(
         ckpt_dir=Path(args.ckpt_dir) if args.ckpt_dir else None,
@@ -336,7 +382,7 @@ def run(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace, distributed: DistributedRun | None) -> int:
     from .checkpoint_dir import load_pipeline
 
-    request = resolve_request(args)
+    request = resolve_request(args, distributed=distributed is not None)
     check_chunk_args(args)
     if distributed is not None:
         if args.chunks > 1:

@@ -36,7 +36,7 @@ from ..errors import (
     describe_keys,
 )
 from ..io.files import find_weight_files
-from ..io.gguf_file import GGUFFile
+from ..io.gguf_file import GGUFFile, is_gguf
 from ..io.mapped_safetensors import SAFETENSORS_DTYPES as _SAFETENSORS_DTYPES
 from ..io.mapped_safetensors import MappedSafetensors, PageDropper, unreadable_tensor
 from ..io.quant import check_format, dequantize, layer_formats, logical_shape
@@ -112,7 +112,7 @@ class _Checkpoint:
                 if len(singles) != 1:
                     raise
                 self.files = singles
-        elif path.suffix.lower() in (*WEIGHT_SUFFIXES, ".gguf"):
+        elif path.suffix.lower() in WEIGHT_SUFFIXES or is_gguf(path):
             self.files = [path]
         else:
             raise CheckpointError(f"{path} is neither a folder, a .safetensors, .gguf nor a .pth file.")
@@ -120,7 +120,7 @@ class _Checkpoint:
             self._read_header(file)
 
     def _read_header(self, file: Path) -> None:
-        if file.suffix.lower() == ".gguf":
+        if is_gguf(file):
             self.gguf = GGUFFile(file)
             for key, tensor in self.gguf.tensors.items():
                 self.entries[key] = _Entry(file, tensor.stored_dtype, tensor.shape)

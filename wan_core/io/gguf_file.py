@@ -18,6 +18,7 @@ from ..errors import CorruptFileError, WanError
 from .gguf_dequant import FLOAT_TYPES, check_supported, dequantize, raw_shape
 
 ORIG_SHAPE_KEY = "comfy.gguf.orig_shape."
+GGUF_SUFFIX = ".gguf"
 _CHUNK_VALUES = 1 << 24  # values dequantized at once (64 MB of float32)
 
 
@@ -35,6 +36,11 @@ class GGUFTensor:
     def stored_dtype(self) -> torch.dtype:
         """The torch dtype of a float tensor; uint8 for quantized blocks."""
         return FLOAT_TYPES.get(self.qtype, torch.uint8)
+
+
+def is_gguf(path: str | Path) -> bool:
+    """Whether `path` names a GGUF file (by its suffix, in any case)."""
+    return Path(path).suffix.lower() == GGUF_SUFFIX
 
 
 def _import_gguf():  # noqa: ANN202 - the optional package's module

@@ -36,7 +36,7 @@ from ..errors import (
     describe_keys,
 )
 from ..io.files import find_weight_files
-from ..io.gguf_file import GGUFFile
+from ..io.gguf_file import GGUFFile, is_gguf
 from ..io.mapped_safetensors import DroppingStateDict, PageDropper, read_mapped
 from ..io.quant import dequantize, is_quantized
 from ..io.state_dict import (
@@ -48,7 +48,7 @@ from ..io.state_dict import (
 )
 from ..memory import out_of_memory
 from ..pipeline.finite import check_weight_dtypes, scan_weights
-from .gguf_weights import check_complete, dequantized, is_gguf, meta_tensors, open_gguf, spiece_model
+from .gguf_weights import check_complete, dequantized, meta_tensors, open_gguf, spiece_model
 from .keymap import EMBED_TOKENS, SHARED, SPIECE_MODEL, to_transformers
 from .tokenizer import (
     TINY_UMT5_CONFIG,

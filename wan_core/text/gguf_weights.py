@@ -19,12 +19,6 @@ from ..errors import KeyMismatchError, describe_keys
 from ..io.gguf_file import GGUFFile, GGUFTensor
 from .keymap import LLAMA_CPP_EMBEDDING, is_llama_cpp, llama_cpp_keys
 
-GGUF_SUFFIX = ".gguf"
-
-
-def is_gguf(path: str | Path) -> bool:
-    return Path(path).suffix.lower() == GGUF_SUFFIX
-
 
 def open_gguf(path: Path) -> GGUFFile:
     """The GGUF file at `path`, once its names show a llama.cpp T5 encoder (a DiT or another model raises)."""

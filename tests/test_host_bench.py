@@ -75,8 +75,9 @@ def test_lightning_loras_are_lightx2v_files_for_every_block_linear(tiny_models: 
         lora = read_lora(path)
         assert lora.layout == "comfyui" and set(lora.layers) == set(linears)
         layer = lora.layers["blocks.1.self_attn.q"]
-        assert (layer.rank, layer.alpha, tuple(layer.up.shape)) == (64, 64.0, (linears["blocks.1.self_attn.q"][0], 64))
-        assert 0 < layer.scale(1.0) * (layer.up.float() @ layer.down.float()).std() < 0.01
+        pair = layer.adapter
+        assert (pair.rank, layer.alpha, tuple(pair.up.shape)) == (64, 64.0, (linears["blocks.1.self_attn.q"][0], 64))
+        assert 0 < layer.scale(1.0) * (pair.up.float() @ pair.down.float()).std() < 0.01
 
 
 def test_our_dit_loader_reads_the_file_with_its_scales(tiny_models: Path) -> None:

@@ -235,14 +235,15 @@ def test_unknown_keys_are_listed(tmp_path):
                "diffusion_model.blocks.0.self_attn.q.lora_mid.weight": torch.ones(2, 2)}, str(path))
     with pytest.raises(InputError, match=r"2 key\(s\) that name no part of the Wan2\.2 DiT: "
                                          r"'diffusion_model\.blocks\.0\.self_attn\.q\.lora_mid\.weight', "
-                                         r"'diffusion_model\.unet\.something\.lora_B\.weight'\. Use a LoRA"):
+                                         r"'diffusion_model\.unet\.something\.lora_B\.weight'\. LoCon with "
+                                         r"Tucker factors cannot be merged into the Wan2\.2 DiT\. Use a LoRA"):
         read_lora(path)
 
 
 def test_incomplete_pair_and_foreign_shapes_are_clear_errors(pair, tmp_path):
     half = tmp_path / "half.safetensors"
     save_file({"blocks.0.ffn.0.lora_A.weight": torch.ones(2, 64)}, str(half))
-    with pytest.raises(InputError, match=r"down \(A\) matrix of blocks.0.ffn.0 but not its up \(B\)"):
+    with pytest.raises(InputError, match=r"low-rank pair for blocks.0.ffn.0 without its up \(B\) matrix"):
         read_lora(half)
     wide = tmp_path / "wide.safetensors"
     save_file({"blocks.0.ffn.0.lora_A.weight": torch.ones(2, 5120),

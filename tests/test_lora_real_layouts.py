@@ -188,9 +188,9 @@ def test_a_file_of_image_branch_keys_only_and_truly_unknown_keys_are_errors(tmp_
     image_only = save(tmp_path, "image_only", i2v_pairs(torch.Generator().manual_seed(5))["comfyui"])
     with pytest.raises(InputError, match="changes only the CLIP image branch of Wan2.1 I2V"):
         read_lora(image_only)
-    lycoris = save(tmp_path, "loha", {"lora_unet_blocks_0_self_attn_q.hada_w1_a": torch.ones(64, 2),
-                                      "lora_unet_blocks_0_cross_attn_k_img.lora_down.weight": torch.ones(2, 64)})
-    with pytest.raises(InputError, match=r"1 key\(s\).*'lora_unet_blocks_0_self_attn_q\.hada_w1_a'.*LoHa"):
+    lycoris = save(tmp_path, "oft", {"lora_unet_blocks_0_self_attn_q.oft_blocks": torch.ones(4, 16, 16),
+                                     "lora_unet_blocks_0_cross_attn_k_img.lora_down.weight": torch.ones(2, 64)})
+    with pytest.raises(InputError, match=r"1 key\(s\).*'lora_unet_blocks_0_self_attn_q\.oft_blocks'\. OFT cannot"):
         read_lora(lycoris)
 
 

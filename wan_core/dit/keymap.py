@@ -110,16 +110,18 @@ def is_official_module(name: str) -> bool:
     return name in _TOP or name in _TOP_PARAMS
 
 
-def flat_to_official_module(flat: str) -> str | None:
-    """The official module of a name with dots written as underscores (kohya: `blocks_0_self_attn_q`), or None."""
+def flat_to_official_module(flat: str, diffusers: bool = False) -> str | None:
+    """The official module of a name with dots written as underscores, or None: official names (kohya:
+    `blocks_0_self_attn_q`) or, with `diffusers`, diffusers' names (SimpleTuner's LyCORIS: `blocks_0_attn1_to_q`)."""
+    if diffusers:
+        block = {**_BLOCK_INV, "scale_shift_table": "modulation"}
+        top = {**_TOP_INV, "scale_shift_table": "head.modulation"}
+    else:
+        block = {name: name for name in (*_BLOCK, *_BLOCK_PARAMS)}
+        top = {name: name for name in (*_TOP, *_TOP_PARAMS)}
     match = re.match(r"^blocks_(\d+)_(.+)$", flat)
     if match is not None:
         index, rest = match.groups()
-        for name in (*_BLOCK, *_BLOCK_PARAMS):
-            if name.replace(".", "_") == rest:
-                return f"blocks.{index}.{name}"
-        return None
-    for name in (*_TOP, *_TOP_PARAMS):
-        if name.replace(".", "_") == flat:
-            return name
-    return None
+        official = next((o for name, o in block.items() if name.replace(".", "_") == rest), None)
+        return None if official is None else f"blocks.{index}.{official}"
+    return next((o for name, o in top.items() if name.replace(".", "_") == flat), None)

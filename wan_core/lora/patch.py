@@ -1,8 +1,9 @@
 """`LoraPatch`: a LoRA file at a strength, merged into a loaded `WanDiT` (a `wan_core.patching.ModelPatch`).
 
-Each changed weight is merged in float32 and written back in its own dtype: bf16/fp16/fp32 weights are cast once;
-fp8 weights (`FP8Linear`: e4m3 values x a per-tensor `weight_scale`) are dequantized, merged and quantized again with
-a fresh scale, as ComfyUI does (docs/lora.md gives the measured error and why merging beats a low-rank side path).
+Each changed weight (by a low-rank pair, a LoHa or LoKr product, with or without DoRA's magnitude) is merged in
+float32 and written back in its own dtype: bf16/fp16/fp32 weights are cast once; fp8 weights (`FP8Linear`: e4m3
+values x a per-tensor `weight_scale`) are dequantized, merged and quantized again with a fresh scale, as ComfyUI does
+(docs/lora.md gives the measured error and why merging beats a low-rank side path).
 The originals are kept by `PatchedWeights`, so removing the LoRA gives the base weights back bit for bit.
 """
 
@@ -68,24 +69,46 @@ def _check_shape(what: str, shape: tuple[int, ...], expected: torch.Size, where:
         )
 
 
+def _decomposed(merged: torch.Tensor, layer: LoraLayer, strength: float, where: str) -> torch.Tensor:
+    """DoRA: the weight plus the adapter's change, each output row (or input column) rescaled to the file's
+    magnitude; a strength blends from the base weight to that, as ComfyUI does. The norm is that of the changed
+    weight, as LyCORIS and PEFT train it (ComfyUI takes the base weight's norm for per-row magnitudes)."""
+    base = merged.clone()
+    layer.adapter.add_to(merged.view(merged.shape[0], -1), layer.scale(1.0))
+    magnitude = layer.dora_scale.to(merged.device, torch.float32)
+    per_row = magnitude.shape[0] == merged.shape[0]
+    axis = 0 if per_row else 1
+    if magnitude.numel() != merged.shape[axis]:
+        raise InputError(f"{where}: {layer.module}.dora_scale has shape {list(magnitude.shape)}, which is neither one "
+                         f"value per output row ({merged.shape[0]}) nor per input column ({merged.shape[1]}) of the "
+                         "weight: the LoRA was made for another Wan model. Use a LoRA made for this model.")
+    shape = [1] * merged.dim()
+    shape[axis] = merged.shape[axis]
+    dims = tuple(d for d in range(merged.dim()) if d != axis)
+    norm = torch.linalg.vector_norm(merged, dim=dims, keepdim=True).add_(torch.finfo(torch.float32).eps)
+    merged.mul_(magnitude.reshape(shape) / norm)
+    return merged if strength == 1.0 else base.add_(merged.sub_(base), alpha=strength)
+
+
 def merge_layer(
     model: torch.nn.Module, layer: LoraLayer, strength: float, weights: PatchedWeights, where: str
 ) -> None:
     """Add `layer`'s changes at `strength` to `model`'s weights through `weights` (which keeps the originals)."""
-    if layer.down is not None or layer.diff is not None:
+    if layer.adapter is not None or layer.diff is not None:
         name, owner = _weight_name(model, layer.module, where)
         current = weights.get(name)
         fp8 = isinstance(owner, FP8Linear) and current.dtype == FP8
         # a copy: `.float()` of a float32 weight (norms, modulations) is the weight itself, which the in-place adds
         # below would change before `weights.set` keeps its original
         merged = dequantize_fp8(current, owner.weight_scale) if fp8 else current.to(torch.float32, copy=True)
-        rows = current.shape[0]
-        if layer.down is not None:
-            down = layer.down.to(current.device, torch.float32).flatten(1)
-            up = layer.up.to(current.device, torch.float32).flatten(1)
-            _check_shape(f"{layer.module} low-rank product", (up.shape[0], down.shape[1]),
+        if layer.adapter is not None:
+            rows = current.shape[0]
+            _check_shape(f"{layer.module} {layer.adapter.kind}", layer.adapter.shape,
                          torch.Size((rows, math.prod(current.shape[1:]))), where)
-            merged = torch.addmm(merged.reshape(rows, -1), up, down, alpha=layer.scale(strength)).view(current.shape)
+            if layer.dora_scale is not None:
+                merged = _decomposed(merged, layer, strength, where)
+            else:
+                layer.adapter.add_to(merged.view(rows, -1), layer.scale(strength))
         if layer.diff is not None:
             _check_shape(f"{layer.module}.diff", layer.diff.shape, current.shape, where)
             merged = merged.add_(layer.diff.to(current.device, torch.float32), alpha=strength)

@@ -243,6 +243,13 @@ CASES = [
          cli("--save_file", "out/existing.mp4/v.mp4"), r"out/existing.mp4 is a file, not a folder"),
     Case("cli-save-frames-file", "CLI", "`--save_frames` is a file",
          cli("--save_file", "out/new.mp4", "--save_frames", "out/existing.mp4"), r"is a file; give a folder"),
+    Case("cli-save-file-webm", "CLI", "`--save_file` with a container ffmpeg cannot put H.264 in (`.webm`)",
+         cli("--save_file", "out/v.webm"), r"--save_file out/v.webm is a .webm file, which cannot hold H.264; .* use "
+                                           r"out/v.mp4"),
+    Case("cli-save-file-no-suffix", "CLI", "`--save_file` without an extension", cli("--save_file", "out/video"),
+         r"--save_file out/video has no file extension"),
+    Case("cli-cache-threshold-no-cache", "CLI", "`--cache_threshold 0.1` without `--cache`",
+         cli("--cache_threshold", "0.1"), r"no step cache is on: add --cache easycache or --cache magcache"),
     Case("cli-seed-too-large", "CLI", "`--base_seed 2^64`", cli("--base_seed", str(2**64)),
          r"seed 18446744073709551616 is too large: seeds go up to 18446744073709551615"),
     Case("cli-frames", "CLI", "`--frame_num 10`", cli("--frame_num", "10"), r"frame_num 10 is not 4k\+1: use 9"),

@@ -264,12 +264,17 @@ def _demo_image() -> PILImage:
 
 
 def _check_unsupported_uses(args: argparse.Namespace, task: TaskConfig) -> None:
-    """Refuse what would otherwise be dropped without a word: prompt extension, and a `low,high` pair for ti2v-5B's
-    one model (only the first number would be used)."""
+    """Refuse what would otherwise be dropped without a word: prompt extension, a cache threshold with no cache,
+    and a `low,high` pair for ti2v-5B's one model (only the first number would be used)."""
     if args.use_prompt_extend:
         raise InputError(
             "--use_prompt_extend: prompt extension (the official Qwen / DashScope prompt rewriting) is not part of "
             "this CLI; drop it and pass the extended prompt with --prompt."
+        )
+    if args.cache_threshold is not None and args.cache == "off":
+        raise InputError(
+            "--cache_threshold sets the step cache's threshold, but no step cache is on: add --cache easycache or "
+            "--cache magcache, or drop --cache_threshold."
         )
     if task.is_moe:
         return

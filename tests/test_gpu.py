@@ -357,3 +357,45 @@ def test_a_model_on_the_second_gpu_runs_right_while_the_first_is_current(fp8_com
     first, second = outputs[:3], outputs[3:]
     assert all(torch.equal(out, first[0]) for out in first) and all(torch.equal(out, second[0]) for out in second)
     assert _rel(second[0], first[0]) < 1e-2  # same weights, same kernels on another GPU of the same kind
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_lora_loha_lokr_and_dora_merge_on_cuda_as_on_the_cpu(tmp_path, fp8):
+    """The node merges into weights already on the GPU: the same file gives the CPU's merged weights (float32 math on
+    both; the GPU's float32 matmuls are not TF32 unless a host turns that on)."""
+    from wan_core.dit.model import FP8Linear
+    from wan_core.lora import LoraPatch
+    from wan_core.lora.patch import dequantize_fp8
+    from wan_core.patching import set_patches
+
+    torch.manual_seed(1)
+    path = write_safetensors(WanDiT(GPU_CONFIG).state_dict(), tmp_path / "dit.safetensors")
+    gen = torch.Generator().manual_seed(2)
+    dim, ffn = GPU_CONFIG.dim, GPU_CONFIG.ffn_dim
+    tensors = {
+        "diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.randn(8, dim, generator=gen) * 0.1,
+        "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.randn(dim, 8, generator=gen) * 0.1,
+        "diffusion_model.blocks.0.self_attn.q.dora_scale": torch.rand(dim, 1, generator=gen) + 0.5,
+        **{f"lora_unet_blocks_1_ffn_0.hada_w{i}_{p}": torch.randn(*shape, generator=gen) * 0.3
+           for i in (1, 2) for p, shape in (("a", (ffn, 4)), ("b", (4, dim)))},
+        "lora_unet_blocks_1_ffn_0.alpha": torch.tensor(2.0),
+        "lora_unet_blocks_1_ffn_2.lokr_w1": torch.randn(16, 32, generator=gen),
+        "lora_unet_blocks_1_ffn_2.lokr_w2_a": torch.randn(dim // 16, 4, generator=gen) * 0.1,
+        "lora_unet_blocks_1_ffn_2.lokr_w2_b": torch.randn(4, ffn // 32, generator=gen) * 0.1,
+    }  # fmt: skip
+    lora = write_safetensors(tensors, tmp_path / "lycoris.safetensors")
+    merged = {}
+    for device in ("cpu", "cuda"):
+        model = load_dit(path, device=device, dtype=torch.bfloat16, fp8_weights=fp8)
+        set_patches(model, [LoraPatch(str(lora), 0.8)], "high_noise")
+        merged[device] = {name: (dequantize_fp8(m.weight, m.weight_scale) if isinstance(m, FP8Linear) else
+                                 m.weight.float()).cpu()
+                          for name, m in model.named_modules() if isinstance(getattr(m, "weight", None), torch.Tensor)}
+    base = load_dit(path, dtype=torch.bfloat16).state_dict()
+    for name in ("blocks.0.self_attn.q", "blocks.1.ffn.0", "blocks.1.ffn.2"):
+        cpu, cuda = merged["cpu"][name], merged["cuda"][name]
+        assert _rel(cpu, base[name + ".weight"]) > 0.01, name  # the patch changed it
+        # float32 sums in another order: a value may round to its neighbour in bf16 / e4m3, rarely
+        assert _rel(cuda, cpu) < 1e-4 and (cuda != cpu).float().mean() < 1e-3, name
+    assert all(torch.equal(merged["cuda"][k], merged["cpu"][k]) for k in merged["cpu"]
+               if k not in ("blocks.0.self_attn.q", "blocks.1.ffn.0", "blocks.1.ffn.2"))

@@ -69,3 +69,38 @@ def test_memory_manager_loads_a_dit_over_budget_with_block_swap():
         out = model(*_inputs())
     patcher.detach()
     assert patcher.loaded_size() == 0 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("patch_first", [False, True], ids=["swap-then-lora", "lora-then-swap"])
+def test_gguf_expert_with_a_lora_under_block_swap_on_cuda(tmp_path, patch_first):
+    """The small-card path: a GGUF expert, a LoRA on every quantized Linear (run beside each layer), blocks streamed
+    from pinned masters on a side stream. Equals the same patched model with every block resident."""
+    pytest.importorskip("gguf")
+    from test_gguf import _write_gguf
+    from test_lora_gguf import lora_file
+
+    from wan_core.dit.loader import load_dit
+    from wan_core.lora import LoraPatch
+    from wan_core.patching import set_patches
+
+    path = tmp_path / "expert_Q4_K_M.gguf"
+    reference, quantized = _write_gguf(path, np.random.default_rng(0))
+    modules = sorted(name[: -len(".weight")] for name in quantized)
+    lora = lora_file(tmp_path, "lora", modules, {m: tuple(reference[m + ".weight"].shape) for m in modules}, "lora", 2)
+    gen = torch.Generator().manual_seed(1)
+    inputs = (torch.randn(1, 16, 2, 4, 4, generator=gen).cuda(), torch.tensor([500.0], device="cuda"),
+              [torch.randn(5, 64, generator=gen).cuda()])
+    outputs = []
+    for swapped in (False, True):
+        model = load_dit(path, dtype=torch.float32)
+        if swapped and not patch_first:
+            enable_block_swap(model, 0)
+        set_patches(model, [LoraPatch(lora, 0.8)], "low_noise")
+        if swapped and patch_first:
+            enable_block_swap(model, 0)
+        model.cuda()
+        with torch.no_grad():
+            outputs.append(model(*inputs))
+        if swapped:
+            assert model.block_swap.transfers > 0
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)

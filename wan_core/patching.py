@@ -42,6 +42,7 @@ class PatchedWeights:
         self._module = module
         self._originals: dict[str, torch.Tensor] = {}
         self._changed: set[str] = set()  # the names whose current values differ from their originals
+        self._attached: list[torch.nn.Module] = []  # quantized layers running changes (`attach`)
         self.applied: tuple = ()
 
     def _tensor(self, name: str) -> torch.Tensor:
@@ -66,6 +67,16 @@ class PatchedWeights:
         self._changed.add(name)
         _weights_changed(self._module)
 
+    def attach(self, layer: torch.nn.Module, change: torch.nn.Module) -> None:
+        """Run `change` with `layer`, a quantized layer that cannot take a merge (`GGUFLinear.changes`), until the
+        patches are restored; no stored weight changes."""
+        layer.changes.append(change)
+        self._attached.append(layer)
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._attached)
+
     def _original(self, name: str, param: torch.Tensor) -> torch.Tensor:
         """A CPU copy of `param`'s bits; for weights on a device that came from a memory-mapped file untouched, the
         file view itself (a Lightning LoRA changes every block Linear: a copy would be the whole 14 GB expert)."""
@@ -85,6 +96,9 @@ class PatchedWeights:
         if self._changed:
             _weights_changed(self._module)
         self._changed.clear()
+        for layer in self._attached:
+            del layer.changes[:]
+        self._attached.clear()
         if not keep_originals:
             self._originals.clear()
         self.applied = ()
@@ -101,7 +115,11 @@ def set_patches(module: torch.nn.Module, patches: Sequence[ModelPatch], expert: 
         module._wan_patched_weights = weights
     if weights.applied == patches:
         return
+    attached = weights.attached
     weights.restore(keep_originals=bool(patches))
     for patch in patches:
         patch.apply(module, expert, weights)
     weights.applied = patches
+    swap = getattr(module, "block_swap", None)
+    if swap is not None and (attached or weights.attached):
+        swap.refresh()  # the swapped blocks' changes (`attach`) stream with them

@@ -7,6 +7,7 @@ import posixpath
 from wan_core.dit.attention import NAMES as ATTENTION_BACKENDS
 from wan_core.dit.block_swap import BLOCKS_ON_GPU_CHOICES
 from wan_core.errors import InputError, MissingFileError
+from wan_core.io.lightx2v import is_split_file
 from wan_core.pipeline.tasks import TASKS
 
 from . import host
@@ -14,8 +15,8 @@ from .handles import COMPUTE_DTYPES, DIT_WEIGHT_FORMATS, DiTHandle, T5Handle, VA
 
 CATEGORY = "Wan2.2"
 NO_MODEL = "none"
-# Shards of an official expert folder (`high_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors`) are
-# offered as their folder.
+# Shards of an official expert folder (`high_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors`) and
+# the files of a LightX2V `*_split` folder (`block_N.safetensors`, `non_block.safetensors`) are offered as their folder.
 _OFFICIAL_SHARD_STEM = "diffusion_pytorch_model"
 
 
@@ -31,12 +32,12 @@ DIFFUSION_MODEL_KINDS = ("diffusion_models", "unet")
 
 def diffusion_model_choices() -> list[str]:
     """Single-file models (safetensors, GGUF, ...) of `diffusion_models` and `unet`, plus each official (sharded)
-    expert folder as `folder/`."""
+    expert folder and each LightX2V `*_split` folder as `folder/`."""
     choices = set()
     for kind in DIFFUSION_MODEL_KINDS:
         for name in host.list_models(kind):
             folder, file = posixpath.split(name)
-            if file.startswith(_OFFICIAL_SHARD_STEM) and folder:
+            if folder and (file.startswith(_OFFICIAL_SHARD_STEM) or is_split_file(file)):
                 choices.add(folder + "/")
             else:
                 choices.add(name)

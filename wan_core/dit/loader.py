@@ -5,7 +5,9 @@
    e.g. `...-00001-of-00006-bf16.safetensors`, and a missing index are fine);
 2. a ComfyUI single file, keys bare or prefixed `model.diffusion_model.`, fp16/bf16/fp32, or quantized:
    `*_fp8_scaled` (`<layer>.scale_weight` + `scaled_fp8`) and the newer `weight_scale` / `comfy_quant` format
-   (fp8, int8, nvfp4 and mxfp8 layers, read by `wan_core.io.quant`);
+   (fp8, int8, nvfp4 and mxfp8 layers, read by `wan_core.io.quant`), and LightX2V's per-channel fp8 and int8 files
+   (`<layer>.weight_scale` `[out, 1]`, `wan_core.io.lightx2v`), single or split by block (`block_N.safetensors` +
+   `non_block.safetensors`);
 3. a diffusers `WanTransformer3DModel` folder (`transformer/`, `transformer_2/`) or single file;
 plus an official `.pth` state dict (read with `weights_only=True`), and a GGUF file (city96's conversions: the block
 matmul weights stay quantized, `GGUFLinear`, and are dequantized on the device as each layer runs).
@@ -37,6 +39,7 @@ from ..errors import (
 )
 from ..io.files import find_weight_files
 from ..io.gguf_file import GGUFFile, is_gguf
+from ..io.lightx2v import NVFP4_SIDES, kernel_format, split_files, unreadable
 from ..io.mapped_safetensors import SAFETENSORS_DTYPES as _SAFETENSORS_DTYPES
 from ..io.mapped_safetensors import MappedSafetensors, PageDropper, unreadable_tensor
 from ..io.quant import check_format, dequantize, layer_formats, logical_shape
@@ -57,7 +60,7 @@ from .model import FP8, FP8Linear, WanDiT, fp8_capable, keeps_fp32
 
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
 _QUANT_SUFFIXES = (".scale_weight", ".weight_scale", ".scale_input", ".input_scale", ".comfy_quant",
-                   ".weight_scale_2", ".pre_quant_scale")
+                   ".weight_scale_2", ".pre_quant_scale", *NVFP4_SIDES)
 _MARKERS = ("scaled_fp8",)
 _MODEL_ROOT_CHILDREN = ("high_noise_model", "low_noise_model", "transformer", "transformer_2")
 
@@ -108,10 +111,10 @@ class _Checkpoint:
                     raise MissingFileError(
                         f"{path} is a model root, not a DiT folder: point load_dit at {options}."
                     ) from None
-                singles = sorted(path.glob("*.safetensors"))
-                if len(singles) != 1:
+                split, singles = split_files(path), sorted(path.glob("*.safetensors"))
+                if not split and len(singles) != 1:
                     raise
-                self.files = singles
+                self.files = split or singles
         elif path.suffix.lower() in WEIGHT_SUFFIXES or is_gguf(path):
             self.files = [path]
         else:
@@ -230,7 +233,8 @@ def _split_quant(names: dict[str, str]) -> tuple[dict[str, str], dict[str, dict[
 
 def _quant_formats(ckpt: _Checkpoint, main: dict[str, str], aux: dict[str, dict[str, str]]) -> dict[str, dict]:
     """Official layer name -> its ComfyUI quantization config (the `.comfy_quant` tensors and the
-    `_quantization_metadata` header), each checked to be a format `wan_core.io.quant` reads."""
+    `_quantization_metadata` header), each checked to be a format `wan_core.io.quant` reads; a layer without one that
+    is in a LightX2V kernel format (`wan_core.io.lightx2v.kernel_format`) raises."""
     layers = {raw.removesuffix(".weight"): name.removesuffix(".weight") for name, raw in main.items()
               if name.endswith(".weight")}
     configs = [side[".comfy_quant"] for side in aux.values() if ".comfy_quant" in side]
@@ -242,6 +246,12 @@ def _quant_formats(ckpt: _Checkpoint, main: dict[str, str], aux: dict[str, dict[
     formats = {layers[raw]: fmt for raw, fmt in layer_formats(tensors, ckpt.metadata).items() if raw in layers}
     for layer, fmt in formats.items():
         check_format(layer, fmt)
+    for layer, side in aux.items():
+        weight = main.get(layer + ".weight")
+        kernel = layer not in formats and weight is not None and kernel_format(
+            ckpt.entries[weight].dtype, {suffix: ckpt.entries[raw].dtype for suffix, raw in side.items()})
+        if kernel:
+            raise unreadable(layer, kernel, str(ckpt.path))
     return formats
 
 
@@ -430,8 +440,8 @@ def load_dit(
             quantized = tensor.dtype in FP8_DTYPES or tensor.dtype == torch.int8 or bool(side)
             scale_key = side.get(".weight_scale") or side.get(".scale_weight")
             if name in fp8_set:
-                if tensor.dtype == FP8 and (scale_key is None or ckpt.entries[scale_key].shape in ((), (1,))):
-                    scale = reader.get(scale_key).float().reshape(()) if scale_key else torch.ones((), device=device)
+                scale = _fp8_scale(reader, tensor, scale_key, formats.get(layer, {}))
+                if scale is not None:  # e4m3 with a per-tensor or per-channel scale: kept as stored
                     state[name], scales[name] = tensor, scale
                     continue
                 if quantized:
@@ -471,6 +481,25 @@ def _copied_bytes(ckpt: _Checkpoint, main: dict[str, str], expected: dict[str, t
         if not mapped:
             total += math.prod(shape) * kept.itemsize
     return total
+
+
+def _fp8_scale(reader: _Reader, tensor: torch.Tensor, scale_key: str | None, fmt: dict) -> torch.Tensor | None:
+    """The float32 scale an `FP8Linear` takes as it is for a stored weight (`[]` per tensor, `[out]` per output
+    channel, from `[]`, `[1]`, `[out]` or `[out, 1]`), or None when the weight must be dequantized and quantized
+    again (not e4m3, block scales)."""
+    if tensor.dtype != FP8 or fmt.get("format", "float8_e4m3fn") != "float8_e4m3fn":
+        return None
+    if scale_key is None:
+        return torch.ones((), device=tensor.device)
+    entry = reader.ckpt.entries[scale_key]
+    rows = tensor.shape[0]
+    if entry.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return None
+    if math.prod(entry.shape) == 1:
+        return reader.get(scale_key).float().reshape(())
+    if entry.shape in ((rows,), (rows, 1)):
+        return reader.get(scale_key).float().reshape(rows)
+    return None
 
 
 def _dequantize_layer(

@@ -102,16 +102,26 @@ def _mxfp8(weight: torch.Tensor, block_scale: torch.Tensor) -> torch.Tensor:
     return (weight.float().view(rows, -1, 32) * scales[..., None]).view(rows, cols)
 
 
-def _scaled(weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+def _scaled(weight: torch.Tensor, scale: torch.Tensor | None, layer: str) -> torch.Tensor:
+    """`weight` times its scale: one per tensor, one per output row (`[rows, 1]`, or stored flat as `[rows]`), or
+    one per block of a grid that divides the weight (`int8_blockwise`)."""
     values = weight.to(torch.float32)
     if scale is None:
         return values
     scale = scale.to(torch.float32)
-    if scale.dim() == 2 and scale.numel() > 1:  # int8_blockwise, or one scale per row ([rows, 1])
-        rows, cols = scale.shape
-        block_r, block_c = values.shape[0] // rows, values.shape[1] // cols
-        return (values.view(rows, block_r, cols, block_c) * scale[:, None, :, None]).view(weight.shape)
-    return values * scale
+    if scale.numel() == 1:
+        return values * scale.reshape(())
+    if scale.dim() == 1 and values.dim() == 2 and scale.numel() == values.shape[0]:
+        scale = scale[:, None]
+    if scale.dim() != 2 or values.dim() != 2 or values.shape[0] % scale.shape[0] or values.shape[1] % scale.shape[1]:
+        raise CheckpointError(
+            f"Layer {layer!r}: its weight {list(weight.shape)} cannot take a scale of shape {list(scale.shape)} (one "
+            "per tensor, one per output row, or one per block of a grid that divides the weight). The file is damaged "
+            "or in a quantization format wan_core does not read: use the bf16 or fp8_scaled file of this model."
+        )
+    rows, cols = scale.shape
+    block_r, block_c = values.shape[0] // rows, values.shape[1] // cols
+    return (values.view(rows, block_r, cols, block_c) * scale[:, None, :, None]).view(weight.shape)
 
 
 def _dequantize_one(
@@ -126,7 +136,7 @@ def _dequantize_one(
     elif fmt.get("format") == "mxfp8" or (scale is not None and scale.dtype == E8M0):
         values = _mxfp8(weight, scale)
     else:
-        values = _scaled(weight, scale)
+        values = _scaled(weight, scale, layer)
     return values.to(dtype)
 
 

@@ -1,9 +1,10 @@
-"""What a LoRA costs on a GGUF expert, whose quantized layers run the change beside them (`wan_core/lora/deferred.py`).
+"""What a LoRA costs on a GGUF expert, whose quantized layers apply it to the weight they dequantize for each call
+(`wan_core/lora/deferred.py`).
 
-One A14B expert at real shape with random Q4_K blocks (`low_vram.build_model`), bf16 compute, one forward per step as
-Lightning's CFG 1 runs it. Variants, in rounds with the order rotated: no LoRA; a rank-64 LoRA on every block Linear
-(low-rank pairs: the side path); a LoKr on every block Linear (a change that needs the whole weight: dequantized in
-float32 and changed at each call). Prints seconds per forward, peak GPU memory and the LoRA's buffers, as JSON.
+One A14B expert at real shape with random Q4_K blocks (`low_vram.build_model`), bf16 compute, one forward per step
+as Lightning's CFG 1 runs it. Variants, in rounds with the order rotated: no LoRA; a rank-64 LoRA on every block
+Linear (low-rank pairs: added in the compute dtype); a LoKr on every block Linear (a change that needs the float32
+weight). Prints seconds per forward, peak GPU memory and the LoRA's buffers, as JSON.
 
     python bench/gguf_lora.py                      # 480p, about 2 minutes on an H100
     python bench/gguf_lora.py --latent 21,90,160   # 720p

@@ -384,9 +384,10 @@ def test_lora_loha_lokr_and_dora_merge_on_cuda_as_on_the_cpu(tmp_path, fp8):
         "lora_unet_blocks_1_ffn_2.lokr_w2_b": torch.randn(4, ffn // 32, generator=gen) * 0.1,
     }  # fmt: skip
     lora = write_safetensors(tensors, tmp_path / "lycoris.safetensors")
+    loaded = load_dit(path, dtype=torch.bfloat16, fp8_weights=fp8)  # one quantization of the base for both
     merged = {}
     for device in ("cpu", "cuda"):
-        model = load_dit(path, device=device, dtype=torch.bfloat16, fp8_weights=fp8)
+        model = copy.deepcopy(loaded).to(device)
         set_patches(model, [LoraPatch(str(lora), 0.8)], "high_noise")
         merged[device] = {name: (dequantize_fp8(m.weight, m.weight_scale) if isinstance(m, FP8Linear) else
                                  m.weight.float()).cpu()
@@ -399,3 +400,30 @@ def test_lora_loha_lokr_and_dora_merge_on_cuda_as_on_the_cpu(tmp_path, fp8):
         assert _rel(cuda, cpu) < 1e-4 and (cuda != cpu).float().mean() < 1e-3, name
     assert all(torch.equal(merged["cuda"][k], merged["cpu"][k]) for k in merged["cpu"]
                if k not in ("blocks.0.self_attn.q", "blocks.1.ffn.0", "blocks.1.ffn.2"))
+
+
+@pytest.mark.parametrize("kind", ["fp8", "int8"])
+def test_lightx2v_per_channel_file_with_fp8_matmuls_on_cuda(tmp_path, kind):
+    """LightX2V's per-channel files (`[out, 1]` scales) kept as fp8 with their channel scales and run through
+    `torch._scaled_mm` rowwise: within the fp8 compute tolerance of the float32 model they stand for."""
+    from test_lightx2v_checkpoints import _dequantized, _lightx2v
+
+    torch.manual_seed(0)
+    stored = _lightx2v(WanDiT(GPU_CONFIG).state_dict(), kind, torch.bfloat16)
+    path = write_safetensors(stored, tmp_path / f"wan2.2_t2v_{kind}_lightx2v.safetensors")
+    model = load_dit(path, device="cuda", dtype=torch.bfloat16, fp8_compute=True)
+    layer = model.get_submodule("blocks.0.ffn.0")
+    assert layer.weight.dtype == torch.float8_e4m3fn and layer.weight_scale.shape == (GPU_CONFIG.ffn_dim,)
+    if kind == "fp8":
+        assert torch.equal(layer.weight.cpu().view(torch.uint8), stored["blocks.0.ffn.0.weight"].view(torch.uint8))
+    reference = WanDiT(GPU_CONFIG)
+    reference.load_state_dict(_dequantized(stored))
+    reference = reference.cuda()
+    x = torch.randn(1, 16, 3, 16, 16, device="cuda")
+    t = torch.tensor([700.0], device="cuda")
+    context = [torch.randn(20, 64, device="cuda")]
+    with torch.no_grad():
+        want = reference(x, t, context)
+        got = model(x.bfloat16(), t, [c.bfloat16() for c in context])
+    assert torch.isfinite(got).all()
+    assert _rel(got, want) < 0.1  # as test_fp8_scaled_file_onto_cuda's fp8-compute case

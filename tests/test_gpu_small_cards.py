@@ -73,7 +73,7 @@ def test_memory_manager_loads_a_dit_over_budget_with_block_swap():
 
 @pytest.mark.parametrize("patch_first", [False, True], ids=["swap-then-lora", "lora-then-swap"])
 def test_gguf_expert_with_a_lora_under_block_swap_on_cuda(tmp_path, patch_first):
-    """The small-card path: a GGUF expert, a LoRA on every quantized Linear (run beside each layer), blocks streamed
+    """The small-card path: a GGUF expert, a LoRA on every quantized Linear (run with each layer), blocks streamed
     from pinned masters on a side stream. Equals the same patched model with every block resident."""
     pytest.importorskip("gguf")
     from test_gguf import _write_gguf

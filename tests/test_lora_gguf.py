@@ -1,8 +1,8 @@
-"""LoRAs on GGUF experts (the small-card path: a Q4/Q8 expert with a Lightning LoRA pair). Quantized blocks cannot
-take a merge, so each change runs with its layer: a plain low-rank pair as a side path, anything else on the
-dequantized weight. The patched GGUF model must compute what a float model holding the same dequantized weights
-computes with the LoRA merged (that merge is checked against PEFT and diffusers in tests/test_lora*.py), under block
-swap too; removal gives the base outputs back bit for bit."""
+"""LoRAs on GGUF experts (the small-card path: a Q4/Q8 expert with a Lightning LoRA pair). Quantized blocks cannot take
+a merge, so each change runs with its layer, on the weight it dequantizes for each call (low-rank pairs in the
+compute dtype, anything else in float32). The patched GGUF model must compute what a float model holding the same
+dequantized weights computes with the LoRA merged (that merge is checked against PEFT and diffusers in
+tests/test_lora*.py), under block swap too; removal gives the base outputs back bit for bit."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_gguf_expert_with_loras_computes_what_the_merged_float_model_does(gguf_f
     set_patches(model, patches, "low_noise")
     changed = [m for m in modules if len(model.get_submodule(m).changes)]
     assert changed == modules
-    assert all([c.side_path for c in model.get_submodule(m).changes] == [f == "lora" for f in forms] for m in modules)
+    assert all([c.low_rank for c in model.get_submodule(m).changes] == [f == "lora" for f in forms] for m in modules)
     assert model.state_dict().keys() == load_dit(path, dtype=torch.float32).state_dict().keys()
 
     merged = float_model(reference)
@@ -138,3 +138,25 @@ def test_a_lora_for_another_model_is_refused_with_the_layers_real_shape(gguf_fil
                                          rf"model's is \[{out}, {inp}\]"):
         set_patches(model, [LoraPatch(wrong)], "low_noise")
     assert not any(len(m.changes) for m in model.modules() if isinstance(m, GGUFLinear))
+
+
+class _Spy(torch.nn.Module):
+    def __init__(self, low_rank: bool, seen: list) -> None:
+        super().__init__()
+        self.low_rank, self.seen = low_rank, seen
+
+    def changed(self, weight: torch.Tensor) -> torch.Tensor:
+        self.seen.append(weight.dtype)
+        return weight
+
+
+def test_changes_get_the_weight_in_the_compute_dtype_or_in_float32_when_one_needs_it(gguf_file):
+    path, _, quantized = gguf_file
+    layer = load_dit(path, dtype=torch.bfloat16).get_submodule(quantized[0])
+    x = torch.randn(3, layer.in_features, dtype=torch.bfloat16)
+    seen: list[torch.dtype] = []
+    layer.changes.append(_Spy(True, seen))
+    layer(x)
+    layer.changes.append(_Spy(False, seen))
+    assert layer(x).dtype == torch.bfloat16
+    assert seen == [torch.bfloat16, torch.float32, torch.float32]

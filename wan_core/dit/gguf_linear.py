@@ -12,13 +12,11 @@ from ..io.gguf_dequant import dequantize, raw_shape, type_name
 
 
 class WeightChange(Protocol):
-    """A change to a quantized layer's weight that runs with the layer (a LoRA: `wan_core.lora.deferred`): as a side
-    path beside the matmul (`side_path`: `side_output(x)` is added to the layer's output), or applied to the float32
-    dequantized weight (`changed(weight)`). An `nn.Module`, so its tensors move with the layer."""
+    """A change to a quantized layer's weight that runs with the layer (a LoRA: `wan_core.lora.deferred`), applied
+    to the weight dequantized for the call. `low_rank`: a low-rank pair alone, which goes into the weight in the
+    compute dtype; any other change needs the float32 weight. An `nn.Module`, so its tensors move with the layer."""
 
-    side_path: bool
-
-    def side_output(self, x: torch.Tensor) -> torch.Tensor: ...
+    low_rank: bool
 
     def changed(self, weight: torch.Tensor) -> torch.Tensor: ...
 
@@ -27,10 +25,10 @@ class GGUFLinear(nn.Module):
     """`weight` holds the layer's raw ggml blocks (uint8 `[out, row bytes]`); the matmul runs in the input's dtype
     on a weight dequantized just before use (only one layer's full-precision weight exists at a time).
 
-    `changes` (LoRAs, in order) run with the layer, since quantized blocks cannot take a merge: low-rank pairs as a
-    side path (a few MB; exact up to the compute dtype's rounding), anything else (LoHa, LoKr, DoRA, full deltas)
-    applied to the dequantized weight in float32 each call; once one change needs that, all of them go that way, so
-    the result is the in-order merge."""
+    `changes` (LoRAs, in order) run with the layer, since quantized blocks cannot take a merge: each call they change
+    the freshly dequantized weight, as ComfyUI-GGUF patches it. Low-rank pairs alone go into it in the compute dtype
+    (the GEMM accumulates in float32); once one change needs more (LoHa, LoKr, DoRA, full deltas), the weight is
+    dequantized in float32 and every change applied in order, so the result is the in-order merge."""
 
     def __init__(self, in_features: int, out_features: int, qtype: int, bias: bool = True) -> None:
         super().__init__()
@@ -49,12 +47,7 @@ class GGUFLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         changes: list[WeightChange] = list(self.changes)
-        if all(change.side_path for change in changes):
-            out = F.linear(x, self.dequantized_weight(x.dtype), bias)
-            for change in changes:
-                out = out + change.side_output(x)
-            return out
-        weight = self.dequantized_weight(torch.float32)
-        for change in changes:
+        weight = self.dequantized_weight(x.dtype if all(c.low_rank for c in changes) else torch.float32)
+        for change in changes:  # block formats dequantize into a fresh tensor: changing it in place is safe
             weight = change.changed(weight)
         return F.linear(x, weight.to(x.dtype), bias)

@@ -1,7 +1,11 @@
 """LoRA changes to GGUF-quantized layers (`GGUFLinear`), whose blocks cannot take a merge: each change runs with the
-layer, as ComfyUI-GGUF applies its patches when it dequantizes. A plain low-rank pair is a side path, `x @ down.T @
-(scale x up).T` added to the layer's output (a few MB, no full-size weight); anything else (LoHa, LoKr, DoRA, a full
-delta) changes the float32 dequantized weight at each call (`merge.changed_weight`, the merge's own arithmetic)."""
+layer, on the weight it dequantizes for each call, as ComfyUI-GGUF applies its patches. A plain low-rank pair adds
+`(scale x up) @ down` to it in the compute dtype (`addmm_`, one rounding); anything else (LoHa, LoKr, DoRA, a full
+delta) changes the float32 weight with the merge's own arithmetic (`merge.changed_weight`).
+
+Changing the weight beats a side path beside the matmul (`x @ down.T @ up.T` added to the output): at video token
+counts the output is several times the weight, and the side path's extra passes over it cost 7% of an A14B forward
+at 480p on an H100, against 1-3% here (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ import dataclasses
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .adapters import LowRank
 from .formats import LoraLayer
@@ -38,9 +41,9 @@ class DeferredChange(nn.Module):
 
     def __init__(self, layer: LoraLayer, strength: float, device: torch.device) -> None:
         super().__init__()
-        self.side_path = isinstance(layer.adapter, LowRank) and layer.dora_scale is None and layer.diff is None
+        self.low_rank = isinstance(layer.adapter, LowRank) and layer.dora_scale is None and layer.diff is None
         self.strength = strength
-        if self.side_path:
+        if self.low_rank:
             down, up = layer.adapter.down.flatten(1), layer.adapter.up.flatten(1)
             self.register_buffer("down", down.to(device), persistent=False)
             self.register_buffer("up", (up.float() * layer.scale(strength)).to(device, up.dtype), persistent=False)
@@ -53,11 +56,8 @@ class DeferredChange(nn.Module):
 
         self._layer = _map_tensors(layer, keep)
 
-    def side_output(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.down.to(x.dtype)), self.up.to(x.dtype))
-
     def changed(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.side_path:  # beside a change that needs the whole weight: merged in order with it
-            return weight.addmm_(self.up.float(), self.down.float())
+        if self.low_rank:
+            return weight.addmm_(self.up.to(weight.dtype), self.down.to(weight.dtype))
         layer = _map_tensors(self._layer, lambda slot: self._buffers[f"t{slot}"])
         return changed_weight(weight, layer, self.strength)

@@ -384,10 +384,9 @@ def test_lora_loha_lokr_and_dora_merge_on_cuda_as_on_the_cpu(tmp_path, fp8):
         "lora_unet_blocks_1_ffn_2.lokr_w2_b": torch.randn(4, ffn // 32, generator=gen) * 0.1,
     }  # fmt: skip
     lora = write_safetensors(tensors, tmp_path / "lycoris.safetensors")
-    loaded = load_dit(path, dtype=torch.bfloat16, fp8_weights=fp8)  # one quantization of the base for both
     merged = {}
     for device in ("cpu", "cuda"):
-        model = copy.deepcopy(loaded).to(device)
+        model = load_dit(path, dtype=torch.bfloat16, fp8_weights=fp8).to(device)  # the base quantized on the CPU
         set_patches(model, [LoraPatch(str(lora), 0.8)], "high_noise")
         merged[device] = {name: (dequantize_fp8(m.weight, m.weight_scale) if isinstance(m, FP8Linear) else
                                  m.weight.float()).cpu()
@@ -396,8 +395,13 @@ def test_lora_loha_lokr_and_dora_merge_on_cuda_as_on_the_cpu(tmp_path, fp8):
     for name in ("blocks.0.self_attn.q", "blocks.1.ffn.0", "blocks.1.ffn.2"):
         cpu, cuda = merged["cpu"][name], merged["cuda"][name]
         assert _rel(cpu, base[name + ".weight"]) > 0.01, name  # the patch changed it
-        # float32 sums in another order: a value may round to its neighbour in bf16 / e4m3, rarely
-        assert _rel(cuda, cpu) < 1e-4 and (cuda != cpu).float().mean() < 1e-3, name
+        # float32 sums in another order: a bf16 value may round to its neighbour, rarely; fp8 rows take a scale from
+        # their maximum, which may differ in its last bit (every value of the row then moves by ~1e-7), and an e4m3
+        # value that flips moves the weight by ~3e-4 here
+        if fp8:
+            assert _rel(cuda, cpu) < 1e-3, name
+        else:
+            assert _rel(cuda, cpu) < 1e-4 and (cuda != cpu).float().mean() < 1e-3, name
     assert all(torch.equal(merged["cuda"][k], merged["cpu"][k]) for k in merged["cpu"]
                if k not in ("blocks.0.self_attn.q", "blocks.1.ffn.0", "blocks.1.ffn.2"))
 

@@ -37,8 +37,13 @@ def test_fp8_scaled_file_onto_cuda(tmp_path, options, tolerance):
                              tmp_path / "wan2.2_fp8_scaled.safetensors")
     model = load_dit(path, device="cuda", dtype=torch.bfloat16, **options)
     assert all(p.device.type == "cuda" for p in model.parameters())
+    assert _rel_to_float32_model(model, dequantize(quantized, torch.float32)) < tolerance
+
+
+def _rel_to_float32_model(model: WanDiT, state: dict[str, torch.Tensor]) -> float:
+    """Relative error of `model` (bf16 inputs, on CUDA) against a float32 model holding `state`."""
     reference = WanDiT(GPU_CONFIG)
-    reference.load_state_dict(dequantize(quantized, torch.float32))
+    reference.load_state_dict(state)
     reference = reference.cuda()
     x = torch.randn(1, 16, 3, 16, 16, device="cuda")
     t = torch.tensor([700.0], device="cuda")
@@ -47,7 +52,7 @@ def test_fp8_scaled_file_onto_cuda(tmp_path, options, tolerance):
         want = reference(x, t, context)
         got = model(x.bfloat16(), t, [c.bfloat16() for c in context])
     assert torch.isfinite(got).all()
-    assert _rel(got, want) < tolerance
+    return _rel(got, want)
 
 
 def test_demo_on_cuda_with_offload_leaves_the_gpu_free(tmp_path, monkeypatch):
@@ -420,14 +425,5 @@ def test_lightx2v_per_channel_file_with_fp8_matmuls_on_cuda(tmp_path, kind):
     assert layer.weight.dtype == torch.float8_e4m3fn and layer.weight_scale.shape == (GPU_CONFIG.ffn_dim,)
     if kind == "fp8":
         assert torch.equal(layer.weight.cpu().view(torch.uint8), stored["blocks.0.ffn.0.weight"].view(torch.uint8))
-    reference = WanDiT(GPU_CONFIG)
-    reference.load_state_dict(_dequantized(stored))
-    reference = reference.cuda()
-    x = torch.randn(1, 16, 3, 16, 16, device="cuda")
-    t = torch.tensor([700.0], device="cuda")
-    context = [torch.randn(20, 64, device="cuda")]
-    with torch.no_grad():
-        want = reference(x, t, context)
-        got = model(x.bfloat16(), t, [c.bfloat16() for c in context])
-    assert torch.isfinite(got).all()
-    assert _rel(got, want) < 0.1  # as test_fp8_scaled_file_onto_cuda's fp8-compute case
+    # as test_fp8_scaled_file_onto_cuda's fp8-compute case
+    assert _rel_to_float32_model(model, _dequantized(stored)) < 0.1

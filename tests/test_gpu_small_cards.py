@@ -71,8 +71,8 @@ def test_memory_manager_loads_a_dit_over_budget_with_block_swap():
     assert patcher.loaded_size() == 0 and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("patch_first", [False, True], ids=["swap-then-lora", "lora-then-swap"])
-def test_gguf_expert_with_a_lora_under_block_swap_on_cuda(tmp_path, patch_first):
+@pytest.mark.parametrize("order", ["swap-then-lora", "lora-then-swap", "swap-on-gpu-then-lora"])
+def test_gguf_expert_with_a_lora_under_block_swap_on_cuda(tmp_path, order):
     """The small-card path: a GGUF expert, a LoRA on every quantized Linear (run with each layer), blocks streamed
     from pinned masters on a side stream. Equals the same patched model with every block resident."""
     pytest.importorskip("gguf")
@@ -93,14 +93,21 @@ def test_gguf_expert_with_a_lora_under_block_swap_on_cuda(tmp_path, patch_first)
     outputs = []
     for swapped in (False, True):
         model = load_dit(path, dtype=torch.float32)
-        if swapped and not patch_first:
+        if swapped and order != "lora-then-swap":
             enable_block_swap(model, 0)
+        if order == "swap-on-gpu-then-lora":
+            model.cuda()  # the masters are pinned copies now
+            set_patches(model, [LoraPatch(lora, 0.3)], "low_noise")
         set_patches(model, [LoraPatch(lora, 0.8)], "low_noise")
-        if swapped and patch_first:
+        if swapped and order == "lora-then-swap":
             enable_block_swap(model, 0)
         model.cuda()
         with torch.no_grad():
             outputs.append(model(*inputs))
         if swapped:
-            assert model.block_swap.transfers > 0
+            swap = model.block_swap
+            assert swap.transfers > 0 and swap.pinned
+            # parking the model returns the masters to the file's tensors, not to pinned copies
+            model.cpu()
+            assert not any(t.is_pinned() for _, _, _, t in swap._slots[1].masters)
     torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)

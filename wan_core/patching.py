@@ -122,4 +122,7 @@ def set_patches(module: torch.nn.Module, patches: Sequence[ModelPatch], expert: 
     weights.applied = patches
     swap = getattr(module, "block_swap", None)
     if swap is not None and (attached or weights.attached):
-        swap.refresh()  # the swapped blocks' changes (`attach`) stream with them
+        # the swapped blocks' changes (`attach`) stream with them: the masters are taken again, from the weights' own
+        # tensors (pinned copies would otherwise become the sources that parking the model returns to)
+        swap.unpin_masters()
+        swap.refresh()

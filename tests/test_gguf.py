@@ -126,3 +126,33 @@ def test_model_loader_lists_gguf_files_of_diffusion_models_and_unet(tmp_path, mo
                                         "default", "auto", False)
     assert handle.high_noise_path == str(tmp_path / "unet" / "wan2.2_t2v_high_noise_14B_Q4_K_M.gguf")
     assert handle.low_noise_path == str(tmp_path / "diffusion_models" / "low_Q8_0.gguf")
+
+
+TRITON_SCRIPT = """
+import sys
+import numpy as np
+import torch
+sys.path.insert(0, "tests")
+from test_gguf import _synthesized, Q
+from wan_core.io import gguf_dequant, gguf_triton
+
+for name in ("Q8_0", "Q4_K", "Q5_K", "Q6_K"):
+    qtype = int(Q[name])
+    for shape in ((6, 512), (3, 2304)):  # block counts that leave a program's last blocks empty
+        raw = torch.from_numpy(_synthesized(name, shape, np.random.default_rng(shape[1])).copy())
+        assert gguf_triton.handles(raw, qtype, torch.float32)
+        expected = gguf_dequant._BLOCK_DEQUANT[qtype](raw.reshape(-1, gguf_dequant.GGML_TYPES[qtype][2]))
+        got = gguf_dequant.dequantize(raw, qtype, shape, torch.float32)
+        assert torch.equal(got.view(torch.int32), expected.reshape(shape).view(torch.int32)), name
+print("ok")
+"""
+
+
+def test_triton_dequantization_is_the_torch_arithmetic_bit_for_bit():
+    """Q8_0, Q4_K, Q5_K, Q6_K through the Triton kernel (CPU interpreter) give the torch path's float32 bits (which
+    equal the `gguf` package's, above). bf16 output is checked on a GPU (`test_gpu_small_cards.py`): the interpreter
+    rounds to bf16 otherwise than the GPU does."""
+    pytest.importorskip("triton")
+    from tests.triton_interpreter import assert_runs_in_interpreter
+
+    assert_runs_in_interpreter(TRITON_SCRIPT)

@@ -52,9 +52,10 @@ def test_gguf_dequantization_on_cuda_equals_cpu():
         if name in ("F32", "F16", "BF16"):
             raw = torch.randn(4, 512).to({"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[name])
             raw = raw.view(torch.uint8)
-        cpu = dequantize(raw, qtype, (4, 512), torch.float32)
-        gpu = dequantize(raw.cuda(), qtype, (4, 512), torch.float32).cpu()
-        assert torch.equal(cpu.nan_to_num(), gpu.nan_to_num()), name
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):  # Q8_0 and the k-quants: the Triton kernel
+            cpu = dequantize(raw, qtype, (4, 512), dtype)
+            gpu = dequantize(raw.cuda(), qtype, (4, 512), dtype).cpu()
+            assert torch.equal(cpu.nan_to_num(), gpu.nan_to_num()), (name, dtype)
 
 
 def test_memory_manager_loads_a_dit_over_budget_with_block_swap():

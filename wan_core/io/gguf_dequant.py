@@ -5,16 +5,19 @@ The layouts and arithmetic follow ggml (`ggml-quants.c`) as written in the `gguf
 blocks `[n_blocks, type_size]` (uint8) and returns `[n_blocks, block_size]` float32.
 
 Supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (the `_S`/`_M`
-file variants mix these per tensor).
+file variants mix these per tensor). On CUDA, Q8_0, Q4_K, Q5_K and Q6_K go through one Triton kernel instead
+(`gguf_triton`, the same arithmetic, the same bits).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 
 from ..errors import CheckpointError
+from . import gguf_triton
 
 QK_K = 256
 K_SCALE_SIZE = 12
@@ -184,6 +187,8 @@ def dequantize(raw: torch.Tensor, qtype: int, shape: Sequence[int], dtype: torch
     computed on `raw`'s device."""
     if qtype in FLOAT_TYPES:
         return raw.contiguous().view(FLOAT_TYPES[qtype]).reshape(shape).to(dtype)
+    if gguf_triton.handles(raw, qtype, dtype):
+        return gguf_triton.dequantize(raw, qtype, math.prod(shape), dtype).view(shape)
     _, _, size = GGML_TYPES[qtype]
     blocks = raw.reshape(-1, size)
     return _BLOCK_DEQUANT[qtype](blocks).reshape(shape).to(dtype)

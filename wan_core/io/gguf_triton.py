@@ -1,0 +1,98 @@
+"""GGUF block dequantization in one Triton kernel per call, for the formats city96's Wan files use most (Q8_0 and the
+k-quants Q4_K, Q5_K, Q6_K that the `_K_M` / `_K_S` files mix).
+
+The torch path (`gguf_dequant`) spends a dozen elementwise passes with float32 and integer intermediates per tensor;
+a GGUF expert dequantizes every block Linear in every forward, so that is most of what a GGUF forward costs beyond a
+bf16 one. Here each value is read from its block's bytes and written once in the target dtype. The arithmetic is the
+torch path's, operation for operation in float32, with floating-point contraction off (`enable_fp_fusion=False`: no
+fused multiply-add), so the values are the same bits. CUDA only (and Triton's CPU interpreter, for tests);
+`WAN_CORE_TRITON=0` turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+try:  # triton is optional: CPU-only installs lack it
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - depends on the install
+    triton = None
+    tl = None
+
+_ENABLED = os.environ.get("WAN_CORE_TRITON", "1") != "0"
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# ggml type id: (elements per block, bytes per block, blocks per program)
+_LAYOUTS = {8: (32, 34, 64), 12: (256, 144, 8), 13: (256, 176, 8), 14: (256, 210, 8)}
+
+
+def handles(raw: torch.Tensor, qtype: int, dtype: torch.dtype) -> bool:
+    """Whether `dequantize` serves these raw bytes (else use the torch path)."""
+    return (_ENABLED and triton is not None and qtype in _LAYOUTS and (raw.is_cuda or _INTERPRET)
+            and dtype in (torch.float32, torch.bfloat16, torch.float16))
+
+
+if triton is not None:
+
+    @triton.jit
+    def _f16(ptr, mask):
+        """The little-endian fp16 at `ptr` (uint8 pointers), as float32."""
+        low = tl.load(ptr, mask=mask, other=0).to(tl.uint16)
+        high = tl.load(ptr + 1, mask=mask, other=0).to(tl.uint16)
+        return (low | (high << 8)).to(tl.float16, bitcast=True).to(tl.float32)
+
+    @triton.jit
+    def _byte(ptr, mask):
+        return tl.load(ptr, mask=mask, other=0).to(tl.int32)
+
+    @triton.jit
+    def _scale_min_k4(scales, sub, mask):
+        """Sub-block `sub`'s six-bit scale and min of a Q4_K / Q5_K block (12 packed bytes at `scales`)."""
+        first = sub < 4
+        a = _byte(scales + sub, mask)
+        b = _byte(scales + sub + 4, mask)
+        c = _byte(scales + tl.where(first, 0, sub - 4), mask)
+        sc = tl.where(first, a & 63, (b & 0xF) | ((c >> 2) & 0x30))
+        mn = tl.where(first, b & 63, (b >> 4) | ((a >> 2) & 0x30))
+        return sc.to(tl.float32), mn.to(tl.float32)
+
+    @triton.jit
+    def _dequant_kernel(RAW, OUT, n_blocks, QTYPE: tl.constexpr, ELEMS: tl.constexpr, SIZE: tl.constexpr,
+                        BLOCKS: tl.constexpr):
+        block = tl.program_id(0) * BLOCKS + tl.arange(0, BLOCKS)[:, None]
+        e = tl.arange(0, ELEMS)[None, :]
+        mask = block < n_blocks
+        base = RAW + block.to(tl.int64) * SIZE
+        if QTYPE == 8:  # Q8_0: d, 32 int8
+            q = tl.load(base + 2 + e, mask=mask, other=0).to(tl.int8, bitcast=True).to(tl.float32)
+            value = q * _f16(base, mask)
+        elif QTYPE == 14:  # Q6_K: ql[128], qh[64], int8 scales[16], d
+            low = (_byte(base + (e // 128) * 64 + e % 64, mask) >> (4 * ((e // 64) % 2))) & 0xF
+            high = (_byte(base + 128 + (e // 128) * 32 + e % 32, mask) >> (2 * ((e // 32) % 4))) & 3
+            q = ((low | (high << 4)) - 32).to(tl.float32)
+            scale = tl.load(base + 192 + e // 16, mask=mask, other=0).to(tl.int8, bitcast=True).to(tl.float32)
+            value = (_f16(base + 208, mask) * scale) * q
+        else:  # Q4_K (d, dmin, scales[12], qs[128]) and Q5_K (the same, qh[32] before qs)
+            sub = e // 32
+            sc, mn = _scale_min_k4(base + 4, sub, mask)
+            qs = base + 48 if QTYPE == 13 else base + 16
+            q = (_byte(qs + (e // 64) * 32 + e % 32, mask) >> (4 * (sub % 2))) & 0xF
+            if QTYPE == 13:
+                q = q | (((_byte(base + 16 + e % 32, mask) >> sub) & 1) << 4)
+            value = (_f16(base, mask) * sc) * q.to(tl.float32) - _f16(base + 2, mask) * mn
+        tl.store(OUT + block.to(tl.int64) * ELEMS + e, value.to(OUT.dtype.element_ty), mask=mask)
+
+
+def dequantize(raw: torch.Tensor, qtype: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """The `numel` values stored as ggml type `qtype` in the bytes `raw` (uint8), flat, in `dtype`; `handles` first."""
+    elems, size, blocks = _LAYOUTS[qtype]
+    n_blocks = numel // elems
+    out = torch.empty(numel, dtype=dtype, device=raw.device)
+    grid = (triton.cdiv(n_blocks, blocks),)
+    with torch.cuda.device(raw.device) if raw.is_cuda else contextlib.nullcontext():
+        _dequant_kernel[grid](raw.contiguous(), out, n_blocks, QTYPE=qtype, ELEMS=elems, SIZE=size, BLOCKS=blocks,
+                              enable_fp_fusion=False)
+    return out

@@ -69,9 +69,10 @@ def main() -> None:
             raw = random_raw_blocks(name, shape, device)
             assert raw.shape == raw_shape(qtype, shape)
             times: dict[str, list[float]] = {"torch": [], "triton": []}
+            served = enabled and gguf_triton.handles(raw, qtype, torch.bfloat16)
             for run in range(args.runs):
                 for kernel in ((False, True) if run % 2 == 0 else (True, False)):
-                    if kernel and not gguf_triton.handles(raw, qtype, torch.bfloat16):
+                    if kernel and not served:
                         continue
                     times["triton" if kernel else "torch"].append(_layer_ms(raw, qtype, shape, kernel))
             moved = raw.numel() + shape[0] * shape[1] * 2

@@ -30,9 +30,10 @@ _LAYOUTS = {8: (32, 34, 64), 12: (256, 144, 8), 13: (256, 176, 8), 14: (256, 210
 
 
 def handles(raw: torch.Tensor, qtype: int, dtype: torch.dtype) -> bool:
-    """Whether `dequantize` serves these raw bytes (else use the torch path)."""
+    """Whether `dequantize` serves these raw bytes (else use the torch path, which is also what a compiled region
+    traces: the compiler fuses its ops itself)."""
     return (_ENABLED and triton is not None and qtype in _LAYOUTS and (raw.is_cuda or _INTERPRET)
-            and dtype in (torch.float32, torch.bfloat16, torch.float16))
+            and dtype in (torch.float32, torch.bfloat16, torch.float16) and not torch.compiler.is_compiling())
 
 
 if triton is not None:

@@ -1,5 +1,5 @@
-"""GGUF block dequantization in one Triton kernel per call, for the formats city96's Wan files use most (Q8_0 and the
-k-quants Q4_K, Q5_K, Q6_K that the `_K_M` / `_K_S` files mix).
+"""GGUF block dequantization in one Triton kernel per call, for the formats city96's Wan files use (Q8_0 and the
+k-quants Q2_K ... Q6_K that the `_K_M` / `_K_S` files mix).
 
 The torch path (`gguf_dequant`) spends a dozen elementwise passes with float32 and integer intermediates per tensor;
 a GGUF expert dequantizes every block Linear in every forward, so that is most of what a GGUF forward costs beyond a
@@ -26,7 +26,8 @@ except Exception:  # pragma: no cover - depends on the install
 _ENABLED = os.environ.get("WAN_CORE_TRITON", "1") != "0"
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # ggml type id: (elements per block, bytes per block, blocks per program)
-_LAYOUTS = {8: (32, 34, 64), 12: (256, 144, 8), 13: (256, 176, 8), 14: (256, 210, 8)}
+_LAYOUTS = {8: (32, 34, 64), 10: (256, 84, 8), 11: (256, 110, 8), 12: (256, 144, 8), 13: (256, 176, 8),
+            14: (256, 210, 8)}
 
 
 def handles(raw: torch.Tensor, qtype: int, dtype: torch.dtype) -> bool:
@@ -76,6 +77,19 @@ if triton is not None:
             q = ((low | (high << 4)) - 32).to(tl.float32)
             scale = tl.load(base + 192 + e // 16, mask=mask, other=0).to(tl.int8, bitcast=True).to(tl.float32)
             value = (_f16(base + 208, mask) * scale) * q
+        elif QTYPE == 10:  # Q2_K: scales[16] (4-bit scale, 4-bit min), qs[64], d, dmin
+            scale = _byte(base + e // 16, mask)
+            q = ((_byte(base + 16 + (e // 128) * 32 + e % 32, mask) >> (2 * ((e // 32) % 4))) & 3).to(tl.float32)
+            value = (_f16(base + 80, mask) * (scale & 0xF).to(tl.float32)) * q - _f16(base + 82, mask) * (
+                scale >> 4).to(tl.float32)
+        elif QTYPE == 11:  # Q3_K: hmask[32], qs[64], scales[12] (6-bit, offset 32), d
+            sub = e // 16
+            low = (_byte(base + 96 + sub % 8, mask) >> (4 * (sub // 8))) & 0xF
+            high = (_byte(base + 104 + sub % 4, mask) >> (2 * (sub // 4))) & 3
+            low_bits = (_byte(base + 32 + (e // 128) * 32 + e % 32, mask) >> (2 * ((e // 32) % 4))) & 3
+            high_bit = ((_byte(base + e % 32, mask) >> (e // 32)) & 1) ^ 1
+            q = (low_bits - (high_bit << 2)).to(tl.float32)
+            value = (_f16(base + 108, mask) * ((low | (high << 4)) - 32).to(tl.float32)) * q
         else:  # Q4_K (d, dmin, scales[12], qs[128]) and Q5_K (the same, qh[32] before qs)
             sub = e // 32
             sc, mn = _scale_min_k4(base + 4, sub, mask)

@@ -5,7 +5,7 @@ delta) changes the float32 weight with the merge's own arithmetic (`merge.change
 
 Changing the weight beats a side path beside the matmul (`x @ down.T @ up.T` added to the output): at video token
 counts the output is several times the weight, and the side path's extra passes over it cost 7% of an A14B forward
-at 480p on an H100, against 1-3% here (docs/benchmarks.md)."""
+at 480p on an H100, against 0.1% (a pair) to 3% (a LoKr) here (docs/benchmarks.md)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ class Wan22LoraLoader:
             "required": {
                 "model": ("WAN22_MODEL",),
                 "lora_name": (host.list_models("loras"), {"tooltip": "A LoRA in ComfyUI/models/loras/ (ComfyUI, "
-                                                          "lightx2v, kohya or diffusers layout)."}),
+                                                          "lightx2v, kohya, diffusers or SimpleTuner layout; LoRA, "
+                                                          "LoHa, LoKr, DoRA)."}),
                 "strength_high": ("FLOAT", {**STRENGTH, "tooltip": "On the high-noise expert (TI2V-5B: the model); "
                                             "0 leaves it out."}),
                 "strength_low": ("FLOAT", {**STRENGTH, "tooltip": "On the low-noise expert (unused by TI2V-5B); "
@@ -32,8 +33,9 @@ class Wan22LoraLoader:
     RETURN_NAMES = ("model",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Adds a LoRA to the Wan2.2 model (merged into the weights when the sampler runs; the base weights "
-                   "are read once and restored exactly when the LoRA is removed). Chain several for several LoRAs.")
+    DESCRIPTION = ("Adds a LoRA to the Wan2.2 model (merged into the weights when the sampler runs, or applied as each "
+                   "layer of a GGUF model dequantizes; the base weights are read once and restored exactly when the "
+                   "LoRA is removed). Chain several for several LoRAs.")
 
     def load(self, model: DiTHandle, lora_name: str, strength_high: float, strength_low: float) -> tuple:
         dit = require_handle(model, DiTHandle, "model")

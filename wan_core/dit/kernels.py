@@ -18,25 +18,19 @@ tensors (tests).
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 
-try:  # triton is optional: CPU-only installs lack it
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - depends on the install
-    triton = None
-    tl = None
+from .. import triton_support
+from ..triton_support import tl, triton
 
-ENABLED = os.environ.get("WAN_CORE_TRITON", "1") != "0"
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+ENABLED = triton_support.ENABLED
 
 
 def usable(x: torch.Tensor) -> bool:
     """Whether the fused kernels can run on `x` here."""
-    return ENABLED and triton is not None and (x.is_cuda or _INTERPRET)
+    return ENABLED and triton is not None and (x.is_cuda or triton_support.INTERPRET)
 
 
 def _warps(block: int) -> int:

@@ -12,19 +12,13 @@ fused multiply-add), so the values are the same bits. CUDA only (and Triton's CP
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 
-try:  # triton is optional: CPU-only installs lack it
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - depends on the install
-    triton = None
-    tl = None
+from .. import triton_support
+from ..triton_support import tl, triton
 
-_ENABLED = os.environ.get("WAN_CORE_TRITON", "1") != "0"
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_ENABLED = triton_support.ENABLED
 # ggml type id: (elements per block, bytes per block, blocks per program)
 _LAYOUTS = {8: (32, 34, 64), 10: (256, 84, 8), 11: (256, 110, 8), 12: (256, 144, 8), 13: (256, 176, 8),
             14: (256, 210, 8)}
@@ -33,7 +27,7 @@ _LAYOUTS = {8: (32, 34, 64), 10: (256, 84, 8), 11: (256, 110, 8), 12: (256, 144,
 def handles(raw: torch.Tensor, qtype: int, dtype: torch.dtype) -> bool:
     """Whether `dequantize` serves these raw bytes (else use the torch path, which is also what a compiled region
     traces: the compiler fuses its ops itself)."""
-    return (_ENABLED and triton is not None and qtype in _LAYOUTS and (raw.is_cuda or _INTERPRET)
+    return (_ENABLED and triton is not None and qtype in _LAYOUTS and (raw.is_cuda or triton_support.INTERPRET)
             and dtype in (torch.float32, torch.bfloat16, torch.float16) and not torch.compiler.is_compiling())
 
 

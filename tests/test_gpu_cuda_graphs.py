@@ -315,3 +315,32 @@ def test_a_sampling_run_with_graphs_is_the_run_without():
             assert [c[0] for c in calls] == [4, 4]  # 2 steps each, cond and uncond
     assert torch.equal(runs[True], runs[False])
     assert [c[0] for c in calls] == [4 + 2, 4 + 2]  # per expert one eager run and its capture, then replays
+
+
+def test_a_gguf_expert_with_a_lora_replays_right_after_a_strength_switch(tmp_path):
+    """The batch node on a small card: a GGUF expert (the Triton dequantization inside the graph) with a LoRA
+    applied to the weights its layers dequantize; a strength switch makes new factor buffers, captured again."""
+    pytest.importorskip("gguf")
+    import numpy as np
+    from test_gguf import _write_gguf
+    from test_lora_gguf import lora_file
+
+    from wan_core.dit.loader import load_dit
+    from wan_core.lora import LoraPatch
+    from wan_core.patching import set_patches
+
+    path = tmp_path / "expert_Q4_K_M.gguf"
+    reference, quantized = _write_gguf(path, np.random.default_rng(0))
+    modules = sorted(name[: -len(".weight")] for name in quantized)
+    lora = lora_file(tmp_path, "lora", modules, {m: tuple(reference[m + ".weight"].shape) for m in modules}, "lora", 2)
+    model = load_dit(path, dtype=torch.bfloat16).cuda()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x, t = torch.randn(1, 16, 2, 4, 4, device="cuda", generator=gen), torch.tensor([500.0], device="cuda")
+    context = [torch.randn(5, 64, device="cuda", generator=gen).bfloat16()]
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for strength in (1.0, 0.3):
+            set_patches(model, [LoraPatch(lora, strength)], "low_noise")
+            want = model(x, t, context)
+            for _ in range(2):
+                assert torch.equal(graphed_forward(model, x, t, context), want), strength
+    assert _captured(model) == 1

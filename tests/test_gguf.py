@@ -136,7 +136,7 @@ sys.path.insert(0, "tests")
 from test_gguf import _synthesized, Q
 from wan_core.io import gguf_dequant, gguf_triton
 
-for name in ("Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"):
+for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"):
     qtype = int(Q[name])
     for shape in ((6, 512), (3, 2304)):  # block counts that leave a program's last blocks empty
         raw = torch.from_numpy(_synthesized(name, shape, np.random.default_rng(shape[1])).copy())
@@ -149,7 +149,7 @@ print("ok")
 
 
 def test_triton_dequantization_is_the_torch_arithmetic_bit_for_bit():
-    """Q8_0 and the k-quants through the Triton kernel (CPU interpreter) give the torch path's float32 bits (which
+    """Every block format through the Triton kernel (CPU interpreter) give the torch path's float32 bits (which
     equal the `gguf` package's, above). bf16 output is checked on a GPU (`test_gpu_small_cards.py`): the interpreter
     rounds to bf16 otherwise than the GPU does."""
     pytest.importorskip("triton")

@@ -5,7 +5,7 @@ The layouts and arithmetic follow ggml (`ggml-quants.c`) as written in the `gguf
 blocks `[n_blocks, type_size]` (uint8) and returns `[n_blocks, block_size]` float32.
 
 Supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (the `_S`/`_M`
-file variants mix these per tensor). On CUDA, Q8_0 and the k-quants go through one Triton kernel instead
+file variants mix these per tensor). On CUDA, the block formats go through one Triton kernel instead
 (`gguf_triton`, the same arithmetic, the same bits).
 """
 

@@ -1,5 +1,5 @@
-"""GGUF block dequantization in one Triton kernel per call, for the formats city96's Wan files use (Q8_0 and the
-k-quants Q2_K ... Q6_K that the `_K_M` / `_K_S` files mix).
+"""GGUF block dequantization in one Triton kernel per call, for every block format city96's Wan files use (Q4_0,
+Q4_1, Q5_0, Q5_1, Q8_0 and the k-quants Q2_K ... Q6_K that the `_K_M` / `_K_S` files mix).
 
 The torch path (`gguf_dequant`) spends a dozen elementwise passes with float32 and integer intermediates per tensor;
 a GGUF expert dequantizes every block Linear in every forward, so that is most of what a GGUF forward costs beyond a
@@ -20,8 +20,8 @@ from ..triton_support import tl, triton
 
 _ENABLED = triton_support.ENABLED
 # ggml type id: (elements per block, bytes per block, blocks per program)
-_LAYOUTS = {8: (32, 34, 64), 10: (256, 84, 8), 11: (256, 110, 8), 12: (256, 144, 8), 13: (256, 176, 8),
-            14: (256, 210, 8)}
+_LAYOUTS = {2: (32, 18, 64), 3: (32, 20, 64), 6: (32, 22, 64), 7: (32, 24, 64), 8: (32, 34, 64),
+            10: (256, 84, 8), 11: (256, 110, 8), 12: (256, 144, 8), 13: (256, 176, 8), 14: (256, 210, 8)}
 
 
 def handles(raw: torch.Tensor, qtype: int, dtype: torch.dtype) -> bool:
@@ -65,6 +65,21 @@ if triton is not None:
         if QTYPE == 8:  # Q8_0: d, 32 int8
             q = tl.load(base + 2 + e, mask=mask, other=0).to(tl.int8, bitcast=True).to(tl.float32)
             value = q * _f16(base, mask)
+        elif QTYPE == 2 or QTYPE == 3:  # Q4_0 (d, qs[16]: q - 8) and Q4_1 (d, m, qs[16]: d q + m)
+            offset: tl.constexpr = 2 if QTYPE == 2 else 4
+            q = (_byte(base + offset + e % 16, mask) >> (4 * (e // 16))) & 0xF
+            if QTYPE == 2:
+                value = _f16(base, mask) * (q - 8).to(tl.float32)
+            else:
+                value = _f16(base, mask) * q.to(tl.float32) + _f16(base + 2, mask)
+        elif QTYPE == 6 or QTYPE == 7:  # Q5_0 (d, qh[4], qs[16]: q - 16) and Q5_1 (d, m, qh[4], qs[16]: d q + m)
+            offset: tl.constexpr = 2 if QTYPE == 6 else 4
+            high = (_byte(base + offset + e // 8, mask) >> (e % 8)) & 1
+            q = ((_byte(base + offset + 4 + e % 16, mask) >> (4 * (e // 16))) & 0xF) | (high << 4)
+            if QTYPE == 6:
+                value = _f16(base, mask) * (q - 16).to(tl.float32)
+            else:
+                value = _f16(base, mask) * q.to(tl.float32) + _f16(base + 2, mask)
         elif QTYPE == 14:  # Q6_K: ql[128], qh[64], int8 scales[16], d
             low = (_byte(base + (e // 128) * 64 + e % 64, mask) >> (4 * ((e // 64) % 2))) & 0xF
             high = (_byte(base + 128 + (e // 128) * 32 + e % 32, mask) >> (2 * ((e // 32) % 4))) & 3

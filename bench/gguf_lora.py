@@ -54,7 +54,7 @@ class InMemoryLora:
             else:
                 adapter = Kronecker(w1=torch.randn(8, 8, generator=gen).bfloat16(),
                                     w2=(torch.randn(out // 8, inp // 8, generator=gen) * 1e-3).bfloat16())
-            merge_layer(module, LoraLayer(module=name, adapter=adapter), 1.0, weights, f"the bench's {self.form}")
+            merge_layer(module, LoraLayer(module=name, adapter=adapter), 1.0, weights)
 
 
 def main() -> None:

@@ -248,13 +248,48 @@ def test_incomplete_pair_and_foreign_shapes_are_clear_errors(pair, tmp_path):
     wide = tmp_path / "wide.safetensors"
     save_file({"blocks.0.ffn.0.lora_A.weight": torch.ones(2, 5120),
                "blocks.0.ffn.0.lora_B.weight": torch.ones(13824, 2)}, str(wide))
-    with pytest.raises(InputError, match=r"shape \[13824, 5120\] but the model's is \[128, 64\]"):
+    with pytest.raises(InputError, match=r"none of its 1 layer\(s\) fits this model: its blocks.0.ffn.0 low-rank pair "
+                                         r"\(down/up\) has shape \[13824, 5120\] but the model's is \[128, 64\]\. "
+                                         r"The LoRA was made for another Wan model"):
         set_patches(load_dit(pair), [LoraPatch(str(wide))], "high_noise")
     deep = tmp_path / "deep.safetensors"
     save_file({"blocks.39.ffn.0.lora_A.weight": torch.ones(2, 64), "blocks.39.ffn.0.lora_B.weight": torch.ones(128, 2)},
               str(deep))
     with pytest.raises(InputError, match="blocks.39.ffn.0, which this model does not have"):
         set_patches(load_dit(pair), [LoraPatch(str(deep))], "high_noise")
+
+
+def test_a_lora_that_fits_in_part_is_applied_without_the_rest(pair, tmp_path, caplog):
+    """As ComfyUI does: an I2V LoRA's patch embedding (36 input channels) on a T2V model and a block this model lacks
+    are left out with one warning (not repeated at a strength switch); the rest merges as the hand merge of the
+    layers that fit. A LoRA none of whose layers fits stays an error (above)."""
+    ours = load_dit(pair)
+    base = {k: v.clone() for k, v in ours.state_dict().items()}
+    layers = random_lora(ours)
+    tensors = render(layers, "lightx2v", ALPHA)
+    dim, channels = ours.patch_embedding.weight.shape[:2]
+    assert channels != 36
+    tensors["diffusion_model.patch_embedding.lora_A.weight"] = torch.ones(RANK, 36 * 4)
+    tensors["diffusion_model.patch_embedding.lora_B.weight"] = torch.ones(dim, RANK)
+    tensors["diffusion_model.blocks.39.ffn.0.lora_A.weight"] = torch.ones(RANK, dim)
+    tensors["diffusion_model.blocks.39.ffn.0.lora_B.weight"] = torch.ones(128, RANK)
+    path = tmp_path / "i2v_on_t2v.safetensors"
+    save_file(tensors, str(path))
+
+    with caplog.at_level("WARNING", logger="wan_core.lora.patch"):
+        set_patches(ours, [LoraPatch(str(path), STRENGTH)], "high_noise")
+    assert_states_close(ours.state_dict(), hand_merge(base, layers, STRENGTH, ALPHA))
+    assert torch.equal(ours.patch_embedding.weight, base["patch_embedding.weight"])
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert f"2 of its {len(layers) + 2} layers do not fit this model and are left out" in warnings[0]
+    assert f"patch_embedding low-rank pair (down/up) has shape [{dim}, 144] but the model's is [{dim}, " in warnings[0]
+    assert "blocks.39.ffn.0, which this model does not have" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="wan_core.lora.patch"):
+        set_patches(ours, [LoraPatch(str(path), 0.5)], "high_noise")
+    assert caplog.records == []
+    assert_states_close(ours.state_dict(), hand_merge(base, layers, 0.5, ALPHA))
 
 
 def test_the_file_is_read_once_for_any_number_of_strengths(pair, tmp_path, monkeypatch):

@@ -8,32 +8,34 @@ import math
 
 import torch
 
-from ..errors import InputError
 from .formats import LoraLayer
 
 
-def check_shape(what: str, shape: tuple[int, ...], expected: tuple[int, ...], where: str) -> None:
+def shape_misfit(what: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> str | None:
+    """Why a LoRA tensor of `shape` cannot change a model tensor of `expected` shape (None: it can)."""
     if tuple(shape) != tuple(expected):
-        raise InputError(
-            f"{where}: its {what} has shape {list(shape)} but the model's is {list(expected)}: the LoRA was made for "
-            "another Wan model (14B vs 5B, t2v vs i2v). Use a LoRA made for this model."
-        )
+        return f"its {what} has shape {list(shape)} but the model's is {list(expected)}"
+    return None
 
 
-def check_fits(layer: LoraLayer, shape: torch.Size, where: str) -> None:
-    """Raise (before anything changes) when `layer` does not fit a weight of `shape`."""
+def misfit(layer: LoraLayer, shape: torch.Size) -> str | None:
+    """Why `layer` cannot change a weight of `shape` (None: it can)."""
     if layer.adapter is not None:
-        check_shape(f"{layer.module} {layer.adapter.kind}", layer.adapter.shape, (shape[0], math.prod(shape[1:])),
-                     where)
+        reason = shape_misfit(f"{layer.module} {layer.adapter.kind}", layer.adapter.shape,
+                              (shape[0], math.prod(shape[1:])))
+        if reason:
+            return reason
     if layer.diff is not None:
-        check_shape(f"{layer.module}.diff", tuple(layer.diff.shape), tuple(shape), where)
+        reason = shape_misfit(f"{layer.module}.diff", tuple(layer.diff.shape), tuple(shape))
+        if reason:
+            return reason
     if layer.dora_scale is not None:
         magnitude = layer.dora_scale
         axis = 0 if magnitude.shape[0] == shape[0] else 1
         if magnitude.numel() != shape[axis]:
-            raise InputError(f"{where}: {layer.module}.dora_scale has shape {list(magnitude.shape)}, which is neither "
-                             f"one value per output row ({shape[0]}) nor per input column ({shape[1]}) of the weight: "
-                             "the LoRA was made for another Wan model. Use a LoRA made for this model.")
+            return (f"its {layer.module}.dora_scale has shape {list(magnitude.shape)}, which is neither one value per "
+                    f"output row ({shape[0]}) nor per input column ({shape[1]}) of the weight")
+    return None
 
 
 def _decomposed(weight: torch.Tensor, layer: LoraLayer, strength: float) -> torch.Tensor:
@@ -54,7 +56,7 @@ def _decomposed(weight: torch.Tensor, layer: LoraLayer, strength: float) -> torc
 
 def changed_weight(weight: torch.Tensor, layer: LoraLayer, strength: float) -> torch.Tensor:
     """`weight` (float32, changed in place where it can) with `layer`'s adapter and full delta at `strength`;
-    `check_fits` first."""
+    `misfit` first."""
     if layer.adapter is not None:
         if layer.dora_scale is not None:
             weight = _decomposed(weight, layer, strength)

@@ -9,6 +9,7 @@ The originals are kept by `PatchedWeights`, so removing the LoRA gives the base 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 import torch
@@ -22,7 +23,9 @@ from ..patching import PatchedWeights
 from .deferred import DeferredChange
 from .files import read_lora
 from .formats import LoraLayer
-from .merge import changed_weight, check_fits, check_shape
+from .merge import changed_weight, misfit, shape_misfit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,31 @@ class LoraPatch:
     def apply(self, module: torch.nn.Module, expert: str, weights: PatchedWeights) -> None:
         lora = read_lora(self.path)
         where = f"the LoRA {lora.source} on the {expert} model"
-        for layer in lora.layers.values():
-            merge_layer(module, layer, self.strength, weights, where)
+        layers = list(lora.layers.values())
+        misfits = {layer.module: reason for layer in layers if (reason := layer_misfit(module, layer, weights))}
+        if misfits:
+            report_misfits(misfits, len(layers), where)
+        for layer in layers:
+            if layer.module not in misfits:
+                merge_layer(module, layer, self.strength, weights)
+
+
+_ANOTHER_MODEL = "The LoRA was made for another Wan model (14B vs 5B, t2v vs i2v). Use a LoRA made for this model."
+_reported: set[str] = set()
+
+
+def report_misfits(misfits: dict[str, str], layer_count: int, where: str) -> None:
+    """A LoRA none of whose layers fits is an error; one that fits in part is applied without the rest, as ComfyUI
+    does (an I2V LoRA's 36-channel patch embedding on a T2V model, a module this model lacks), with one warning."""
+    reasons = list(misfits.values())
+    listed = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "")
+    if len(misfits) == layer_count:
+        raise InputError(f"{where}: none of its {layer_count} layer(s) fits this model: {listed}. {_ANOTHER_MODEL}")
+    message = (f"{where}: {len(misfits)} of its {layer_count} layers do not fit this model and are left out (the "
+               f"other {layer_count - len(misfits)} are applied): {listed}")
+    if message not in _reported:  # once, not again at each strength switch
+        _reported.add(message)
+        log.warning(message)
 
 
 def dequantize_fp8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -45,8 +71,9 @@ def dequantize_fp8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return values.float() * (scale.reshape(-1, 1) if scale.ndim else scale)
 
 
-def _weight_name(model: torch.nn.Module, module: str, where: str) -> tuple[str, torch.nn.Module | None]:
-    """(the parameter a layer's low-rank pair and `diff` change, its owning module or None for a bare parameter)."""
+def _weight_name(model: torch.nn.Module, module: str) -> tuple[str, torch.nn.Module | None] | None:
+    """(the parameter a layer's adapter and `diff` change, its owning module or None for a bare parameter); None
+    when `model` has neither."""
     try:
         owner = model.get_submodule(module)
     except AttributeError:
@@ -56,26 +83,45 @@ def _weight_name(model: torch.nn.Module, module: str, where: str) -> tuple[str, 
     try:
         model.get_parameter(module)
     except AttributeError:
-        raise InputError(
-            f"{where} changes {module}, which this model does not have (a LoRA for another Wan model size, e.g. "
-            "14B vs 5B?). Use a LoRA made for this model."
-        ) from None
+        return None
     return module, None
 
 
-def merge_layer(
-    model: torch.nn.Module, layer: LoraLayer, strength: float, weights: PatchedWeights, where: str
-) -> None:
-    """Add `layer`'s changes at `strength` to `model`'s weights through `weights` (which keeps the originals); on a
-    GGUF-quantized layer, attach them to run with it (`deferred.py`)."""
+def _weight_shape(owner: torch.nn.Module | None, current: torch.Tensor) -> torch.Size:
+    """The logical shape of a weight (a GGUF layer stores packed blocks)."""
+    if isinstance(owner, GGUFLinear):
+        return torch.Size((owner.out_features, owner.in_features))
+    return current.shape
+
+
+def layer_misfit(model: torch.nn.Module, layer: LoraLayer, weights: PatchedWeights) -> str | None:
+    """Why `layer` cannot change `model` (None: it can)."""
     if layer.adapter is not None or layer.diff is not None:
-        name, owner = _weight_name(model, layer.module, where)
+        found = _weight_name(model, layer.module)
+        if found is None:
+            return f"it changes {layer.module}, which this model does not have"
+        name, owner = found
+        reason = misfit(layer, _weight_shape(owner, weights.get(name)))
+        if reason:
+            return reason
+    if layer.diff_b is not None:
+        try:
+            bias = weights.get(layer.module + ".bias")
+        except AttributeError:
+            return f"it changes the bias of {layer.module}, which has none in this model"
+        return shape_misfit(f"{layer.module}.diff_b", tuple(layer.diff_b.shape), tuple(bias.shape))
+    return None
+
+
+def merge_layer(model: torch.nn.Module, layer: LoraLayer, strength: float, weights: PatchedWeights) -> None:
+    """Add `layer`'s changes at `strength` to `model`'s weights through `weights` (which keeps the originals); on a
+    GGUF-quantized layer, attach them to run with it (`deferred.py`). `layer_misfit` first."""
+    if layer.adapter is not None or layer.diff is not None:
+        name, owner = _weight_name(model, layer.module)
         current = weights.get(name)
         if isinstance(owner, GGUFLinear):
-            check_fits(layer, torch.Size((owner.out_features, owner.in_features)), where)
             weights.attach(owner, DeferredChange(replace(layer, diff_b=None), strength, current.device))
         else:
-            check_fits(layer, current.shape, where)
             fp8 = isinstance(owner, FP8Linear) and current.dtype == FP8
             # a copy: `.float()` of a float32 weight (norms, modulations) is the weight itself, which the in-place
             # changes would alter before `weights.set` keeps its original
@@ -89,9 +135,5 @@ def merge_layer(
                 weights.set(name, merged)
     if layer.diff_b is not None:
         name = layer.module + ".bias"
-        try:
-            current = weights.get(name)
-        except AttributeError:
-            raise InputError(f"{where} changes the bias of {layer.module}, which has none in this model.") from None
-        check_shape(f"{layer.module}.diff_b", tuple(layer.diff_b.shape), tuple(current.shape), where)
+        current = weights.get(name)
         weights.set(name, current.float() + strength * layer.diff_b.to(current.device, torch.float32))

@@ -94,12 +94,13 @@ def sample_on_all_gpus(
     image: torch.Tensor | None,
     progress: ProgressCallback,
     cancel: CancelCheck,
+    last_image: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The sampler's latents `[z, F', H', W']`, denoised by the worker pool; the start image (if any) is encoded
-    here first, by `pipeline`'s VAE on the host device."""
+    """The sampler's latents `[z, F', H', W']`, denoised by the worker pool; the start image (and i2v's last image),
+    if any, is encoded here first, by `pipeline`'s VAE on the host device."""
     y = first_frame = None
     if image is not None:
-        y, first_frame = pipeline._image_condition(image, request)
+        y, first_frame = pipeline._image_condition(image, request, last_image)
     return denoise_on_all_gpus(dit, request, cond.positive[0], cond.negative[0], progress, cancel, y, first_frame)
 
 

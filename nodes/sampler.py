@@ -8,6 +8,7 @@ from PIL import Image
 from wan_core.errors import InputError
 from wan_core.pipeline.denoise import SINGLE, StepInfo
 from wan_core.pipeline.tasks import TASKS, TaskConfig
+from wan_core.pipeline.validation import check_last_frame_use
 
 from . import host
 from .all_gpus import sample_on_all_gpus
@@ -56,15 +57,15 @@ def latent_preview(latents: torch.Tensor) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def image_to_video_frame(image: torch.Tensor) -> torch.Tensor:
+def image_to_video_frame(image: torch.Tensor, name: str = "start_image") -> torch.Tensor:
     """ComfyUI IMAGE `[1, H, W, C]` in 0..1 -> `[3, H, W]` in [-1, 1] (an alpha channel is dropped, a gray one
-    repeated)."""
+    repeated); `name`: the input it came through, for the errors."""
     if image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
-        raise InputError(f"start_image must be a ComfyUI IMAGE [1, H, W, 3]; got shape {tuple(image.shape)}. Connect "
+        raise InputError(f"{name} must be a ComfyUI IMAGE [1, H, W, 3]; got shape {tuple(image.shape)}. Connect "
                          "a Load Image node (or convert a mask with Convert Mask to Image).")
     if image.shape[0] != 1:
-        raise InputError(f"start_image holds {image.shape[0]} pictures, and a video starts from one: pick it with an "
-                         "Image From Batch node (batch_index 0 for the first, the last index for the last frame).")
+        raise InputError(f"{name} holds {image.shape[0]} pictures, and it takes one: pick it with an Image From "
+                         "Batch node (batch_index 0 for the first, the last index for the last frame).")
     return image[0, ..., :3].expand(-1, -1, 3).permute(2, 0, 1).float() * 2.0 - 1.0
 
 
@@ -125,6 +126,8 @@ class Wan22DiTSampler:
                 "vae": ("WAN22_VAE", {"tooltip": "Needed with start_image (it encodes the picture)."}),
                 "start_image": ("IMAGE", {"tooltip": "i2v / ti2v: the first frame; a picture of another shape is "
                                                      "center-cropped to width x height, as WanImageToVideo does."}),
+                "end_image": ("IMAGE", {"tooltip": "i2v-A14B: the last frame, for a video from a first and a last "
+                                                   "frame (as WanFirstLastFrameToVideo); needs start_image."}),
                 "positive": ("CONDITIONING", {"tooltip": "Native CLIPTextEncode (umt5, type wan) instead."}),
                 "negative": ("CONDITIONING", {"tooltip": "Native CLIPTextEncode of the negative prompt."}),
                 "latent": ("LATENT", {
@@ -182,6 +185,7 @@ class Wan22DiTSampler:
         unique_id: str | None = None,
         cache: str = "off",
         cache_threshold: float = 0.05,
+        end_image: torch.Tensor | None = None,
     ) -> tuple:
         from wan_core.pipeline.denoise import GenerationCancelled
         from wan_core.pipeline.pipeline import WanPipeline
@@ -203,11 +207,14 @@ class Wan22DiTSampler:
             boundary_step=None if boundary_step < 0 else boundary_step, has_image=start_image is not None,
             cache=cache, cache_threshold=cache_threshold,
         )  # fmt: skip
-        image = None
+        image = last_image = None
         if start_image is not None:
             if vae is None:
                 raise InputError("start_image needs the VAE: connect the Wan22VAELoader output to 'vae'.")
             image = image_to_video_frame(start_image)
+        if end_image is not None:
+            check_last_frame_use(request.task, request.frame_num)
+            last_image = image_to_video_frame(end_image, "end_image")
 
         runtime = dit.runtime()
         device = runtime.device
@@ -232,11 +239,13 @@ class Wan22DiTSampler:
                 if init_latents is not None:
                     raise InputError("Video-to-video ('latent' input) runs on one GPU: set the DiT's device to a "
                                      "single GPU, or drop the latent.")
-                latents = sample_on_all_gpus(dit, pipeline, cond, request, image, on_step, host.interrupted)
+                latents = sample_on_all_gpus(
+                    dit, pipeline, cond, request, image, on_step, host.interrupted, last_image=last_image
+                )
             else:
                 latents = pipeline.sample(
-                    list(cond.positive), list(cond.negative), request, image=image, progress=on_step,
-                    cancel=host.interrupted, init_latents=init_latents,
+                    list(cond.positive), list(cond.negative), request, image=image, last_image=last_image,
+                    progress=on_step, cancel=host.interrupted, init_latents=init_latents,
                 )
         except GenerationCancelled:
             host.raise_if_interrupted()  # ComfyUI's own exception: shown as "interrupted", not as an error

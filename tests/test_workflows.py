@@ -22,7 +22,7 @@ API_FILES = sorted((ROOT / "api").glob("*.json"))
 UI_FILES = sorted((ROOT / "example_workflows").glob("*.json"))
 SHIPPED = {"wan22_t2v_a14b", "wan22_t2v_a14b_dual_gpu", "wan22_ti2v_5b_24gb", "wan22_i2v_a14b", "wan22_batch_dual_gpu",
            "wan22_t2v_a14b_interpolated_8s", "wan22_ti2v_5b_long_video", "wan22_t2v_a14b_lightning",
-           "wan22_i2v_a14b_lightning"}
+           "wan22_i2v_a14b_lightning", "wan22_flf2v_a14b_lightning"}
 # Workflows with inputs beyond models (a CSV in the input folder) run in their own test file.
 RUN_ELSEWHERE = {"wan22_batch_dual_gpu": "tests/test_batch_node.py"}
 FRONTEND_ONLY = {"Note"}
@@ -258,7 +258,7 @@ def test_sampler_shows_step_progress_and_stops_at_the_interrupt(tiny_models, tmp
     assert not list((tmp_path / "output").rglob("*.mp4"))
 
 
-@pytest.mark.parametrize("name", ["wan22_t2v_a14b_lightning", "wan22_i2v_a14b_lightning"])
+@pytest.mark.parametrize("name", ["wan22_t2v_a14b_lightning", "wan22_i2v_a14b_lightning", "wan22_flf2v_a14b_lightning"])
 def test_lightning_workflows_run_4_steps_cfg_1_split_2_2_with_a_lora_per_expert(name):
     api = json.loads((ROOT / "api" / f"{name}.json").read_text(encoding="utf-8"))
     (sampler,) = [n["inputs"] for n in api.values() if n["class_type"] == "Wan22DiTSampler"]

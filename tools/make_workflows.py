@@ -318,8 +318,8 @@ def lora_nodes(loras: list[tuple[str, float, float]], model: list) -> tuple[list
 def build_graph(
     name: str, title: str, *, task: str, model: str, low: str, vae: str, weight_dtype: str = "default",
     offload: bool = False, sampler: dict, save_prefix: str, fps: float, tiled: bool = False,
-    devices: dict[str, str] | None = None, start_image: str | None = None, prompt: str = PROMPT_TEXT,
-    loras: list[tuple[str, float, float]] | None = None,
+    devices: dict[str, str] | None = None, start_image: str | None = None, end_image: str | None = None,
+    prompt: str = PROMPT_TEXT, loras: list[tuple[str, float, float]] | None = None,
 ) -> Graph:
     """A Wan2.2 graph; `devices` (`{"t5": "gpu:0", "dit": "gpu:1", "vae": "gpu:1"}`) adds Wan22SetDevice nodes,
     `loras` (file, strength_high, strength_low) chained LoRA loaders."""
@@ -337,6 +337,9 @@ def build_graph(
     if start_image is not None:
         nodes.append(Node(10, "LoadImage", {"image": start_image}, SAMPLE))
         sampler_inputs.update(vae=handles["vae"], start_image=["10", 0])
+    if end_image is not None:
+        nodes.append(Node(20, "LoadImage", {"image": end_image}, SAMPLE))
+        sampler_inputs["end_image"] = ["20", 0]
     nodes.append(Node(6, "Wan22DiTSampler", sampler_inputs, SAMPLE))
     nodes.append(Node(7, "Wan22VAEDecode", {"vae": handles["vae"], "latent": ["6", 0], "tiled": tiled,
                                             "tile_size": 256, "tile_overlap": 64, "latents_file": ""}, OUTPUT))
@@ -460,9 +463,20 @@ def lightning_graphs() -> list[Graph]:
         save_prefix="wan22/i2v_a14b_lightning",
         fps=16, start_image="example.png", prompt=I2V_PROMPT_TEXT, loras=lightning_loras("i2v", "v1"),
     )
-    for graph in (t2v, i2v):
+    first_last = build_graph(
+        "wan22_flf2v_a14b_lightning", "Wan2.2 I2V A14B, first and last frame, Lightning 4 steps", task="i2v-A14B",
+        model="wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
+        low="wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors", vae="wan_2.1_vae.safetensors",
+        sampler={**sampler_settings(width=832, height=480, frames=81, **LIGHTNING), "boundary_step": 2},
+        save_prefix="wan22/flf2v_a14b_lightning", fps=16, start_image="example.png", end_image="example.png",
+        prompt=I2V_PROMPT_TEXT, loras=lightning_loras("i2v", "v1"),
+    )
+    first_last.notes.append("First and last frame: the upper Load Image is the first frame, the lower one the last "
+                            "(each resized to width x height); the sampler makes the frames between them, as "
+                            "ComfyUI's WanFirstLastFrameToVideo does. The same picture at both ends makes a loop.")
+    for graph in (t2v, i2v, first_last):
         graph.notes.append(LIGHTNING_TEXT)
-    return [t2v, i2v]
+    return [t2v, i2v, first_last]
 
 
 def render(graph: Graph) -> dict[str, str]:

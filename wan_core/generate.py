@@ -25,11 +25,12 @@ from .errors import CheckpointError, InputError, WanError
 from .interpolate.cli import add_interpolation_flags
 from .lora.selection import parse_lora_spec, patches_per_expert
 from .memory import GPUOutOfMemoryError
-from .pipeline.conditioning import official_image_input
+from .pipeline.conditioning import cover_and_crop, official_image_input
 from .pipeline.long_video_cli import add_chunk_flags, check_chunk_args, chunked_generate
 from .pipeline.request import SamplingRequest
 from .pipeline.step_cache import METHODS as STEP_CACHES
 from .pipeline.tasks import TASKS, TaskConfig, get_task, parse_size
+from .pipeline.validation import check_image_use, check_last_frame_use
 from .runtime import Runtime, pick_device
 from .sampling import SOLVERS
 
@@ -119,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", default=None, help="The prompt. Default: the official example prompt.")
     _add_prompt_extend_flags(parser)
     parser.add_argument("--image", default=None, help="The first frame (required for i2v-A14B, optional for ti2v-5B).")
+    parser.add_argument(
+        "--last_frame", default=None,
+        help="i2v-A14B: the last frame, for a video from --image to it (Wan2.1 flf2v's flag; fitted to the first "
+        "frame's size by cover and center crop).",
+    )  # fmt: skip
     parser.add_argument("--base_seed", type=int, default=-1, help="The seed; -1 picks a random one.")
     parser.add_argument("--sample_solver", default="unipc", choices=SOLVERS, help="The sampler.")
     parser.add_argument("--sample_steps", type=int, default=None, help="Sampling steps. Default: the task's.")
@@ -219,6 +225,7 @@ class Request:
     runtime: Runtime
     save_file: Path
     patches: tuple[tuple, ...] = ()  # LoRA patches per model, high-noise expert first
+    last_image: torch.Tensor | None = None  # i2v's last frame [3, H, W] in [-1, 1], at the output size
 
     @property
     def task(self) -> str:
@@ -239,8 +246,8 @@ def _default_save_file(args: argparse.Namespace, size: str, prompt: str) -> Path
     return Path(f"demo_{name}" if args.demo else name)
 
 
-def _open_image(path: str | None, demo_fallback: bool) -> PILImage | None:
-    """The --image as an RGB PIL image; without --image, None (or a gradient when `demo_fallback`)."""
+def _open_image(path: str | None, demo_fallback: bool, flag: str = "--image") -> PILImage | None:
+    """The image of `flag` as an RGB PIL image; without it, None (or a gradient when `demo_fallback`)."""
     from PIL import Image, UnidentifiedImageError
 
     if path is None:
@@ -249,7 +256,7 @@ def _open_image(path: str | None, demo_fallback: bool) -> PILImage | None:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError) as err:
-        raise InputError(f"--image {path!r} cannot be read as an image ({err}). Pass a PNG or JPEG file.") from err
+        raise InputError(f"{flag} {path!r} cannot be read as an image ({err}). Pass a PNG or JPEG file.") from err
 
 
 def _demo_image() -> PILImage:
@@ -310,10 +317,18 @@ def resolve_request(args: argparse.Namespace, distributed: bool = False) -> Requ
     size = args.size or (DEMO_SIZE if args.demo else task.sizes[0])
     width, height = parse_size(size)
     image = _open_image(args.image, task.needs_image and args.demo)
+    frame_num = args.frame_num if args.frame_num is not None else DEMO_FRAME_NUM if args.demo else task.frame_num
+    last_image = _open_image(args.last_frame, False, "--last_frame")
+    if last_image is not None:
+        check_image_use(task, image is not None)
+        check_last_frame_use(task, frame_num)
+        last_image = cover_and_crop(last_image, image.width, image.height)  # as Wan2.1's flf2v fits it
     if image is not None and task.accepts_image:
         # As the official generate.py: --size gives the area; the output's aspect ratio follows the image.
-        image, width, height = official_image_input(image, task, max_area=width * height)
-    frame_num = args.frame_num if args.frame_num is not None else DEMO_FRAME_NUM if args.demo else task.frame_num
+        area = width * height
+        image, width, height = official_image_input(image, task, max_area=area)
+        if last_image is not None:
+            last_image = official_image_input(last_image, task, max_area=area)[0]
     steps = args.sample_steps if args.sample_steps is not None else DEMO_STEPS if args.demo else task.sample_steps
     sampling = SamplingRequest.create(
         task, width=width, height=height, frame_num=frame_num, seed=args.base_seed, solver=args.sample_solver,
@@ -344,6 +359,7 @@ def resolve_request(args: argparse.Namespace, distributed: bool = False) -> Requ
         runtime=runtime,
         save_file=save_file,
         patches=patches,
+        last_image=last_image,
     )
 
 
@@ -389,6 +405,9 @@ def _generate(args: argparse.Namespace, distributed: DistributedRun | None) -> i
 
     request = resolve_request(args, distributed=distributed is not None)
     check_chunk_args(args)
+    if args.chunks > 1 and request.last_image is not None:
+        raise InputError("--last_frame ends one video; --chunks continues each chunk from the last one's end. Drop "
+                         "one of the two.")
     if distributed is not None:
         if args.chunks > 1:
             raise InputError("--chunks runs on one GPU; drop --ulysses_size (or run the chunks without torchrun).")
@@ -423,7 +442,9 @@ def _generate(args: argparse.Namespace, distributed: DistributedRun | None) -> i
     bar = ProgressBar(sampling.steps) if distributed is None or distributed.is_main else None
     try:
         cond, uncond = pipeline.encode_prompts(request.prompt, None)
-        latents = pipeline.sample(cond, uncond, sampling, image=request.image, progress=bar)
+        latents = pipeline.sample(
+            cond, uncond, sampling, image=request.image, last_image=request.last_image, progress=bar
+        )
     finally:
         if bar is not None:
             bar.close()

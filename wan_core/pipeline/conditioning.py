@@ -2,7 +2,8 @@
 
 * i2v-A14B: the start image at the output size, followed by ``F - 1`` black frames, is encoded by the VAE; ``y`` =
   4 mask channels (1 on the first frame, 0 after, packed 4 frames per latent frame) + that latent, concatenated to
-  the noise on the channel axis inside the DiT.
+  the noise on the channel axis inside the DiT. A first-last-frame video puts the last image in place of the last
+  black frame and marks it given too (as Wan2.1's FLF2V and ComfyUI's WanFirstLastFrameToVideo).
 * ti2v-5B: the start image is encoded alone (``[z, 1, H', W']``) and replaces the first latent frame before every
   model call; its tokens get timestep 0, the others the step's timestep (per-token timesteps).
 
@@ -23,10 +24,16 @@ from ..errors import InputError
 from .tasks import TaskConfig, get_task
 
 
-def i2v_mask(frame_num: int, lat_h: int, lat_w: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The 4 mask channels of i2v ``y``: ``[4, F', lat_h, lat_w]``, 1 where the pixel frame is given (frame 0)."""
+def i2v_mask(
+    frame_num: int, lat_h: int, lat_w: int, device: torch.device | str = "cpu", *, last_frame: bool = False
+) -> torch.Tensor:
+    """The 4 mask channels of i2v ``y``: ``[4, F', lat_h, lat_w]``, 1 where the pixel frame is given: frame 0, and
+    with ``last_frame`` the last one too (Wan2.1 FLF2V's layout, which ComfyUI's WanFirstLastFrameToVideo gives
+    Wan2.2 I2V as well)."""
     msk = torch.ones(1, frame_num, lat_h, lat_w, device=device)
     msk[:, 1:] = 0
+    if last_frame:
+        msk[:, -1] = 1
     msk = torch.cat([torch.repeat_interleave(msk[:, 0:1], repeats=4, dim=1), msk[:, 1:]], dim=1)
     msk = msk.view(1, msk.shape[1] // 4, 4, lat_h, lat_w)
     return msk.transpose(1, 2)[0]
@@ -47,14 +54,29 @@ def vae_encode(vae: object, video: torch.Tensor, device: torch.device | str) -> 
 
 
 def i2v_condition(
-    vae: object, image: torch.Tensor, *, width: int, height: int, frame_num: int, device: torch.device | str
+    vae: object,
+    image: torch.Tensor,
+    *,
+    width: int,
+    height: int,
+    frame_num: int,
+    device: torch.device | str,
+    last_image: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The i2v-A14B ``y``: ``[4 + z, F', H', W']`` from the start image ``[3, h, w]`` (fitted here if needed)."""
+    """The i2v-A14B ``y``: ``[4 + z, F', H', W']`` from the start image ``[3, h, w]`` and, for a first-last-frame
+    video, the last image (each fitted here if needed; ``validation.check_last_frame_use`` first); the frames between
+    them are black."""
     check_image(image)
-    first = fit_image(image, width, height).float().cpu()
-    video = torch.cat([first[:, None], torch.zeros(3, frame_num - 1, height, width)], dim=1)
-    latent = vae_encode(vae, video, device)
-    msk = i2v_mask(frame_num, latent.shape[-2], latent.shape[-1], device=latent.device)
+    frames = [fit_image(image, width, height).float().cpu()[:, None]]
+    if last_image is not None:
+        check_image(last_image)
+        frames.append(torch.zeros(3, frame_num - 2, height, width))
+        frames.append(fit_image(last_image, width, height).float().cpu()[:, None])
+    else:
+        frames.append(torch.zeros(3, frame_num - 1, height, width))
+    latent = vae_encode(vae, torch.cat(frames, dim=1), device)
+    msk = i2v_mask(frame_num, latent.shape[-2], latent.shape[-1], device=latent.device,
+                   last_frame=last_image is not None)
     return torch.cat([msk, latent])
 
 

@@ -22,7 +22,7 @@ from . import conditioning
 from .denoise import CancelCheck, ProgressCallback, sample_latents
 from .request import SamplingRequest
 from .tasks import TaskConfig, get_task
-from .validation import check_image_use
+from .validation import check_image_use, check_last_frame_use
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +77,22 @@ class WanPipeline:
         request: SamplingRequest,
         *,
         image: torch.Tensor | None = None,
+        last_image: torch.Tensor | None = None,
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
         init_latents: torch.Tensor | None = None,
         denoise: float = 1.0,
     ) -> torch.Tensor:
         """Denoised latents ``[z, F', H', W']`` (float32, on the pipeline device). ``image``: the start frame
-        ``[3, H, W]`` in [-1, 1] (i2v-A14B: required, any size; ti2v-5B: optional). ``init_latents`` (normalized,
-        ``[z, F', H', W']``): video-to-video from them, with ``request.denoise`` < 1."""
-        self._check_request(request, image)
+        ``[3, H, W]`` in [-1, 1] (i2v-A14B: required, any size; ti2v-5B: optional); ``last_image``: i2v-A14B's last
+        frame, for a video from a first and a last frame. ``init_latents`` (normalized, ``[z, F', H', W']``):
+        video-to-video from them, with ``request.denoise`` < 1."""
+        self._check_request(request, image, last_image)
         if self.high_noise_model is None:
             raise InputError("this pipeline has no diffusion model: pass high_noise_model=...")
         y = first_frame = None
         if image is not None:
-            y, first_frame = self._image_condition(image, request)
+            y, first_frame = self._image_condition(image, request, last_image)
         return sample_latents(
             request,
             high_noise_model=self.high_noise_model,
@@ -153,30 +155,37 @@ class WanPipeline:
         *,
         negative_prompt: str | None = None,
         image: torch.Tensor | None = None,
+        last_image: torch.Tensor | None = None,
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
         tile_size: int | tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Prompt to video ``[3, F, H, W]`` in [-1, 1] (float32, CPU). The request and the models are checked before
         any model runs."""
-        self._check_request(request, image)
+        self._check_request(request, image, last_image)
         if image is not None:
             conditioning.check_image(image)
             self._require_vae("encode the start image")
         self._require_vae("decode")
 
         cond, uncond = self.encode_prompts(prompt, negative_prompt)
-        latents = self.sample(cond, uncond, request, image=image, progress=progress, cancel=cancel)
+        latents = self.sample(
+            cond, uncond, request, image=image, last_image=last_image, progress=progress, cancel=cancel
+        )
         del cond, uncond
         video = self.decode(latents, tile_size=tile_size)
         return to_host(video)
 
     # -- helpers ----------------------------------------------------------------------------------------------------
 
-    def _check_request(self, request: SamplingRequest, image: torch.Tensor | None) -> None:
+    def _check_request(
+        self, request: SamplingRequest, image: torch.Tensor | None, last_image: torch.Tensor | None = None
+    ) -> None:
         if request.task is not self.task:
             raise InputError(f"the request is for {request.task.name}, this pipeline runs {self.task.name}")
         check_image_use(self.task, image is not None)
+        if last_image is not None:
+            check_last_frame_use(self.task, request.frame_num)
 
     def _require_vae(self, what: str) -> object:
         if self.vae is None:
@@ -184,14 +193,15 @@ class WanPipeline:
         return self.vae
 
     def _image_condition(
-        self, image: torch.Tensor, request: SamplingRequest
+        self, image: torch.Tensor, request: SamplingRequest, last_image: torch.Tensor | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """``(y, first_frame_latent)`` of a start image for the task (one of them None)."""
+        """``(y, first_frame_latent)`` of a start image (and i2v's last image) for the task (one of them None)."""
         conditioning.check_image(image)
         size = {"width": request.width, "height": request.height, "device": self.device}
         with self.runtime.on_device(self._require_vae("encode the start image")) as vae:
             if self.task.model_type == "i2v":
-                return conditioning.i2v_condition(vae, image, frame_num=request.frame_num, **size), None
+                y = conditioning.i2v_condition(vae, image, frame_num=request.frame_num, last_image=last_image, **size)
+                return y, None
             return None, conditioning.ti2v_first_frame_latent(vae, image, **size)
 
     def to(self, device: str | torch.device) -> WanPipeline:

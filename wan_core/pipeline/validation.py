@@ -114,3 +114,14 @@ def check_image_use(task: TaskConfig, has_image: bool) -> None:
         raise InputError(f"task {task.name} needs an input image (--image / image=...)")
     if has_image and not task.accepts_image:
         raise InputError(f"task {task.name} takes no input image: use i2v-A14B or ti2v-5B for image-to-video")
+
+
+def check_last_frame_use(task: TaskConfig, frame_num: int) -> None:
+    """Whether the task can make a video from a first and a last frame of `frame_num` frames (the first frame is
+    `check_image_use`'s: i2v-A14B needs it)."""
+    if task.model_type != "i2v":
+        raise InputError(f"task {task.name} takes no last frame: a video from a first and a last frame is made by "
+                         "i2v-A14B (--last_frame / end_image).")
+    if frame_num < 5:
+        raise InputError(f"A video from a first and a last frame needs at least 5 frames; {frame_num} was asked for. "
+                         "Raise the frame count (4n+1: 5, 9, ..., 81).")

@@ -1,11 +1,29 @@
-// comfyui-wan22 canvas extension: shows on each Wan22* node where it runs, the sampler's progress and the batch
+// comfyui-wan22 canvas extension: shows on each of our nodes where it runs, the sampler's progress and the batch
 // queue state, from the server events documented in docs/canvas.md. Classic LiteGraph canvas: drawn on the canvas;
 // the frontend's Vue node mode: a DOM widget in the node (the canvas does not draw nodes there).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 export const EXTENSION_NAME = "comfyui-wan22.canvas";
-export const NODE_PREFIX = "Wan22";
+// Our node types: `NODE_CLASS_MAPPINGS` of nodes/__init__.py (tests/test_canvas_js.py keeps the two equal). Not a
+// prefix: ComfyUI's own Wan22ImageToVideoLatent and Wan22FunControlToVideo start with "Wan22" too.
+export const NODE_TYPES = new Set([
+  "Wan22BatchQueueManager",
+  "Wan22DiTSampler",
+  "Wan22FrameInterpolate",
+  "Wan22GPUCheck",
+  "Wan22LongVideo",
+  "Wan22LoraLoader",
+  "Wan22ModelLoader",
+  "Wan22PromptStyler",
+  "Wan22SaveVideo",
+  "Wan22SetDevice",
+  "Wan22T5Encode",
+  "Wan22T5Loader",
+  "Wan22VAEDecode",
+  "Wan22VAEEncode",
+  "Wan22VAELoader",
+]);
 export const EVENTS = { device: "wan22.device", progress: "wan22.progress", queue: "wan22.queue" };
 const REPORT_NODE = "Wan22GPUCheck";
 const BADGE_COLORS = ["#2e7d32", "#1565c0", "#6a1b9a", "#ef6c00", "#00838f", "#ad1457", "#4e342e", "#283593"];
@@ -46,7 +64,7 @@ export function queueText({ queued = 0, running = 0, done = 0, failed = 0 }) {
 
 export function isWan22Node(node) {
   const type = node?.comfyClass ?? node?.type ?? "";
-  return typeof type === "string" && type.startsWith(NODE_PREFIX);
+  return NODE_TYPES.has(type);
 }
 
 function findNode(id) {

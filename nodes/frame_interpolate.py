@@ -49,7 +49,8 @@ class Wan22FrameInterpolate:
                                        "tooltip": "2: one new frame between each pair; 4: three."}),
                 "rife_model": (rife_choices(), {
                     "default": AUTO,
-                    "tooltip": "RIFE weights in models/frame_interpolation/ (rife49.pth, rife47.pth). auto: RIFE if "
+                    "tooltip": "RIFE weights in models/frame_interpolation/ (rife49.pth, rife47.pth, or ComfyUI's "
+                    "rife_v4.26 / rife_v4.25 .safetensors). auto: RIFE if "
                     "one of those is there, else ffmpeg's motion-compensated interpolation. ffmpeg: never RIFE.",
                 }),
                 "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 240.0, "step": 1.0,

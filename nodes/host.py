@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -126,11 +127,24 @@ class Progress:
         self._bar = utils.ProgressBar(total, node_id=node_id) if utils is not None else None
         self.total = total
 
-    def update(self, value: int, preview: Any | None = None) -> None:
-        """Set the bar to `value` of `total`; `preview` is an optional PIL image shown on the node."""
+    def update(self, value: int, preview: Callable[[], Any] | None = None) -> None:
+        """Set the bar to `value` of `total`; `preview` makes a PIL image to show on the node, called only when
+        ComfyUI shows sampler previews (`preview_setting`)."""
         if self._bar is None:
             return
-        self._bar.update_absolute(value, self.total, ("JPEG", preview, PREVIEW_MAX_SIZE) if preview else None)
+        shown = None
+        if preview is not None:
+            wanted, size = preview_setting()
+            shown = ("JPEG", preview(), size) if wanted else None
+        self._bar.update_absolute(value, self.total, shown)
+
+
+def preview_setting() -> tuple[bool, int]:
+    """(whether samplers show previews, their largest side), as native samplers honour them: ComfyUI's
+    `--preview-method` (where newer versions also put the frontend's per-prompt choice) and `--preview-size`."""
+    args = getattr(_host("comfy.cli_args"), "args", None)
+    method = getattr(args, "preview_method", None)
+    return getattr(method, "value", method) != "none", int(getattr(args, "preview_size", PREVIEW_MAX_SIZE))
 
 
 def interrupted() -> bool:

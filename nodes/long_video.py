@@ -104,7 +104,7 @@ class Wan22LongVideo:
 
             def on_step(info: StepInfo) -> None:
                 send_progress(str(unique_id), label, info)
-                bar.update(offset + info.step, latent_preview(info.latents))
+                bar.update(offset + info.step, lambda: latent_preview(info.latents))
                 host.raise_if_interrupted()
 
             with torch.no_grad():

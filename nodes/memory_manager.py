@@ -9,12 +9,14 @@ modules (a DiT expert, the text encoder, a VAE) that `LoadedModel` drives:
 - `partially_unload` / `detach`: back to the CPU (the block swap, if any, is kept for the next load);
 - sizes in bytes, counted from where the tensors are now (the sampler moves offloaded experts on its own);
 - ComfyUI >= 0.13 also asks whether a model loads page by page (`is_dynamic`: no) and how much host RAM it has
-  pinned or mapped (none that ComfyUI should budget): without those answers it fails on the first GPU load.
+  pinned or mapped (none that ComfyUI should budget): without those answers it fails on the first GPU load; later
+  versions read each loaded model's `clone_base_uuid` when native multi-GPU sampling unloads its clones.
 Outside ComfyUI `host` keeps a small list with the same effects, so the registration is exercised without ComfyUI.
 """
 
 from __future__ import annotations
 
+import uuid
 import weakref
 from typing import Any
 
@@ -51,6 +53,9 @@ class ManagedModel:
         self._module = weakref.ref(module)
         self.load_device = load_device
         self.offload_device = offload_device
+        # ComfyUI >= 0.1x's `unload_model_and_clones` (native multi-GPU sampling) reads it on every loaded model: a
+        # base of our own, so no native model counts as one of its clones
+        self.clone_base_uuid = uuid.uuid4()
 
     @property
     def model(self) -> torch.nn.Module | None:

@@ -230,7 +230,7 @@ class Wan22DiTSampler:
 
         def on_step(info: StepInfo) -> None:
             send_progress(str(unique_id), label, info)
-            bar.update(info.step, latent_preview(info.latents))
+            bar.update(info.step, lambda: latent_preview(info.latents))
             host.raise_if_interrupted()
 
         cond = conditioning.to(device)

@@ -51,6 +51,15 @@ ram_shortfall = {"ram_required": 1 << 62} if "ram_required" in inspect.signature
 report["freed"] = (len(mm.free_memory(1e30, CPU, **ram_shortfall)), registered(), devices())
 first.to_empty(device=CPU)  # back from the meta device (no data), to load it again
 mm.load_models_gpu([a])
+if hasattr(mm, "unload_model_and_clones"):  # ComfyUI >= 0.1x: a native model's multi-GPU clones unloaded, ours kept
+    class NativeModel:
+        clone_base_uuid = object()
+
+        def get_nested_additional_models(self) -> list:
+            return []
+
+    mm.unload_model_and_clones(NativeModel())
+    report["unload_clones"] = (registered(), devices())
 mm.unload_all_models()
 report["unload_all"] = (registered(), devices())
 print(json.dumps(report))

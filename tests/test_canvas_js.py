@@ -82,6 +82,7 @@ def test_badge_progress_and_queue_text(chromium, harness_url, tmp_path):
     assert field(dom, "t5-badge") == "CPU"
     assert field(dom, "queue") == "queue: 3 queued, 1 running, 5 done, 0 failed"
     assert field(dom, "core-node") == "false"
+    assert field(dom, "native-wan-node") == "false 0"  # ComfyUI's Wan22ImageToVideoLatent: no status, no widget
     assert field(dom, "report") == "GPU 0: test card"
     drawn = field(dom, "drawn").split(" | ")
     assert {"GPU 1", "CPU", "[GPU 1] high-noise expert, step 12/40", "queue: 3 queued, 1 running, 5 done, 0 failed"} \
@@ -100,6 +101,13 @@ def test_vue_node_mode_shows_badge_and_progress_in_a_dom_widget(chromium, harnes
     drawn = field(dom, "drawn").split(" | ")
     assert "[GPU 1] high-noise expert, step 12/40" not in drawn  # not drawn twice: the canvas overlay is off
     assert field(dom, "queue") == "queue: 3 queued, 1 running, 5 done, 0 failed"
+
+
+def test_the_extension_knows_exactly_our_node_types():
+    from nodes import NODE_CLASS_MAPPINGS
+
+    listed = re.search(r"NODE_TYPES = new Set\(\[(.*?)\]\)", (REPO / "js" / "wan22.js").read_text(), re.S)
+    assert sorted(re.findall(r'"(\w+)"', listed.group(1))) == sorted(NODE_CLASS_MAPPINGS)
 
 
 def test_screenshot_renders(chromium, harness_url, tmp_path):

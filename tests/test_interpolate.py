@@ -6,11 +6,17 @@ cannot show); the ffmpeg fallback keeps every frame, gives 2F-1 frames at 2x and
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import re
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from wan_core.errors import ConfigMismatchError, KeyMismatchError, MissingFileError
 from wan_core.interpolate import FFMPEG, IFNet, interpolate_frames, load_ifnet, resolve_weights
@@ -110,6 +116,43 @@ def test_published_rife47_layout_loads_by_its_key_names(tmp_path):
     old = {k: v for k, v in rife47_state_dict().items() if not k.startswith("encode.")}
     with pytest.raises(ConfigMismatchError, match="4.7"):
         arch_of(old)
+
+
+def test_comfyui_names_and_training_leftovers_load_the_same_network(tmp_path):
+    """ComfyUI's own frame interpolation keeps `blocks.N.` names (Comfy-Org/frame_interpolation's rife_v4.2x files);
+    some Practical-RIFE saves have a `flownet.` prefix and training-only `teacher.` / `caltime.` parameters."""
+    published = rife47_state_dict(3)
+    comfy = {re.sub(r"^block(\d+)\.", r"blocks.\1.", key): value for key, value in published.items()}
+    assert "blocks.3.lastconv.0.weight" in comfy
+    leftovers = {"flownet." + key: value for key, value in published.items()} | {
+        "flownet.teacher.lastconv.0.weight": torch.ones(2), "flownet.caltime.0.weight": torch.ones(2)}
+    expected = ifnet_from_state_dict(published).state_dict()
+    for variant in (comfy, leftovers):
+        got = ifnet_from_state_dict(variant).state_dict()
+        assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    save_file(comfy, str(tmp_path / "rife_v4.26.safetensors"))
+    found = resolve_weights("auto", [tmp_path])  # what a current ComfyUI's template downloads, taken by auto
+    assert found.name == "rife_v4.26.safetensors" and load_ifnet(found).arch == ifnet_from_state_dict(published).arch
+    film = {"extract.extract_sublevels.convs.0.0.conv.weight": torch.ones(1)}
+    with pytest.raises(ConfigMismatchError, match="FILM weights .* ComfyUI's own Frame Interpolation nodes"):
+        ifnet_from_state_dict(film)
+
+
+COMFYUI_DIR = os.environ.get("WAN22_COMFYUI_DIR", "")
+
+
+@pytest.mark.skipif(not COMFYUI_DIR, reason="set WAN22_COMFYUI_DIR (and WAN22_COMFYUI_PYTHON) to a ComfyUI checkout")
+def test_our_ifnet_equals_comfyuis_own_on_its_weight_names():
+    python = os.environ.get("WAN22_COMFYUI_PYTHON", sys.executable)
+    probe = Path(__file__).with_name("host_rife_probe.py")
+    run = subprocess.run([python, str(probe), COMFYUI_DIR, str(Path(__file__).parents[1])], capture_output=True,
+                         text=True, timeout=600)
+    if "No module named 'comfy_extras.frame_interpolation_models'" in run.stderr:
+        pytest.skip("this ComfyUI has no frame interpolation of its own (before 0.2x)")
+    assert run.returncode == 0, run.stderr[-4000:]
+    for case in json.loads(run.stdout.strip().splitlines()[-1]):
+        assert case["moved"] > 0.1, case  # the flows move pixels: a wrong block would show
+        assert case["max_difference"] < 1e-3, case  # float32 through 45 convs and 4 warps; frames are 0..1
 
 
 def test_missing_weights_name_the_file_and_where_to_get_it(tmp_path):

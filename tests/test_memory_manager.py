@@ -96,6 +96,8 @@ def test_answers_what_newer_comfyui_asks_before_loading_or_evicting():
     assert patcher.model_mmap_residency() == patcher.model_mmap_residency(free=True) == (0, 0)
     assert patcher.partially_unload_ram(1 << 40) == 0
     assert module.weight.device == CPU and patcher.loaded_size() == module_bytes(module)  # RAM pressure moved nothing
+    # native multi-GPU sampling unloads a model's clones by comparing this id with every loaded model's (0.3x)
+    assert patcher.clone_base_uuid != _patcher(torch.nn.Linear(2, 2)).clone_base_uuid
 
 
 COMFYUI_DIR = os.environ.get("WAN22_COMFYUI_DIR", "")
@@ -111,4 +113,5 @@ def test_a_real_comfyui_memory_manager_loads_and_evicts_our_models():
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["loaded"] == [["b", "a"], ["cpu", "cpu"]]
     assert report["freed"] == [2, [], ["meta", "meta"]]
+    assert report.get("unload_clones", [["a"], ["cpu", "meta"]]) == [["a"], ["cpu", "meta"]]
     assert report["unload_all"] == [[], ["meta", "meta"]]

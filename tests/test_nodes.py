@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import importlib.util
 import json
 import logging
@@ -128,7 +129,7 @@ def test_host_services_inside_comfyui_use_the_host(monkeypatch):
     state, interrupted_error = _fake_comfyui(monkeypatch, calls)
     bar = host.Progress(10, node_id="6")
     picture = latent_preview(torch.randn(16, 3, 4, 4))
-    bar.update(3, picture)
+    bar.update(3, lambda: picture)
     assert calls[0] == ("bar", 10, "6")
     assert calls[1][:3] == ("update", 3, 10) and calls[1][3] == ("JPEG", picture, host.PREVIEW_MAX_SIZE)
     devices.announce_device("6", torch.device("cpu"))
@@ -138,6 +139,23 @@ def test_host_services_inside_comfyui_use_the_host(monkeypatch):
     assert host.interrupted()
     with pytest.raises(interrupted_error):
         host.raise_if_interrupted()
+
+
+def test_previews_follow_comfyuis_preview_method_and_size(monkeypatch):
+    """As native samplers: no preview is made with `--preview-method none` (ComfyUI's default, and the frontend's
+    per-prompt choice lands there too); otherwise at most `--preview-size` pixels."""
+    calls: list = []
+    _fake_comfyui(monkeypatch, calls)
+    method = enum.Enum("LatentPreviewMethod", {"NoPreviews": "none", "Auto": "auto"})
+    args = types.SimpleNamespace(preview_method=method.NoPreviews, preview_size=256)
+    monkeypatch.setitem(sys.modules, "comfy.cli_args", types.SimpleNamespace(args=args))
+    made = []
+    bar = host.Progress(4, node_id="6")
+    bar.update(1, lambda: made.append(1) or "picture")
+    args.preview_method = method.Auto
+    bar.update(2, lambda: made.append(2) or "picture")
+    assert made == [2]
+    assert calls[1:] == [("update", 1, 4, None), ("update", 2, 4, ("JPEG", "picture", 256))]
 
 
 def test_host_services_outside_comfyui_are_plain():

@@ -21,7 +21,8 @@ def add_interpolation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rife_model", default=AUTO,
         help="RIFE weights for --interpolate: a file path, a file name in $WAN22_MODELS_DIR/frame_interpolation/ "
-        "(default ./models/frame_interpolation/), 'auto' (rife49.pth or rife47.pth there, else ffmpeg) or 'ffmpeg'.",
+        "(default ./models/frame_interpolation/), 'auto' (rife49.pth, rife47.pth, rife_v4.26.safetensors or "
+        "rife_v4.25.safetensors there, else ffmpeg) or 'ffmpeg'.",
     )
 
 

@@ -1,9 +1,11 @@
-"""Loading published RIFE weights (Practical-RIFE `flownet.pkl`, ComfyUI-Frame-Interpolation's `rife47.pth` ...)
-into :class:`~wan_core.interpolate.ifnet.IFNet`, with the variant read from the parameter shapes."""
+"""Loading published RIFE weights (Practical-RIFE `flownet.pkl`, ComfyUI-Frame-Interpolation's `rife47.pth`, the
+`rife_v4.2x.safetensors` of Comfy-Org/frame_interpolation that ComfyUI's own Frame Interpolation nodes load ...) into
+:class:`~wan_core.interpolate.ifnet.IFNet`, with the variant read from the parameter shapes."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -14,12 +16,16 @@ from .ifnet import IFNet, IFNetArch
 
 # ComfyUI's model folder for interpolation weights (models/frame_interpolation/), and the published file names.
 MODEL_KIND = "frame_interpolation"
-RECOMMENDED_FILES = ("rife49.pth", "rife47.pth")
+RECOMMENDED_FILES = ("rife49.pth", "rife47.pth", "rife_v4.26.safetensors", "rife_v4.25.safetensors")
 WHERE_TO_GET = (
     "rife47.pth and rife49.pth are the files ComfyUI-Frame-Interpolation uses (GitHub: the 'models' release of "
-    "styler00dollar/VSGAN-tensorrt-docker); Practical-RIFE's train_log/flownet.pkl (hzwer/Practical-RIFE, 4.7 or "
-    "newer) works too"
+    "styler00dollar/VSGAN-tensorrt-docker), rife_v4.26.safetensors and rife_v4.25.safetensors those of ComfyUI's own "
+    "frame interpolation (Hugging Face: Comfy-Org/frame_interpolation); Practical-RIFE's train_log/flownet.pkl "
+    "(hzwer/Practical-RIFE, 4.7 or newer) works too"
 )
+# ComfyUI's own loader's names: `blocks.N.` for `blockN.`; training leftovers some files keep
+_BLOCK_LIST = re.compile(r"^blocks\.(\d+)\.")
+_TRAINING_ONLY = ("teacher.", "caltime.")
 _ENCODER_HEAD = ("cnn0", "cnn1", "cnn2", "cnn3")
 
 
@@ -45,8 +51,21 @@ def missing_weights_error(name: str, folders: list[Path]) -> MissingFileError:
     return MissingFileError(f"RIFE weights {name!r} were not found in {where}. Put the file there; {WHERE_TO_GET}.")
 
 
+def published_names(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict in Practical-RIFE's names: without a `module.` (DataParallel) or `flownet.` prefix, `blockN.`
+    for ComfyUI's `blocks.N.`, without the training-only `teacher.` / `caltime.` parameters."""
+    state_dict = strip_prefix(strip_prefix(state_dict, ["module."]), ["flownet."])
+    return {_BLOCK_LIST.sub(r"block\1.", key): value for key, value in state_dict.items()
+            if not key.startswith(_TRAINING_ONLY)}
+
+
 def arch_of(state_dict: dict[str, torch.Tensor]) -> IFNetArch:
-    """The IFNet variant of a state dict (keys without a `module.` prefix)."""
+    """The IFNet variant of a state dict in Practical-RIFE's names (`published_names`)."""
+    if any(key.startswith("extract.") for key in state_dict):
+        raise ConfigMismatchError(
+            "These are FILM weights (e.g. film_net_fp16.safetensors), not RIFE: run them with ComfyUI's own Frame "
+            f"Interpolation nodes, or pick a RIFE file here; {WHERE_TO_GET}."
+        )
     if not any(key.startswith("encode.") for key in state_dict):
         raise ConfigMismatchError(
             "These weights have no 'encode.*' parameters: a RIFE older than 4.7 (or not RIFE at all). Only RIFE 4.7 "
@@ -82,8 +101,8 @@ def arch_of(state_dict: dict[str, torch.Tensor]) -> IFNetArch:
 
 
 def ifnet_from_state_dict(state_dict: dict[str, torch.Tensor], source: str = "state dict") -> IFNet:
-    """An IFNet (float32, CPU, eval) holding `state_dict`; a `module.` prefix (DataParallel saves) is dropped."""
-    state_dict = strip_prefix(state_dict, ["module."])
+    """An IFNet (float32, CPU, eval) holding `state_dict` (in any naming `published_names` knows)."""
+    state_dict = published_names(state_dict)
     model = IFNet(arch_of(state_dict))
     result = model.load_state_dict(state_dict, strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -7,7 +7,9 @@ comparison is skipped with a note. Its parameter names are the official ones, so
 
 Settings, as a ComfyUI user has them: bf16 weights (`disable_weight_init` ops); fp8 weights + fp8 matmul (`--fast`
 / `fp8_e4m3fn` weight dtype: `fp8_ops`, block Linear weights cast to e4m3 without scale, activations clamped and
-cast, `torch._scaled_mm` per tensor); attention `attention_pytorch` (SDPA) or `attention_sage` (SageAttention).
+cast, `torch._scaled_mm` per tensor); in ComfyUI >= 0.1x also the template's `*_fp8_scaled.safetensors` files as
+that ComfyUI runs them (`build_comfy_scaled`); attention `attention_pytorch` (SDPA) or `attention_sage`
+(SageAttention).
 """
 
 from __future__ import annotations
@@ -69,6 +71,48 @@ def build_comfy(comfy: dict, ours: torch.nn.Module, dtype: torch.dtype, fp8: boo
     device = ours.device
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
         if tensor.device.type == "meta":  # ComfyUI-only buffers (e.g. fp8 scales None -> none), rope tables
+            raise RuntimeError(f"ComfyUI WanModel parameter {name} has no weight in our state dict")
+    return model.to(device).eval()
+
+
+def build_comfy_scaled(comfy: dict, ours: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module | None:
+    """ComfyUI's WanModel as ComfyUI >= 0.1x runs a `*_fp8_scaled.safetensors` file (the files its Wan2.2 templates
+    name; `convert_old_quants`): every block Linear an e4m3 weight with a per-tensor scale under
+    `mixed_precision_ops` (comfy-kitchen's fp8 tensor layout: the input quantized per tensor, `torch._scaled_mm`),
+    fp8 compute where the GPU has it, as `pick_operations` decides. None where ComfyUI has no such ops (0.3.x)."""
+    import json
+
+    from wan_core.dit.model import fp8_capable
+    from wan_core.io.quant import quantize_per_tensor
+
+    mixed = getattr(comfy["ops"], "mixed_precision_ops", None)
+    if mixed is None:
+        return None
+    cfg, device = ours.config, ours.device
+    fp8_compute = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    operations = mixed({}, dtype, disabled=set() if fp8_compute else {"float8_e4m3fn"})
+    with torch.device("meta"):
+        model = comfy["wan"].WanModel(
+            model_type="t2v", patch_size=cfg.patch_size, text_len=cfg.text_len, in_dim=cfg.in_dim, dim=cfg.dim,
+            ffn_dim=cfg.ffn_dim, freq_dim=cfg.freq_dim, text_dim=cfg.text_dim, out_dim=cfg.out_dim,
+            num_heads=cfg.num_heads, num_layers=cfg.num_layers, qk_norm=cfg.qk_norm,
+            cross_attn_norm=cfg.cross_attn_norm, eps=cfg.eps, dtype=dtype, operations=operations,
+        )  # fmt: skip
+    declared = {name: t.dtype for name, t in model.state_dict().items() if t is not None}
+    layer_conf = torch.frombuffer(bytearray(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8)
+    state = {}
+    for name, tensor in ours.state_dict().items():
+        if fp8_capable(name):
+            layer = name[: -len(".weight")]
+            state[name], state[layer + ".weight_scale"] = quantize_per_tensor(tensor)
+            state[layer + ".comfy_quant"] = layer_conf
+        else:
+            want = declared.get(name, dtype)
+            state[name] = tensor if tensor.dtype == want else tensor.to(want)
+    model.load_state_dict(state, strict=False, assign=True)
+    model.requires_grad_(False)
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.device.type == "meta":
             raise RuntimeError(f"ComfyUI WanModel parameter {name} has no weight in our state dict")
     return model.to(device).eval()
 

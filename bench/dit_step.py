@@ -5,7 +5,8 @@ Default shapes are the A14B expert (dim 5120, 40 layers) at 480p 81 frames (late
 720p: --latent 21,90,160 -> 75,600), batch 1, 512 text tokens, bf16. A bf16 8192^3 matmul is measured as the
 ceiling. Variants: ours / ComfyUI for each attention backend in --backends (SDPA, SageAttention 2 where it imports;
 our own `int8_triton`: ours only), bf16 then (--fp8) fp8 (ours: fp8 compute with rowwise scales; ComfyUI: fp8
-weights + fp8 matmul), (--compile) ours with compiled blocks. Every variant is warmed up once, then timed in --runs
+weights + fp8 matmul, `comfy_fp8_*`; in ComfyUI >= 0.1x also its run of the templates' fp8_scaled files,
+`comfy_fp8scaled_*`), (--compile) ours with compiled blocks. Every variant is warmed up once, then timed in --runs
 rounds, the order reversed every other round; the median is reported with the output's relative L2 distance to ours
 bf16 and (--profile) the GPU time split into matmul / attention / fp8 quantization / other. `summary` holds the
 issue's target ratios. Prints one JSON object.
@@ -36,7 +37,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfy_native import NATIVE_BACKENDS, build_comfy, comfy_forward, load_comfy, set_attention  # noqa: E402
+from comfy_native import (  # noqa: E402
+    NATIVE_BACKENDS,
+    build_comfy,
+    build_comfy_scaled,
+    comfy_forward,
+    load_comfy,
+    set_attention,
+)
 from dit_shape import add_shape_args, shape_config  # noqa: E402
 from profile_split import profile_split  # noqa: E402
 from report import emit  # noqa: E402
@@ -262,19 +270,23 @@ def main() -> None:
             return comfy_forward(model, x, t, context, dtype)
         return run
 
-    def phase(label: str, model: WanDiT, reference_model: torch.nn.Module | None) -> dict:
+    def phase(label: str, model: WanDiT, references: dict[str, torch.nn.Module | None]) -> dict:
+        """`references`: ComfyUI's models by variant label."""
         variants = {}
         compiled = compile_blocks(twin_for_compile(model)) if args.compile else None
         for backend in backends:
             variants[f"ours_{label}_{backend}"] = ours_variant(model, backend)
-            if reference_model is not None and backend in NATIVE_BACKENDS:
-                variants[f"comfy_{label}_{backend}"] = comfy_variant(reference_model, backend)
+            for reference_label, reference_model in references.items():
+                if reference_model is not None and backend in NATIVE_BACKENDS:
+                    variants[f"comfy_{reference_label}_{backend}"] = comfy_variant(reference_model, backend)
             if compiled is not None:
                 variants[f"ours_{label}_{backend}_compiled"] = ours_variant(compiled, backend)
         with torch.inference_mode():
             return time_variants(variants, device, args.runs, flops, args.profile)
 
-    timings, outputs = phase("bf16", ours, None if comfy is None else build_comfy(comfy, ours, dtype, fp8=False))
+    comfy_bf16 = None if comfy is None else build_comfy(comfy, ours, dtype, fp8=False)
+    timings, outputs = phase("bf16", ours, {"bf16": comfy_bf16})
+    del comfy_bf16  # it shares the bf16 weights, which the fp8 phase drops
     reference = outputs[f"ours_bf16_{backends[0]}"]
     if not args.skip_diffusers:
         try:
@@ -291,7 +303,8 @@ def main() -> None:
             del diffusers_model
     gc.collect()
     if args.fp8:
-        comfy_fp8 = None if comfy is None else build_comfy(comfy, ours, dtype, fp8=True)
+        comfy_fp8 = {} if comfy is None else {"fp8": build_comfy(comfy, ours, dtype, fp8=True),
+                                              "fp8scaled": build_comfy_scaled(comfy, ours, dtype)}
         ours_fp8 = to_fp8_compute(share_weights(ours))
         del ours
         gc.collect()

@@ -77,11 +77,14 @@ MODEL_CACHE = ModelCache({"dit": 2, "t5": 1, "vae": 1})
 
 
 def move_module(module: Any, device: torch.device) -> Any:
-    """`module`, moved to `device` unless it is there already; on a GPU through the host's memory manager."""
+    """`module`, moved to `device` unless it is there already; on a GPU through the host's memory manager, which can
+    then evict it for other models (and its Unload Models frees it). A text encoder registers the network it wraps."""
     from .memory_manager import load_on_device
 
-    if isinstance(module, torch.nn.Module) and device.type != "cpu":
-        return load_on_device(module, device)
+    weights = module if isinstance(module, torch.nn.Module) else getattr(module, "model", None)
+    if isinstance(weights, torch.nn.Module) and device.type != "cpu":
+        load_on_device(weights, device)
+        return module
     move_to(module, device)
     return module
 

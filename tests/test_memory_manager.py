@@ -55,6 +55,22 @@ def test_one_managed_model_per_module_and_cpu_is_not_managed():
     assert load_on_device(module, CPU) is module and host.FALLBACK_MEMORY.loaded == []
 
 
+def test_a_text_encoder_on_a_gpu_is_registered_so_it_can_be_evicted(tmp_path):
+    """The T5 wrapper is no module: its network is what the manager gets, so loading a DiT can evict it and Unload
+    Models frees it (it used to sit on the GPU unregistered: 11 GB that ComfyUI neither counted nor could free)."""
+    from nodes.handles import move_module
+    from wan_core.text.demo import build_tiny_umt5
+    from wan_core.text.encoder import TextEncoder
+    from wan_core.text.tokenizer import build_demo_tokenizer, load_tokenizer
+
+    encoder = TextEncoder(build_tiny_umt5(), load_tokenizer(build_demo_tokenizer(tmp_path)))
+    assert move_module(encoder, META) is encoder  # the meta device stands in for a GPU: not the CPU, so managed
+    (registered,) = host.FALLBACK_MEMORY.loaded
+    assert registered.model is encoder.model and encoder.device == META
+    registered.offload_device = META  # nothing to copy back from the meta device
+    assert host.free_memory(1, META) == [registered] and host.FALLBACK_MEMORY.loaded == []
+
+
 def test_dit_over_budget_loads_with_block_swap():
     cfg = DIT_CONFIGS["tiny-t2v"].replace(num_layers=6)
     model = init_random_(WanDiT(cfg), torch.Generator().manual_seed(0)).eval()

@@ -47,6 +47,27 @@ def load_comfy(device: torch.device) -> tuple[object, str] | tuple[None, str]:
     return {"wan": wan, "ops": ops, "attention": attention}, version
 
 
+def _meta_wan_model(comfy: dict, cfg: object, dtype: torch.dtype, operations: object) -> torch.nn.Module:
+    """ComfyUI's WanModel of our config on the meta device, for a state dict to be assigned."""
+    with torch.device("meta"):
+        return comfy["wan"].WanModel(
+            model_type="t2v", patch_size=cfg.patch_size, text_len=cfg.text_len, in_dim=cfg.in_dim, dim=cfg.dim,
+            ffn_dim=cfg.ffn_dim, freq_dim=cfg.freq_dim, text_dim=cfg.text_dim, out_dim=cfg.out_dim,
+            num_heads=cfg.num_heads, num_layers=cfg.num_layers, qk_norm=cfg.qk_norm,
+            cross_attn_norm=cfg.cross_attn_norm, eps=cfg.eps, dtype=dtype, operations=operations,
+        )  # fmt: skip
+
+
+def _assigned(model: torch.nn.Module, state: dict[str, torch.Tensor], device: torch.device) -> torch.nn.Module:
+    """`model` holding `state` (assigned, not copied), on `device`, frozen; every tensor must come from `state`."""
+    model.load_state_dict(state, strict=False, assign=True)
+    model.requires_grad_(False)
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.device.type == "meta":  # ComfyUI-only buffers (e.g. fp8 scales None -> none), rope tables
+            raise RuntimeError(f"ComfyUI WanModel parameter {name} has no weight in our state dict")
+    return model.to(device).eval()
+
+
 def build_comfy(comfy: dict, ours: torch.nn.Module, dtype: torch.dtype, fp8: bool) -> torch.nn.Module:
     """ComfyUI's WanModel over our weights (each in the dtype its model declares, as ComfyUI loads them); with `fp8`
     the block Linear weights are cast to e4m3 (new tensors) and the layers run ComfyUI's fp8 ops."""
@@ -54,25 +75,13 @@ def build_comfy(comfy: dict, ours: torch.nn.Module, dtype: torch.dtype, fp8: boo
 
     cfg = ours.config
     operations = comfy["ops"].fp8_ops if fp8 else comfy["ops"].disable_weight_init
-    with torch.device("meta"):
-        model = comfy["wan"].WanModel(
-            model_type="t2v", patch_size=cfg.patch_size, text_len=cfg.text_len, in_dim=cfg.in_dim, dim=cfg.dim,
-            ffn_dim=cfg.ffn_dim, freq_dim=cfg.freq_dim, text_dim=cfg.text_dim, out_dim=cfg.out_dim,
-            num_heads=cfg.num_heads, num_layers=cfg.num_layers, qk_norm=cfg.qk_norm,
-            cross_attn_norm=cfg.cross_attn_norm, eps=cfg.eps, dtype=dtype, operations=operations,
-        )  # fmt: skip
+    model = _meta_wan_model(comfy, cfg, dtype, operations)
     declared = {name: t.dtype for name, t in model.state_dict().items()}  # its patch embedding is float32
     state = {}
     for name, tensor in ours.state_dict().items():
         want = FP8 if fp8 and fp8_capable(name) else declared.get(name, dtype)
         state[name] = tensor if tensor.dtype == want else tensor.to(want)
-    model.load_state_dict(state, strict=False, assign=True)
-    model.requires_grad_(False)
-    device = ours.device
-    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if tensor.device.type == "meta":  # ComfyUI-only buffers (e.g. fp8 scales None -> none), rope tables
-            raise RuntimeError(f"ComfyUI WanModel parameter {name} has no weight in our state dict")
-    return model.to(device).eval()
+    return _assigned(model, state, ours.device)
 
 
 def build_comfy_scaled(comfy: dict, ours: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module | None:
@@ -91,13 +100,7 @@ def build_comfy_scaled(comfy: dict, ours: torch.nn.Module, dtype: torch.dtype) -
     cfg, device = ours.config, ours.device
     fp8_compute = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
     operations = mixed({}, dtype, disabled=set() if fp8_compute else {"float8_e4m3fn"})
-    with torch.device("meta"):
-        model = comfy["wan"].WanModel(
-            model_type="t2v", patch_size=cfg.patch_size, text_len=cfg.text_len, in_dim=cfg.in_dim, dim=cfg.dim,
-            ffn_dim=cfg.ffn_dim, freq_dim=cfg.freq_dim, text_dim=cfg.text_dim, out_dim=cfg.out_dim,
-            num_heads=cfg.num_heads, num_layers=cfg.num_layers, qk_norm=cfg.qk_norm,
-            cross_attn_norm=cfg.cross_attn_norm, eps=cfg.eps, dtype=dtype, operations=operations,
-        )  # fmt: skip
+    model = _meta_wan_model(comfy, cfg, dtype, operations)
     declared = {name: t.dtype for name, t in model.state_dict().items() if t is not None}
     layer_conf = torch.frombuffer(bytearray(json.dumps({"format": "float8_e4m3fn"}).encode()), dtype=torch.uint8)
     state = {}
@@ -109,12 +112,7 @@ def build_comfy_scaled(comfy: dict, ours: torch.nn.Module, dtype: torch.dtype) -
         else:
             want = declared.get(name, dtype)
             state[name] = tensor if tensor.dtype == want else tensor.to(want)
-    model.load_state_dict(state, strict=False, assign=True)
-    model.requires_grad_(False)
-    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if tensor.device.type == "meta":
-            raise RuntimeError(f"ComfyUI WanModel parameter {name} has no weight in our state dict")
-    return model.to(device).eval()
+    return _assigned(model, state, device)
 
 
 NATIVE_BACKENDS = ("sdpa", "sage")  # the attention choices ComfyUI native has for Wan

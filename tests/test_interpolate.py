@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
+from comfyui_checkout import needs_comfyui, run_probe
 from safetensors.torch import save_file
 
 from wan_core.errors import ConfigMismatchError, KeyMismatchError, MissingFileError
@@ -138,15 +136,9 @@ def test_comfyui_names_and_training_leftovers_load_the_same_network(tmp_path):
         ifnet_from_state_dict(film)
 
 
-COMFYUI_DIR = os.environ.get("WAN22_COMFYUI_DIR", "")
-
-
-@pytest.mark.skipif(not COMFYUI_DIR, reason="set WAN22_COMFYUI_DIR (and WAN22_COMFYUI_PYTHON) to a ComfyUI checkout")
+@needs_comfyui
 def test_our_ifnet_equals_comfyuis_own_on_its_weight_names():
-    python = os.environ.get("WAN22_COMFYUI_PYTHON", sys.executable)
-    probe = Path(__file__).with_name("host_rife_probe.py")
-    run = subprocess.run([python, str(probe), COMFYUI_DIR, str(Path(__file__).parents[1])], capture_output=True,
-                         text=True, timeout=600)
+    run = run_probe("host_rife_probe.py")
     if "No module named 'comfy_extras.frame_interpolation_models'" in run.stderr:
         pytest.skip("this ComfyUI has no frame interpolation of its own (before 0.2x)")
     assert run.returncode == 0, run.stderr[-4000:]

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
+from comfyui_checkout import needs_comfyui, run_probe
 
 from nodes import host
 from nodes.memory_manager import ManagedModel, load_on_device, managed
@@ -116,15 +113,9 @@ def test_answers_what_newer_comfyui_asks_before_loading_or_evicting():
     assert patcher.clone_base_uuid != _patcher(torch.nn.Linear(2, 2)).clone_base_uuid
 
 
-COMFYUI_DIR = os.environ.get("WAN22_COMFYUI_DIR", "")
-
-
-@pytest.mark.skipif(not COMFYUI_DIR, reason="set WAN22_COMFYUI_DIR (and WAN22_COMFYUI_PYTHON) to a ComfyUI checkout")
+@needs_comfyui
 def test_a_real_comfyui_memory_manager_loads_and_evicts_our_models():
-    python = os.environ.get("WAN22_COMFYUI_PYTHON", sys.executable)
-    probe = Path(__file__).with_name("host_memory_probe.py")
-    run = subprocess.run([python, str(probe), COMFYUI_DIR, str(Path(__file__).parents[1])], capture_output=True,
-                         text=True, timeout=600)
+    run = run_probe("host_memory_probe.py")
     assert run.returncode == 0, run.stderr[-4000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["loaded"] == [["b", "a"], ["cpu", "cpu"]]

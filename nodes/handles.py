@@ -133,13 +133,16 @@ class DiTHandle(ModelHandle):
     patches_low: tuple = ()
     blocks_on_gpu: str = "all"  # block swap: see wan_core.dit.block_swap.apply_blocks_on_gpu
 
-    def runtime(self) -> Runtime:
+    def runtime(self, *, host_placement: bool = False) -> Runtime:
         """How the experts run: the bound device, the compute dtype of `weight_dtype`, offload, the attention backend
-        (`auto`: the fastest installed; a missing one raises here, saying what to install)."""
-        return Runtime.create(
+        (`auto`: the fastest installed; a missing one raises here, saying what to install). `host_placement`: models
+        go onto the GPU through the host's memory manager, which keeps to its budget by evicting others; for a node
+        sampling in ComfyUI's own thread, not for the batch queue's lanes (the manager is not thread-safe)."""
+        runtime = Runtime.create(
             self.target_device(), compute_dtype=DIT_COMPUTE_DTYPES[self.weight_dtype], offload=self.offload,
             attention=self.attention,
         )  # fmt: skip
+        return runtime.replace(placer=move_module) if host_placement else runtime
 
     def _load_expert(self, path: str, expert: str, patches: tuple, cache: ModelCache | None) -> torch.nn.Module:
         from wan_core.dit.block_swap import apply_blocks_on_gpu

@@ -86,7 +86,7 @@ class Wan22LongVideo:
             raise InputError("I2V-A14B starts from a picture: connect a Load Image node to start_image.")
         folder, stem = resolve_prefix(host.output_directory(), run_name)
         encoder = require_handle(t5, T5Handle, "t5").load()
-        runtime = dit.runtime()
+        runtime = dit.runtime(host_placement=True)
         device = runtime.device
         label = device_label(device)
         announce_device(unique_id, device)

@@ -216,7 +216,7 @@ class Wan22DiTSampler:
             check_last_frame_use(request.task, request.frame_num)
             last_image = image_to_video_frame(end_image, "end_image")
 
-        runtime = dit.runtime()
+        runtime = dit.runtime(host_placement=True)
         device = runtime.device
         label = device_label(device)
         announce_device(unique_id, device)

@@ -279,3 +279,20 @@ def test_fit_image_keeps_the_right_size():
     assert conditioning.fit_image(img, 64, 64) is img
     out = conditioning.fit_image(image(50, 100), 64, 32)
     assert out.shape == (3, 32, 64) and out.abs().max() <= 1
+
+
+def test_each_expert_is_placed_through_the_runtime_placer_at_its_switch():
+    """The nodes hand ComfyUI's memory manager in as the runtime's placer (`DiTHandle.runtime(host_placement=True)`),
+    so the expert the sampler switches to is loaded within ComfyUI's budget, the other evicted if need be."""
+    from nodes.handles import DiTHandle, move_module
+    from wan_core.pipeline.denoise import sample_latents
+
+    handle = DiTHandle(task="t2v-A14B", high_noise_path="high", low_noise_path="low", device="cpu")
+    assert handle.runtime().placer is None and handle.runtime(host_placement=True).placer is move_module
+    placed = []
+    runtime = Runtime(placer=lambda model, device: placed.append((model, device)))
+    high, low = dit("tiny-t2v", 0), dit("tiny-t2v", 1)
+    text = torch.randn(7, DIT_CONFIGS["tiny-t2v"].text_dim, generator=torch.Generator().manual_seed(0))
+    sample_latents(t2v(seed=3, guide_scale=1.0), high_noise_model=high, low_noise_model=low, cond=text, uncond=text,
+                   runtime=runtime)
+    assert placed == [(high, torch.device("cpu")), (low, torch.device("cpu"))]

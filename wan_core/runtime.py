@@ -9,7 +9,7 @@ off), and the attention backend object (`wan_core.dit.attention`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,9 @@ class Runtime:
     compile: bool = False  # torch.compile each DiT block (regional; `wan_core.dit.compiled`)
     cfg_batch: bool = False  # cond and uncond as one forward of batch 2 (more activation memory, fewer launches)
     cuda_graphs: bool = False  # DiT forwards replayed from CUDA graphs per shape (`wan_core.dit.cuda_graphs`)
+    # How a model gets onto a device (None: `move_to`). The nodes put ComfyUI's memory manager here, so that loading
+    # an expert, the VAE or the text encoder may evict others and keeps to ComfyUI's budget (`--reserve-vram`).
+    placer: Callable[[Any, torch.device], Any] | None = None
 
     @classmethod
     def create(
@@ -73,11 +76,15 @@ class Runtime:
         enabled = self.device.type == "cuda" and self.compute_dtype is not None
         return torch.autocast("cuda", dtype=self.compute_dtype or torch.bfloat16, enabled=enabled)
 
+    def place(self, model: Any, device: torch.device | None = None) -> None:
+        """Put `model` on `device` (default: the runtime device), through `placer` where one is set."""
+        (self.placer or move_to)(model, device or self.device)
+
     @contextlib.contextmanager
     def on_device(self, model: Any, device: torch.device | None = None) -> Iterator[Any]:
         """`model` on `device` (default: the runtime device) for the block; with offload, back in CPU RAM after it."""
         device = device or self.device
-        move_to(model, device)
+        self.place(model, device)
         try:
             yield model
         finally:

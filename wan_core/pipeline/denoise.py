@@ -24,7 +24,7 @@ import torch
 from ..errors import InputError, WanError
 from ..io.state_dict import FP8_DTYPES
 from ..memory import GPUOutOfMemoryError, out_of_memory
-from ..runtime import Runtime, move_to
+from ..runtime import Runtime
 from ..sampling import make_solver
 from . import conditioning
 from .finite import check_finite
@@ -191,7 +191,7 @@ def sample_latents(
                         check_finite(latents, f"the latents after the {active} expert (step {i} of {total})")
                     if runtime.offload and active is not None and experts[active] is not model:
                         runtime.park(experts[active])
-                    move_to(model, device)  # gives back the file pages it was read from
+                    runtime.place(model, device)  # gives back the file pages it was read from
                     active = expert
 
                 timestep = torch.stack([t]).to(device)

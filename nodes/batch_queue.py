@@ -20,10 +20,10 @@ from wan_core.batch.ledger import JobLedger, JobState
 from wan_core.batch.scheduler import BatchScheduler, BatchSummary, ProgressEvent, Worker
 from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings
 from wan_core.errors import InputError
+from wan_core.finite import check_finite_number
 from wan_core.io.atomic import probe_writable
 from wan_core.io.ffmpeg_binary import FfmpegMissingError, ffmpeg_executable
 from wan_core.pipeline.denoise import StepInfo
-from wan_core.pipeline.finite import check_finite_number
 from wan_core.pipeline.tasks import get_task
 from wan_core.styles import NO_STYLE, STYLES_DIR, load_styles, style_prompt
 

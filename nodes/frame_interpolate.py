@@ -73,8 +73,8 @@ class Wan22FrameInterpolate:
         self, images: torch.Tensor, multiplier: int, rife_model: str, fps: float, batch_size: int, tile_size: int,
         unique_id: str | None = None,
     ) -> dict:
+        from wan_core.finite import check_finite_number
         from wan_core.interpolate import interpolate_frames, resolve_weights
-        from wan_core.pipeline.finite import check_finite_number
 
         check_finite_number("fps", fps)
         weights = resolve_weights(rife_model, [Path(folder) for folder in rife_folders()])

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from wan_core.errors import InputError
+from wan_core.finite import check_finite_number
 from wan_core.io.atomic import OutputWriteError, describe_message, probe_writable, reserve_numbered
 from wan_core.io.ffmpeg_binary import FfmpegMissingError, ffmpeg_executable
-from wan_core.pipeline.finite import check_finite_number
 from wan_core.video_io import save_video
 
 from . import host

@@ -19,11 +19,11 @@ from wan_core import video_io
 from wan_core.configs import DIT_CONFIGS
 from wan_core.dit.loader import load_dit
 from wan_core.dit.model import WanDiT, init_random_
+from wan_core.finite import NonFiniteError, non_finite_tensors
 from wan_core.io.atomic import OutputWriteError, atomic_target, reserve_numbered
 from wan_core.io.writers import write_safetensors
 from wan_core.kept_latents import LatentsKeptError, keep_latents_on_failure, load_latents
 from wan_core.pipeline.denoise import sample_latents
-from wan_core.pipeline.finite import NonFiniteError, non_finite_tensors
 from wan_core.pipeline.request import SamplingRequest
 from wan_core.runtime import Runtime
 from wan_core.styles import Style, style_prompt
@@ -246,7 +246,7 @@ FP8_FORMATS = [torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, to
                          ids=lambda d: str(d).removeprefix("torch."))
 def test_the_weight_scan_finds_each_non_finite_value_in_any_slice(dtype, monkeypatch):
     """The scan reads IEEE weights as integers (all exponent bits set: Inf or NaN), a slice at a time on the CPU."""
-    from wan_core.pipeline import finite
+    from wan_core import finite
 
     monkeypatch.setattr(finite, "CPU_SLICE", 64)
     info = torch.finfo(dtype)

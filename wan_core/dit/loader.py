@@ -37,6 +37,7 @@ from ..errors import (
     describe_key_mismatch,
     describe_keys,
 )
+from ..finite import check_weight_dtypes, scan_weights
 from ..io.files import find_weight_files
 from ..io.gguf_file import GGUFFile, is_gguf
 from ..io.lightx2v import NVFP4_SIDES, kernel_format, split_files, unreadable
@@ -51,7 +52,6 @@ from ..io.state_dict import (
     read_safetensors_metadata,
     read_torch_file,
 )
-from ..pipeline.finite import check_weight_dtypes, scan_weights
 from ..ram import check_ram, forget_read_pages
 from .fp8 import quantize_weight
 from .gguf_linear import GGUFLinear

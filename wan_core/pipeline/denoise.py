@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError, WanError
+from ..finite import check_finite
 from ..io.state_dict import FP8_DTYPES
 from ..memory import GPUOutOfMemoryError, out_of_memory
 from ..runtime import Runtime
 from ..sampling import make_solver
 from . import conditioning
-from .finite import check_finite
 from .forwards import step_forwards
 from .request import SamplingRequest
 from .step_cache import make_step_cache

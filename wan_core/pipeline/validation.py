@@ -7,8 +7,8 @@ import math
 import numbers
 
 from ..errors import InputError
+from ..finite import check_finite_number
 from ..sampling import SOLVERS
-from .finite import check_finite_number
 from .tasks import TaskConfig, get_task
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes seeds up to this

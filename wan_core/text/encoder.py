@@ -35,6 +35,7 @@ from ..errors import (
     describe_key_mismatch,
     describe_keys,
 )
+from ..finite import check_weight_dtypes, scan_weights
 from ..io.files import find_weight_files
 from ..io.gguf_file import GGUFFile, is_gguf
 from ..io.mapped_safetensors import DroppingStateDict, PageDropper, read_mapped
@@ -47,7 +48,6 @@ from ..io.state_dict import (
     read_torch_file,
 )
 from ..memory import out_of_memory
-from ..pipeline.finite import check_weight_dtypes, scan_weights
 from .gguf_weights import check_complete, dequantized, meta_tensors, open_gguf, spiece_model
 from .keymap import EMBED_TOKENS, SHARED, SPIECE_MODEL, to_transformers
 from .tokenizer import (

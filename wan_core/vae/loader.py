@@ -26,9 +26,9 @@ from ..errors import (
     describe_key_mismatch,
     describe_keys,
 )
+from ..finite import check_weight_dtypes, scan_weights
 from ..io.files import find_weight_files
 from ..io.state_dict import is_torch_file, read_safetensors, read_torch_file, strip_prefix
-from ..pipeline.finite import check_weight_dtypes, scan_weights
 from .config import VAEConfig, published_stats
 from .keymap import detect_layout, diffusers_to_official, official_structure, official_to_diffusers_key
 from .model import WanVAE

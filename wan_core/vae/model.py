@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
-from ..pipeline.finite import check_finite
+from ..finite import check_finite
 from .config import VAE_CONFIGS, VAEConfig, resolve_config
 from .network import WanVAENet
 from .tiling import DEFAULT_OVERLAP, latent_tiles, run_tiled

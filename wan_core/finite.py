@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-from ..errors import CheckpointError, InputError, WanError
+from .errors import CheckpointError, InputError, WanError
 
 LATENT_CAUSES = (
     "a weight file holding NaN/Inf, fp16 overflow in the text encoder (run it in bf16 or fp32), or an extreme "

@@ -9,11 +9,12 @@ copy on another device (the batch manager's replica per GPU) passes a cache of i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -23,6 +24,9 @@ from wan_core.pipeline.denoise import HIGH_NOISE, LOW_NOISE, SINGLE
 from wan_core.runtime import Runtime, move_to
 
 from .devices import check_device_name, resolve_device
+
+if TYPE_CHECKING:
+    from wan_core.pipeline.request import SamplingRequest
 
 COMPUTE_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # The DiT loader's options for each weight_dtype choice of the model loader.
@@ -76,14 +80,15 @@ class ModelCache:
 MODEL_CACHE = ModelCache({"dit": 2, "t5": 1, "vae": 1})
 
 
-def move_module(module: Any, device: torch.device) -> Any:
+def move_module(module: Any, device: torch.device, memory_required: int = 0) -> Any:
     """`module`, moved to `device` unless it is there already; on a GPU through the host's memory manager, which can
-    then evict it for other models (and its Unload Models frees it). A text encoder registers the network it wraps."""
+    then evict it for other models (and its Unload Models frees it), keeping `memory_required` bytes free beside it
+    for the computation that follows. A text encoder registers the network it wraps."""
     from .memory_manager import load_on_device
 
     weights = module if isinstance(module, torch.nn.Module) else getattr(module, "model", None)
     if isinstance(weights, torch.nn.Module) and device.type != "cpu":
-        load_on_device(weights, device)
+        load_on_device(weights, device, memory_required)
         return module
     move_to(module, device)
     return module
@@ -110,11 +115,12 @@ class ModelHandle:
         load: Callable[[], Any],
         cache: ModelCache | None = None,
         device: torch.device | None = None,
+        memory_required: int = 0,
     ) -> Any:
         """The cached module of `path` in `cache` (default: the shared one; an empty cache is a cache too), moved to
-        `device` (default: the bound device)."""
+        `device` (default: the bound device) with `memory_required` bytes kept free beside it."""
         module = (MODEL_CACHE if cache is None else cache).get((self.kind, path, *options), load)
-        return move_module(module, device or self.target_device())
+        return move_module(module, device or self.target_device(), memory_required)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,18 +139,32 @@ class DiTHandle(ModelHandle):
     patches_low: tuple = ()
     blocks_on_gpu: str = "all"  # block swap: see wan_core.dit.block_swap.apply_blocks_on_gpu
 
-    def runtime(self, *, host_placement: bool = False) -> Runtime:
+    def runtime(self, *, host_placement: bool = False, memory_required: int = 0) -> Runtime:
         """How the experts run: the bound device, the compute dtype of `weight_dtype`, offload, the attention backend
         (`auto`: the fastest installed; a missing one raises here, saying what to install). `host_placement`: models
-        go onto the GPU through the host's memory manager, which keeps to its budget by evicting others; for a node
-        sampling in ComfyUI's own thread, not for the batch queue's lanes (the manager is not thread-safe)."""
+        go onto the GPU through the host's memory manager, which keeps to its budget by evicting others and keeps
+        `memory_required` bytes free beside each (`forward_memory`); for a node sampling in ComfyUI's own thread, not
+        for the batch queue's lanes (the manager is not thread-safe)."""
         runtime = Runtime.create(
             self.target_device(), compute_dtype=DIT_COMPUTE_DTYPES[self.weight_dtype], offload=self.offload,
             attention=self.attention,
         )  # fmt: skip
-        return runtime.replace(placer=move_module) if host_placement else runtime
+        if not host_placement:
+            return runtime
+        return runtime.replace(placer=functools.partial(move_module, memory_required=memory_required))
 
-    def _load_expert(self, path: str, expert: str, patches: tuple, cache: ModelCache | None) -> torch.nn.Module:
+    def forward_memory(self, request: SamplingRequest) -> int:
+        """The bytes one forward of this task's DiT needs beside its weights for `request`'s video (one latent at a
+        time, as the sampler runs the guidance passes)."""
+        from wan_core.configs import DIT_CONFIGS
+        from wan_core.dit.activations import forward_activation_bytes
+        from wan_core.pipeline.conditioning import seq_len_for
+
+        tokens = seq_len_for(request.latent_shape, request.task.patch_size)
+        return forward_activation_bytes(DIT_CONFIGS[self.task], tokens)
+
+    def _load_expert(self, path: str, expert: str, patches: tuple, cache: ModelCache | None,
+                     memory_required: int) -> torch.nn.Module:
         from wan_core.dit.block_swap import apply_blocks_on_gpu
         from wan_core.dit.loader import load_dit
 
@@ -155,17 +175,20 @@ class DiTHandle(ModelHandle):
 
         # Offloaded experts wait in CPU RAM; the sampler moves the one sampling onto the device and back.
         device = torch.device("cpu") if self.offload else None
-        model = self._load_cached(path, (self.weight_dtype, self.blocks_on_gpu), read, cache, device)
+        model = self._load_cached(path, (self.weight_dtype, self.blocks_on_gpu), read, cache, device, memory_required)
         set_patches(model, patches, expert)
         return model
 
-    def load(self, cache: ModelCache | None = None) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-        """(high-noise or only model, low-noise model or None) with this handle's patches: on the bound device, or in
-        CPU RAM with `offload`. The base weights are read once; other patches on the same file re-patch them."""
+    def load(
+        self, cache: ModelCache | None = None, memory_required: int = 0
+    ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """(high-noise or only model, low-noise model or None) with this handle's patches: on the bound device (the
+        host's memory manager keeping `memory_required` bytes free beside each), or in CPU RAM with `offload`. The
+        base weights are read once; other patches on the same file re-patch them."""
         if not self.low_noise_path:
-            return self._load_expert(self.high_noise_path, SINGLE, self.patches_high, cache), None
-        high = self._load_expert(self.high_noise_path, HIGH_NOISE, self.patches_high, cache)
-        low = self._load_expert(self.low_noise_path, LOW_NOISE, self.patches_low, cache)
+            return self._load_expert(self.high_noise_path, SINGLE, self.patches_high, cache, memory_required), None
+        high = self._load_expert(self.high_noise_path, HIGH_NOISE, self.patches_high, cache, memory_required)
+        low = self._load_expert(self.low_noise_path, LOW_NOISE, self.patches_low, cache, memory_required)
         return high, low
 
 

@@ -86,11 +86,12 @@ class Wan22LongVideo:
             raise InputError("I2V-A14B starts from a picture: connect a Load Image node to start_image.")
         folder, stem = resolve_prefix(host.output_directory(), run_name)
         encoder = require_handle(t5, T5Handle, "t5").load()
-        runtime = dit.runtime(host_placement=True)
+        activations = dit.forward_memory(sampling)  # kept free beside each expert that loads
+        runtime = dit.runtime(host_placement=True, memory_required=activations)
         device = runtime.device
         label = device_label(device)
         announce_device(unique_id, device)
-        high, low = dit.load()
+        high, low = dit.load(memory_required=activations)
         pipeline = WanPipeline(task, text_encoder=None, vae=require_handle(vae, VAEHandle, "vae").load(),
                                high_noise_model=high, low_noise_model=low, runtime=runtime)
         bar = host.Progress(chunks * steps, unique_id)

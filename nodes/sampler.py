@@ -216,12 +216,14 @@ class Wan22DiTSampler:
             check_last_frame_use(request.task, request.frame_num)
             last_image = image_to_video_frame(end_image, "end_image")
 
-        runtime = dit.runtime(host_placement=True)
+        activations = dit.forward_memory(request)  # kept free beside each expert that loads
+        runtime = dit.runtime(host_placement=True, memory_required=activations)
         device = runtime.device
         label = device_label(device)
         announce_device(unique_id, device)
         all_gpus = dit.device == ALL_GPUS
-        high, low = (None, None) if all_gpus else dit.load()  # all GPUs: the workers load the experts
+        # all GPUs: the workers load the experts
+        high, low = (None, None) if all_gpus else dit.load(memory_required=activations)
         vae_module = require_handle(vae, VAEHandle, "vae").load() if vae is not None else None
         pipeline = WanPipeline(
             request.task, text_encoder=None, vae=vae_module, high_noise_model=high, low_noise_model=low, runtime=runtime

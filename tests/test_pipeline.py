@@ -288,7 +288,8 @@ def test_each_expert_is_placed_through_the_runtime_placer_at_its_switch():
     from wan_core.pipeline.denoise import sample_latents
 
     handle = DiTHandle(task="t2v-A14B", high_noise_path="high", low_noise_path="low", device="cpu")
-    assert handle.runtime().placer is None and handle.runtime(host_placement=True).placer is move_module
+    placer = handle.runtime(host_placement=True, memory_required=5).placer
+    assert handle.runtime().placer is None and (placer.func, placer.keywords) == (move_module, {"memory_required": 5})
     placed = []
     runtime = Runtime(placer=lambda model, device: placed.append((model, device)))
     high, low = dit("tiny-t2v", 0), dit("tiny-t2v", 1)

@@ -31,6 +31,11 @@ ACTIVATIONS: dict[tuple[str, str, str], Measured] = {
     ("5B", "fp8", "720p"): Measured(2.6, LOW_VRAM_BENCH + " (121 frames)"),
 }
 
+# Activation bytes of one forward per token, per channel of the model width and per channel of the FFN's hidden layer:
+# a fit to ACTIVATIONS (A14B: width 5120, FFN 13824, 32,760 / 75,600 tokens at 480p / 720p x 81 frames; 5B: 3072,
+# 14336, 27,280 tokens at 1280x704 x 121 frames), rounded up so that it covers every entry (tests/test_activations.py).
+ACTIVATION_BYTES_PER_TOKEN = (12.2, 4.7)
+
 # VAE decode of the whole video: Wan2.1 VAE at 720p x 81 frames (A14B), Wan2.2 VAE at 1280x704 x 121 frames (5B).
 VAE_DECODE = {"A14B": Measured(10.0, ESTIMATE), "5B": Measured(16.0, ESTIMATE)}
 TILED_VAE_DECODE = Measured(3.0, ESTIMATE)

@@ -75,7 +75,8 @@ def test_text_encoder_out_of_memory_suggests_the_cpu(tmp_path, monkeypatch):
 def test_offloaded_experts_wait_in_cpu_ram(monkeypatch, offload):
     """With offload the sampler moves the active expert to the GPU itself; loading both there would defeat it."""
     moves = []
-    monkeypatch.setattr(handles, "move_module", lambda module, device: moves.append(torch.device(device)) or module)
+    monkeypatch.setattr(handles, "move_module",
+                        lambda module, device, memory_required=0: moves.append(torch.device(device)) or module)
     monkeypatch.setattr(handles.DiTHandle, "target_device", lambda self: torch.device("cuda", 1))
     experts = {"/high": WanDiT(DIT_CONFIGS["tiny-t2v"]), "/low": WanDiT(DIT_CONFIGS["tiny-t2v"])}
     cache = handles.ModelCache({"dit": 2})
@@ -90,7 +91,7 @@ def test_offloaded_experts_wait_in_cpu_ram(monkeypatch, offload):
 def test_an_empty_replica_cache_gets_its_own_copies(monkeypatch):
     """A second GPU's cache starts empty (falsy by its length): its loads must go there, not to the shared cache,
     or two GPUs would share (and move back and forth) one module."""
-    monkeypatch.setattr(handles, "move_module", lambda module, device: module)
+    monkeypatch.setattr(handles, "move_module", lambda module, device, memory_required=0: module)
     shared = handles.ModelCache({"vae": 1})
     monkeypatch.setattr(handles, "MODEL_CACHE", shared)
     shared.get(("vae", "/vae", "default"), lambda: torch.nn.Linear(2, 2))

@@ -50,6 +50,14 @@ SCRIPT = textwrap.dedent(
     want = rounded_int8(padded.view(B, 3, 128, H, D), scale.transpose(1, 2)[:, :, None, :, None])
     assert (got.int() - want.view(B, 384, H, D)[:, :300].int()).abs().max() <= 1, "k int8"
 
+    # k's mean over tokens: float64 sums (exact for bf16 and fp16), so a head's mean does not depend on the other heads
+    # (on a GPU, torch's float32 mean does: a video split over GPUs by heads got other int8 keys)
+    for dtype in (torch.bfloat16, torch.float16):
+        wide = (torch.randn(B, 700, 5, D) * 4 + 1).to(dtype)  # 700 tokens: 2 full blocks of 256 rows and a partial one
+        mean = a8.token_mean(wide)
+        assert mean.dtype == torch.float32 and torch.equal(mean, wide.double().mean(dim=1).float()), "k mean"
+        assert torch.equal(a8.token_mean(wide[:, :, 1:3].contiguous()), mean[:, 1:3]), "k mean of a head slice"
+
     # v: multiples of 0.5 with |max| 3.5 per channel, exact in e4m3 once scaled by 448 / 3.5; transposed, padded
     v = torch.randint(-7, 8, (B, 300, H, D)) * 0.5
     v[:, 0] = 3.5

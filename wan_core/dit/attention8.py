@@ -54,6 +54,13 @@ if triton is not None:
         tl.store(SCALE + b * s_sb + h * s_sh + rows, scale[:, None] * factor, mask=mask)
 
     @triton.jit
+    def _token_sums_kernel(X, SUMS, L, s_xb, s_xl, s_xh, s_sb, s_sh, ROWS: tl.constexpr, D: tl.constexpr):
+        """Adds this program's rows of one head to that head's float64 sums over tokens `[B, H, D]`."""
+        h, b = tl.program_id(1), tl.program_id(2)
+        x, _, _ = head_rows(X, L, s_xb, s_xl, s_xh, ROWS, D)
+        tl.atomic_add(SUMS + b * s_sb + h * s_sh + tl.arange(0, D), tl.sum(x.to(tl.float64), axis=0))
+
+    @triton.jit
     def _quant_k_kernel(X, MEAN, OUT, SCALE, L, s_xb, s_xl, s_xh, s_mb, s_mh, s_ob, s_ol, s_oh, s_sb, s_sh,
                         ROWS: tl.constexpr, D: tl.constexpr):
         blk, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -171,10 +178,24 @@ def quantize_q(q: torch.Tensor, sm_scale: float) -> tuple[torch.Tensor, torch.Te
     return out, scale
 
 
+def token_mean(k: torch.Tensor) -> torch.Tensor:
+    """The float32 mean over tokens `[B, H, D]` of `k` `[B, L, H, D]`, the same for a head whatever the other heads.
+    Its float64 sums of bf16 or fp16 values are exact (unless the values span more than about 2**29), so the order in
+    which the programs add theirs changes nothing. `k.mean(dim=1, dtype=torch.float32)` sums in an order that depends
+    on the head count: a video split over GPUs by heads (Ulysses) got other int8 keys than on one GPU, and its output
+    differed by 0.4% (docs/benchmarks.md); torch's own float64 mean is 10x slower on an H100."""
+    batch, length, heads, dim = k.shape
+    sums = torch.zeros(batch, heads, dim, dtype=torch.float64, device=k.device)
+    rows = 256
+    _token_sums_kernel[(math.ceil(length / rows), heads, batch)](
+        k, sums, length, *k.stride()[:3], *sums.stride()[:2], ROWS=rows, D=dim, num_warps=4)
+    return (sums / length).float()
+
+
 def quantize_k(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`k - mean(k over tokens)` `[B, L, H, D]` as int8 and one scale per `BLOCK_N` keys `[B, H, blocks]`."""
     batch, length, heads, dim = k.shape
-    mean = k.mean(dim=1, dtype=torch.float32)  # [B, H, D]
+    mean = token_mean(k)
     blocks = math.ceil(length / BLOCK_N)
     out = torch.empty(k.shape, dtype=torch.int8, device=k.device)
     scale = torch.empty(batch, heads, blocks, dtype=torch.float32, device=k.device)

@@ -8,10 +8,9 @@ import types
 
 import pytest
 import torch
-from test_workflows import _write_tiny_models
+from test_workflows import _tiny_node_models, _write_tiny_models
 
 from nodes import handles, host
-from nodes.loaders import Wan22ModelLoader
 from nodes.memory_manager import managed
 from nodes.sampler import Wan22DiTSampler
 from wan_core.configs import DIT_CONFIGS
@@ -43,14 +42,7 @@ def dit(tmp_path, monkeypatch):
     _write_tiny_models(tmp_path)
     monkeypatch.setenv(host.MODELS_DIR_ENV, str(tmp_path))
     handles.MODEL_CACHE.clear()
-    (handle,) = Wan22ModelLoader().load(
-        "t2v-A14B",
-        "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
-        "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
-        "fp32",
-        "auto",
-        False,
-    )
+    handle, _, _ = _tiny_node_models("t2v-A14B")
     yield handle
     handles.MODEL_CACHE.clear()
 

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from test_native_interop import SAMPLER, tiny_models  # noqa: F401 - the module's fixture
 from test_pipeline import image, make_pipeline, text_encoder  # noqa: F401 - the module's fixture
+from test_workflows import _tiny_node_models
 
 from nodes import handles, host
-from nodes.loaders import Wan22ModelLoader, Wan22VAELoader
 from nodes.sampler import Wan22DiTSampler
 from nodes.text_encode import Wan22T5Encode
 from wan_core.errors import InputError
@@ -115,13 +115,7 @@ def test_the_pipeline_samples_from_the_first_last_frame_conditioning(text_encode
 def i2v_parts(tiny_models, monkeypatch):  # noqa: F811 - the fixture
     monkeypatch.setenv(host.MODELS_DIR_ENV, str(tiny_models))
     handles.MODEL_CACHE.clear()
-    (dit,) = Wan22ModelLoader().load("i2v-A14B", "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
-                                     "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors", "fp32", "auto", False)
-    (vae,) = Wan22VAELoader().load("wan_2.1_vae.safetensors", "fp32")
-    from nodes.loaders import Wan22T5Loader
-
-    (t5,) = Wan22T5Loader().load("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "default")
-    yield dit, t5, vae
+    yield _tiny_node_models("i2v-A14B")
     handles.MODEL_CACHE.clear()
 
 

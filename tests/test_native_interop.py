@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_workflows import _write_tiny_models
+from test_workflows import _tiny_node_models, _write_tiny_models
 
 from nodes import handles, host
 from nodes.conditioning import WanConditioning, to_comfy
-from nodes.loaders import Wan22ModelLoader, Wan22T5Loader, Wan22VAELoader
 from nodes.sampler import Wan22DiTSampler
 from nodes.text_encode import Wan22T5Encode
 from nodes.vae_nodes import Wan22VAEDecode, Wan22VAEEncode, images_to_video, video_to_images
@@ -38,11 +37,7 @@ def tiny_models(tmp_path_factory):
 def parts(tiny_models, monkeypatch):
     monkeypatch.setenv(host.MODELS_DIR_ENV, str(tiny_models))
     handles.MODEL_CACHE.clear()
-    (dit,) = Wan22ModelLoader().load("t2v-A14B", "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
-                                     "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", "fp32", "auto", False)
-    (t5,) = Wan22T5Loader().load("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "default")
-    (vae,) = Wan22VAELoader().load("wan_2.1_vae.safetensors", "fp32")
-    yield dit, t5, vae
+    yield _tiny_node_models("t2v-A14B")
     handles.MODEL_CACHE.clear()
 
 

@@ -191,6 +191,19 @@ def _write_tiny_models(models: Path) -> None:
             write_tiny_lora(models / "loras" / name)
 
 
+def _tiny_node_models(task: str) -> tuple:
+    """The (DiT, T5, VAE) handles of the loader nodes for `_write_tiny_models`' A14B files of `task` (t2v-A14B,
+    i2v-A14B): fp32 DiT, T5 as stored, fp32 VAE (the models folder set through `host.MODELS_DIR_ENV`)."""
+    from nodes.loaders import Wan22ModelLoader, Wan22T5Loader, Wan22VAELoader
+
+    kind = task.split("-")[0]
+    (dit,) = Wan22ModelLoader().load(task, f"wan2.2_{kind}_high_noise_14B_fp8_scaled.safetensors",
+                                     f"wan2.2_{kind}_low_noise_14B_fp8_scaled.safetensors", "fp32", "auto", False)
+    (t5,) = Wan22T5Loader().load("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "default")
+    (vae,) = Wan22VAELoader().load("wan_2.1_vae.safetensors", "fp32")
+    return dit, t5, vae
+
+
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")

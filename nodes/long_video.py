@@ -91,7 +91,7 @@ class Wan22LongVideo:
         device = runtime.device
         label = device_label(device)
         announce_device(unique_id, device)
-        high, low = dit.load(memory_required=activations)
+        high, low = dit.load(memory_required=activations, place=False)  # placed at each expert's first step
         pipeline = WanPipeline(task, text_encoder=None, vae=require_handle(vae, VAEHandle, "vae").load(),
                                high_noise_model=high, low_noise_model=low, runtime=runtime)
         bar = host.Progress(chunks * steps, unique_id)

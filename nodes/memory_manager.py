@@ -16,6 +16,9 @@ Outside ComfyUI `host` keeps a small list with the same effects, so the registra
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 import uuid
 import weakref
 from typing import Any
@@ -24,10 +27,11 @@ import torch
 
 from wan_core.dit.block_swap import choose_resident_blocks, enable_block_swap, module_bytes
 from wan_core.dit.model import WanDiT
-from wan_core.mapped_weights import move_weights
+from wan_core.mapped_weights import keep_cpu_copies, move_weights
 
 from . import host
 
+log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
 _MANAGED: weakref.WeakKeyDictionary[torch.nn.Module, ManagedModel] = weakref.WeakKeyDictionary()
 # Activations kept free beside a block-swapped DiT (ComfyUI reserves its own inference memory on top).
@@ -118,13 +122,28 @@ class ManagedModel:
             resident = choose_resident_blocks(len(blocks), block, others, before + int(extra_memory),
                                               self.activation_reserve)
             enable_block_swap(module, resident)
-        move_weights(module, device)
-        return self.loaded_size() - before
+        return self._timed_move(device, before)
 
     def partially_unload(self, device: torch.device, memory_to_free: float = 0, unpatch_weights: bool = True) -> int:
-        before = self.loaded_size()
-        move_weights(self.model, self.offload_device)
-        return before - self.loaded_size()
+        # evicted once, likely evicted again (two experts under one budget): keep the CPU copy it comes back to, so
+        # that the next eviction copies nothing back unless its weights were patched meanwhile
+        keep_cpu_copies(self.model)
+        return -self._timed_move(self.offload_device, self.loaded_size())
+
+    def _timed_move(self, device: torch.device, before: int) -> int:
+        """`move_weights` onto `device`, logged with its time (ComfyUI logs its own models' loads the same way);
+        returns the bytes added on the load device."""
+        start = time.perf_counter()
+        move_weights(self.model, device)
+        moved = self.loaded_size() - before
+        if moved:
+            if self.load_device.type == "cuda":
+                torch.cuda.synchronize(self.load_device)
+            name = os.path.basename(getattr(self.model, "source", "") or "") or type(self.model).__name__
+            log.info("Wan22: %s %s %s: %.2f GB in %.2f s", "loaded" if moved > 0 else "unloaded", name,
+                     "onto " + str(device) if moved > 0 else "to the CPU", abs(moved) / 1e9,
+                     time.perf_counter() - start)
+        return moved
 
     def detach(self, unpatch_all: bool = True) -> None:
         self.partially_unload(self.offload_device)

@@ -222,8 +222,8 @@ class Wan22DiTSampler:
         label = device_label(device)
         announce_device(unique_id, device)
         all_gpus = dit.device == ALL_GPUS
-        # all GPUs: the workers load the experts
-        high, low = (None, None) if all_gpus else dit.load(memory_required=activations)
+        # all GPUs: the workers load the experts; else the denoising loop places each expert at its first step
+        high, low = (None, None) if all_gpus else dit.load(memory_required=activations, place=False)
         vae_module = require_handle(vae, VAEHandle, "vae").load() if vae is not None else None
         pipeline = WanPipeline(
             request.task, text_encoder=None, vae=vae_module, high_noise_model=high, low_noise_model=low, runtime=runtime

@@ -3,6 +3,9 @@ retry, and offloaded experts that stay in CPU RAM."""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import pytest
 import torch
 
@@ -86,6 +89,42 @@ def test_offloaded_experts_wait_in_cpu_ram(monkeypatch, offload):
     high, low = handle.load(cache)
     assert (high, low) == (experts["/high"], experts["/low"])
     assert moves == [torch.device("cpu") if offload else torch.device("cuda", 1)] * 2
+
+
+@dataclass(frozen=True)
+class AddToFirstWeight:
+    """A stand-in LoRA: adds `value` to the expert's first parameter."""
+
+    value: float
+
+    def apply(self, module, expert, weights):
+        name = next(iter(dict(module.named_parameters())))
+        weights.set(name, weights.get(name) + self.value)
+
+
+def test_experts_load_unplaced_unless_new_patches_need_merging(monkeypatch):
+    """The sampler places each expert at its first step. Placing both at the load as well made two experts under one
+    budget evict each other twice per run (4 moves of 14 GB instead of 2); only new patches need the expert on its
+    device at the load (merged there)."""
+    moves = []
+    monkeypatch.setattr(handles, "move_module",
+                        lambda module, device, memory_required=0: moves.append(module) or module)
+    experts = {"/high": WanDiT(DIT_CONFIGS["tiny-t2v"]), "/low": WanDiT(DIT_CONFIGS["tiny-t2v"])}
+    cache = handles.ModelCache({"dit": 2})
+    for path, module in experts.items():
+        cache.get(("dit", path, "default", "all"), lambda module=module: module)  # weight_dtype, blocks_on_gpu
+    plain = handles.DiTHandle(task="t2v-A14B", high_noise_path="/high", low_noise_path="/low", device="cpu")
+    high, low = plain.load(cache, place=False)
+    assert moves == []
+    patched = dataclasses.replace(plain, patches_high=(AddToFirstWeight(1.0),), patches_low=(AddToFirstWeight(2.0),))
+    first = next(high.parameters()).detach().clone()
+    assert patched.load(cache, place=False) == (high, low) and moves == [high, low]  # merged on their device
+    assert torch.equal(next(high.parameters()), first + 1.0)
+    moves.clear()
+    patched.load(cache, place=False)  # the same patches: nothing to merge, nothing moves
+    assert moves == [] and torch.equal(next(high.parameters()), first + 1.0)
+    patched.load(cache)
+    assert moves == [high, low]
 
 
 def test_an_empty_replica_cache_gets_its_own_copies(monkeypatch):

@@ -82,6 +82,32 @@ def test_dit_over_budget_loads_with_block_swap():
     assert {p.device for i in (3, 4, 5) for p in model.blocks[i].parameters()} == {CPU}  # streamed from the CPU
 
 
+def test_an_evicted_model_comes_back_to_its_kept_cpu_copy_unless_patched(caplog):
+    """Two experts under one budget are evicted for each other every run: each eviction copied the whole expert
+    (14 GB) off the GPU into new RAM. After the first, the CPU copy is kept and an unpatched return copies nothing.
+    The meta device stands in for the GPU: a return from it can only work without a copy."""
+    from wan_core.patching import _weights_changed
+
+    model = init_random_(WanDiT(DIT_CONFIGS["tiny-t2v"]), torch.Generator().manual_seed(0)).eval()
+    expected = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    patcher = ManagedModel(model, META)
+    patcher.partially_unload(META)  # the first eviction (here on the CPU already: nothing moves)
+    addresses = {name: tensor.data_ptr() for name, tensor in model.state_dict().items()}
+    caplog.set_level("INFO", logger="nodes.memory_manager")
+    for _ in range(2):
+        assert patcher.partially_load(META, 1e12) == module_bytes(model)
+        assert patcher.partially_unload(META) == module_bytes(model)
+        state = model.state_dict()
+        assert {name: t.data_ptr() for name, t in state.items()} == addresses  # the same RAM: nothing copied
+        assert all(torch.equal(state[name], value) for name, value in expected.items())
+    assert sum("Wan22: loaded WanDiT onto meta" in line for line in caplog.messages) == 2
+
+    patcher.partially_load(META, 1e12)
+    _weights_changed(model)  # a LoRA merged on the device: the kept copy is stale
+    with pytest.raises(NotImplementedError, match="meta"):  # so it is copied back (meta has no data to copy)
+        patcher.partially_unload(META)
+
+
 def test_inside_comfyui_the_host_manager_gets_the_calls(monkeypatch):
     calls = []
     fake = types.SimpleNamespace(

@@ -12,6 +12,11 @@ expert) would copy them into new process memory, though the file views hold the 
 remembers the views when the weights leave the CPU and, when they come back unpatched since, points the parameters at
 the views again (the device copies are freed; no RAM is taken) and gives their pages back. Weights patched meanwhile
 take torch's ordinary copy. Block swap's masters have their own sources (`wan_core.dit.block_swap`).
+
+A model that a memory manager moves back and forth (an expert evicted for the other one under a tight VRAM budget)
+can keep its CPU copies too (`keep_cpu_copies`): after its first return, the CPU tensors it leaves from are
+remembered like file views, so each later return copies nothing unless patches changed the weights meanwhile. Its
+CPU copy then stays in RAM while it is on the device (a DiT expert: its size in RAM, as when it is parked).
 """
 
 from __future__ import annotations
@@ -76,23 +81,32 @@ def _tensors(model: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, str, boo
                     yield module, name, is_param, tensor
 
 
+def keep_cpu_copies(model: torch.nn.Module) -> None:
+    """Remember all the CPU tensors `model`'s weights leave from, not only file views (see the module docstring)."""
+    model._wan_keep_cpu_copies = True
+
+
+def _keeps_cpu_copies(model: object) -> bool:
+    return getattr(model, "_wan_keep_cpu_copies", False)
+
+
 def _remember(model: torch.nn.Module) -> None:
-    spans = _spans(mapped_files(model))
+    spans, any_cpu_tensor = _spans(mapped_files(model)), _keeps_cpu_copies(model)
     generation = weights_generation(model)
     kept: _Views | None = getattr(model, "_wan_file_views", None)
     if kept is None or kept.generation != generation:  # views taken before a patch may be stale
         kept = _Views(generation)
     for module, name, is_param, tensor in _tensors(model):
         pointer = tensor.data_ptr()
-        if tensor.device.type == "cpu" and any(start <= pointer < end for start, end in spans):
+        if tensor.device.type == "cpu" and (any_cpu_tensor or any(start <= pointer < end for start, end in spans)):
             kept.views[(id(module), name, is_param)] = (module, tensor.detach())
     model._wan_file_views = kept
 
 
 def pristine_view(model: torch.nn.Module, name: str) -> torch.Tensor | None:
-    """The file view that parameter (or buffer) `name` of `model` left the CPU from, if the model's weights had never
-    been changed before it left (nothing was ever written to its files then, and writes since went to the device
-    copies): the loaded bytes, an original a patch can keep without a copy. None otherwise."""
+    """The file view (or kept CPU copy) that parameter (or buffer) `name` of `model` left the CPU from, if the
+    model's weights had never been changed before it left (nothing was ever written to it then, and writes since went
+    to the device copies): the loaded bytes, an original a patch can keep without a copy. None otherwise."""
     kept: _Views | None = getattr(model, "_wan_file_views", None)
     if kept is None or kept.generation != 0:
         return None
@@ -106,7 +120,8 @@ def pristine_view(model: torch.nn.Module, name: str) -> torch.Tensor | None:
 
 
 def _point_back(model: torch.nn.Module) -> int:
-    """Point the tensors that left the CPU unpatched at their file views again; returns how many."""
+    """Point the tensors that left the CPU unpatched at their file views (or kept CPU copies) again; returns how
+    many."""
     kept: _Views | None = getattr(model, "_wan_file_views", None)
     model._wan_file_views = None
     if kept is None or kept.generation != weights_generation(model):
@@ -129,10 +144,11 @@ def _point_back(model: torch.nn.Module) -> int:
 
 @contextlib.contextmanager
 def moving(model: object, device: torch.device | str) -> Iterator[None]:
-    """Around `model.to(device)`: a model with mapped files remembers its file views when leaving the CPU and is
-    pointed back at them when returning (see the module docstring); its file pages are given back after the move."""
+    """Around `model.to(device)`: a model with mapped files (or kept CPU copies) remembers its file views when leaving
+    the CPU and is pointed back at them when returning (see the module docstring); its file pages are given back
+    after the move."""
     device = torch.device(device)
-    if not isinstance(model, torch.nn.Module) or not mapped_files(model):
+    if not isinstance(model, torch.nn.Module) or not (mapped_files(model) or _keeps_cpu_copies(model)):
         yield
         return
     if device.type == "cpu":

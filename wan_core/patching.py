@@ -104,17 +104,21 @@ class PatchedWeights:
         self.applied = ()
 
 
+def patches_pending(module: torch.nn.Module, patches: Sequence[ModelPatch]) -> bool:
+    """Whether `set_patches(module, patches, ...)` would change anything (other patches are applied now)."""
+    weights: PatchedWeights | None = getattr(module, "_wan_patched_weights", None)
+    return (weights.applied if weights is not None else ()) != tuple(patches)
+
+
 def set_patches(module: torch.nn.Module, patches: Sequence[ModelPatch], expert: str) -> None:
     """Make `patches` (in order) the ones applied to `module`; nothing happens when they already are."""
+    if not patches_pending(module, patches):
+        return
     patches = tuple(patches)
     weights: PatchedWeights | None = getattr(module, "_wan_patched_weights", None)
     if weights is None:
-        if not patches:
-            return
         weights = PatchedWeights(module)
         module._wan_patched_weights = weights
-    if weights.applied == patches:
-        return
     attached = weights.attached
     weights.restore(keep_originals=bool(patches))
     for patch in patches:

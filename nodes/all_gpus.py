@@ -100,7 +100,7 @@ def sample_on_all_gpus(
     if any, is encoded here first, by `pipeline`'s VAE on the host device."""
     y = first_frame = None
     if image is not None:
-        y, first_frame = pipeline._image_condition(image, request, last_image)
+        y, first_frame = pipeline.image_condition(image, request, last_image)
     return denoise_on_all_gpus(dit, request, cond.positive[0], cond.negative[0], progress, cancel, y, first_frame)
 
 

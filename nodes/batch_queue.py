@@ -19,6 +19,7 @@ from wan_core.batch.jobs import BatchJob, JobDefaults, batch_id
 from wan_core.batch.ledger import JobLedger, JobState
 from wan_core.batch.scheduler import BatchScheduler, BatchSummary, ProgressEvent, Worker
 from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings
+from wan_core.batch.start_images import image_digests, read_start_image
 from wan_core.errors import InputError
 from wan_core.finite import check_finite_number
 from wan_core.io.atomic import probe_writable
@@ -134,7 +135,8 @@ class Wan22BatchQueueManager:
                     "tooltip": "A CSV in ComfyUI's input folder ([example]: one shipped with this pack): a header row, "
                     "then one video per row. Columns: "
                     "prompt, and optional negative_prompt, style, seed, width, height, frames, steps (they "
-                    "override the node's settings for that row).",
+                    "override the node's settings for that row), and image: the start picture of an image-to-video "
+                    "row (i2v-A14B: every row; ti2v-5B: optional), a file in the CSV's folder.",
                 }),
                 "style": ([NO_STYLE, *load_styles(STYLES_DIR)], {"default": NO_STYLE,
                                                                   "tooltip": "A CSV 'style' cell overrides it."}),
@@ -175,7 +177,8 @@ class Wan22BatchQueueManager:
     FUNCTION = "run_batch"
     CATEGORY = CATEGORY
     DESCRIPTION = (
-        "Runs a batch of text-to-video jobs (prompt lines or a CSV) on all the devices of the model handles at once. "
+        "Runs a batch of text-to-video jobs (prompt lines or a CSV; image-to-video: a CSV with an image column) on "
+        "all the devices of the model handles at once. "
         f"Videos and a JSONL job ledger go to output/{BATCH_FOLDER}/; queueing the same batch again skips the jobs "
         "already done."
     )
@@ -224,9 +227,10 @@ class Wan22BatchQueueManager:
         t5 = require_handle(t5, T5Handle, "t5")
         vae = require_handle(vae, VAEHandle, "vae")
         task = get_task(dit.task)
-        if task.needs_image:
-            raise InputError(f"The batch manager makes text-to-video; {task.name} needs a start image per video. "
-                             "Load a t2v-A14B or ti2v-5B model, or use the DiT sampler with Load Image.")
+        if task.needs_image and csv_file == NO_CSV:
+            raise InputError(f"{task.name} makes each video from a start image: give the jobs as a CSV file with an "
+                             "'image' column naming a picture in the CSV's folder (ComfyUI's input folder, where Load "
+                             "Image uploads go), not as prompt lines.")
         check_finite_number("queue_timeout", queue_timeout)
         styles = load_styles(STYLES_DIR)
 
@@ -237,14 +241,19 @@ class Wan22BatchQueueManager:
         runtime = dit.runtime().replace(cuda_graphs=not dit.offload)
         settings = SamplingSettings(task, solver, shift, (cfg_low_noise, cfg_high_noise), runtime)
 
+        csv_name, csv_folder = ("", host.input_directory()) if csv_file == NO_CSV else csv_location(csv_file)
+
         def validate_job(job: BatchJob) -> None:
-            settings.request(job)
+            if task.needs_image and not job.image:
+                raise InputError(f"{task.name} makes each video from a start image: fill in the row's 'image' cell")
+            settings.request(job)  # refuses an image for text-to-video
             style_prompt(styles, job.prompt, job.negative_prompt, job.style)
+            if job.image:
+                read_start_image(job.image, csv_folder)  # found and readable now, not after the models loaded
 
         defaults = JobDefaults(negative_prompt, style, seed, width, height, frames, steps)
-        csv_name, csv_folder = ("", host.input_directory()) if csv_file == NO_CSV else csv_location(csv_file)
         jobs = load_batch_jobs(prompts, csv_name, csv_folder, defaults, validate_job)
-        batch = batch_id(jobs, _batch_settings(dit, t5, vae, settings))
+        batch = batch_id(jobs, {**_batch_settings(dit, t5, vae, settings), **_image_settings(jobs, csv_folder)})
         output_dir = Path(host.output_directory()) / BATCH_FOLDER
         ledger = JobLedger.for_batch(output_dir, batch)
         done_before, pending = ledger.split_done(jobs)
@@ -267,6 +276,7 @@ class Wan22BatchQueueManager:
                 on_step=progress.denoise_step,
                 finish_video=(lambda path: embed_metadata(path, tags)) if tags else None,
                 denoiser=functools.partial(all_gpus.denoise_on_all_gpus, dit) if on_all_gpus else None,
+                read_start_image=lambda job: read_start_image(job.image, csv_folder),
             )
 
         tags = workflow_metadata(prompt, extra_pnginfo)  # as Save Video: the workflow in every MP4
@@ -340,6 +350,12 @@ def _batch_settings(dit: DiTHandle, t5: T5Handle, vae: VAEHandle, settings: Samp
         "shift": settings.shift,
         "guide_scale": list(settings.guide_scale),
     }
+
+
+def _image_settings(jobs: list[BatchJob], folder: str) -> dict:
+    """The start images' contents (none: nothing, so text-to-video batches keep their ids)."""
+    digests = image_digests(jobs, folder)
+    return {"start_images": digests} if digests else {}
 
 
 def _preview(summary: BatchSummary, last_done: int | None) -> dict:

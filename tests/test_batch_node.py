@@ -186,12 +186,6 @@ def test_more_concurrent_jobs_than_job_slots_is_refused_before_loading(folders):
     assert len(handles.MODEL_CACHE) == 0 and not list(folders.rglob("*.jsonl"))
 
 
-def test_image_to_video_task_is_refused_with_what_to_use(folders):
-    model = handles.DiTHandle(task="i2v-A14B", high_noise_path="/a", low_noise_path="/b")
-    with pytest.raises(InputError, match="t2v-A14B or ti2v-5B"):
-        Wan22BatchQueueManager().run_batch(**_node_inputs(prompts="one", model=model))
-
-
 class _StagesStandIn:
     def __init__(self, dit, t5, vae, caches):
         self.encode_device, self.denoise_device, self.decode_device = (

@@ -197,7 +197,7 @@ def test_all_gpus_encode_the_last_frame_before_the_workers_denoise(monkeypatch):
     from nodes import all_gpus
 
     class Pipeline:
-        def _image_condition(self, image, request, last_image=None):
+        def image_condition(self, image, request, last_image=None):
             self.seen = (image, request, last_image)
             return "y", None
 

@@ -23,6 +23,7 @@ from .cli_outputs import check_cli_files, decode_and_write, decode_latents_file,
 from .dit.attention import NAMES as ATTENTION_BACKENDS
 from .errors import CheckpointError, InputError, WanError
 from .interpolate.cli import add_interpolation_flags
+from .io.images import read_rgb_image
 from .lora.selection import parse_lora_spec, patches_per_expert
 from .memory import GPUOutOfMemoryError
 from .pipeline.conditioning import cover_and_crop, official_image_input
@@ -248,15 +249,9 @@ def _default_save_file(args: argparse.Namespace, size: str, prompt: str) -> Path
 
 def _open_image(path: str | None, demo_fallback: bool, flag: str = "--image") -> PILImage | None:
     """The image of `flag` as an RGB PIL image; without it, None (or a gradient when `demo_fallback`)."""
-    from PIL import Image, UnidentifiedImageError
-
     if path is None:
         return _demo_image() if demo_fallback else None
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError) as err:
-        raise InputError(f"{flag} {path!r} cannot be read as an image ({err}). Pass a PNG or JPEG file.") from err
+    return read_rgb_image(path, flag)
 
 
 def _demo_image() -> PILImage:

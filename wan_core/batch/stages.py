@@ -1,5 +1,6 @@
 """The real generation of a batch job, split into the scheduler's stages: text encoding on the text encoder's device,
-denoising with the DiT experts on theirs, decoding with the VAE, and writing the MP4 on the CPU.
+denoising with the DiT experts on theirs (a job's start image, if any, encoded first by the VAE on its own device),
+decoding with the VAE, and writing the MP4 on the CPU.
 
 Models are given as loaders and read on first use (once, from the stage's own device thread), so a batch whose jobs
 are all done loads nothing, and the text encoder of a split worker loads while the DiT's GPU already works.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -19,7 +20,7 @@ from wan_core.batch.jobs import BatchJob, output_path
 from wan_core.batch.scheduler import CancelCheck, StepProgress
 from wan_core.kept_latents import keep_latents_on_failure
 from wan_core.pipeline.denoise import ProgressCallback, StepInfo
-from wan_core.pipeline.pipeline import WanPipeline
+from wan_core.pipeline.pipeline import ImageCondition, WanPipeline
 from wan_core.pipeline.request import SamplingRequest
 from wan_core.pipeline.tasks import TaskConfig
 from wan_core.runtime import Runtime
@@ -30,8 +31,13 @@ PromptBuilder = Callable[[BatchJob], tuple[str, str]]  # job -> (positive, negat
 StepListener = Callable[[BatchJob, str, StepInfo], None]  # (job, device, step) after each denoising step
 StartListener = Callable[[BatchJob, str], None]  # (job, device) when a job's first stage begins
 # Denoising outside this process (e.g. `SequenceParallelWorkers`, one job on every GPU):
-# (request, cond, uncond, progress, cancel) -> latents
-Denoiser = Callable[[SamplingRequest, torch.Tensor, torch.Tensor, ProgressCallback, CancelCheck], torch.Tensor]
+# (request, cond, uncond, progress, cancel, y, first_frame_latent) -> latents
+Denoiser = Callable[
+    [SamplingRequest, torch.Tensor, torch.Tensor, ProgressCallback, CancelCheck, torch.Tensor | None,
+     torch.Tensor | None],
+    torch.Tensor,
+]
+StartImageReader = Callable[[BatchJob], torch.Tensor]  # job -> its start image `[3, H, W]` in [-1, 1]
 
 
 class LazyModel(Generic[T]):
@@ -63,7 +69,7 @@ class SamplingSettings:
         """The job's validated sampling request (raises `InputError` for a job that cannot run)."""
         return SamplingRequest.create(
             self.task, width=job.width, height=job.height, frame_num=job.frames, seed=job.seed, solver=self.solver,
-            steps=job.steps, shift=self.shift, guide_scale=self.guide_scale, has_image=False,
+            steps=job.steps, shift=self.shift, guide_scale=self.guide_scale, has_image=bool(job.image),
         )  # fmt: skip
 
 
@@ -78,7 +84,8 @@ class DecodedVideo(NamedTuple):
 
 @dataclass
 class PipelineStages:
-    """`JobStages` of a Wan2.2 text-to-video job. `experts` gives (high-noise or only model, low-noise or None)."""
+    """`JobStages` of a Wan2.2 job (text- or image-to-video). `experts` gives (high-noise or only model, low-noise or
+    None)."""
 
     settings: SamplingSettings
     text_encoder: LazyModel
@@ -94,6 +101,10 @@ class PipelineStages:
     on_step: StepListener | None = None
     finish_video: Callable[[Path], None] | None = None  # e.g. embeds metadata, before the file gets its final name
     denoiser: Denoiser | None = None  # set: denoising runs there (`experts` then only prepares it), not in-process
+    read_start_image: StartImageReader | None = None  # for jobs with an `image`
+    # The denoising lane encodes a job's start image with the VAE while the decoding lane may be decoding the previous
+    # job with it (and with offload, moving it): one at a time.
+    _vae_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def encode(self, job: BatchJob) -> tuple[torch.Tensor, torch.Tensor]:
         if self.on_start is not None:
@@ -111,12 +122,23 @@ class PipelineStages:
                 self.on_step(job, self.denoise_device, info)
 
         request = self.settings.request(job)
+        condition = self._image_condition(job, request)
         if self.denoiser is not None:
-            return self.denoiser(request, *cond, on_step, cancel)
+            return self.denoiser(request, *cond, on_step, cancel, *(condition or (None, None)))
         high, low = self.experts.get()
         pipeline = self._pipeline(self.denoise_device, high_noise_model=high, low_noise_model=low)
         positive, negative = (embedding.to(self.denoise_device) for embedding in cond)
-        return pipeline.sample(positive, negative, request, progress=on_step, cancel=cancel)
+        return pipeline.sample(positive, negative, request, progress=on_step, cancel=cancel, image_condition=condition)
+
+    def _image_condition(self, job: BatchJob, request: SamplingRequest) -> ImageCondition | None:
+        """The job's start image made ready for the DiT by the VAE on its own device; None for text-to-video."""
+        if not job.image:
+            return None
+        if self.read_start_image is None:
+            raise ValueError(f"job {job.index} has a start image but the stages have no read_start_image")
+        image = self.read_start_image(job)
+        with self._vae_lock:
+            return self._pipeline(self.decode_device, vae=self.vae.get()).image_condition(image, request)
 
     def decode(self, job: BatchJob, latents: torch.Tensor) -> DecodedVideo:
         """The job's video, handed to ffmpeg a latent frame at a time as the VAE decodes it, so that only the end of
@@ -127,7 +149,8 @@ class PipelineStages:
         def decode() -> Mp4Stream | torch.Tensor:
             pipeline = self._pipeline(self.decode_device, vae=self.vae.get())
             final = output_path(self.output_dir, self.batch, job.index)
-            return pipeline.decode_into_mp4(latents.to(self.decode_device), final, self.settings.task.fps)
+            with self._vae_lock:
+                return pipeline.decode_into_mp4(latents.to(self.decode_device), final, self.settings.task.fps)
 
         return DecodedVideo(latents, self._keeping_latents(job, latents, decode))
 

@@ -25,6 +25,8 @@ from .tasks import TaskConfig, get_task
 from .validation import check_image_use, check_last_frame_use
 
 log = logging.getLogger(__name__)
+# A start image made ready for the DiT: (i2v-A14B's `y`, ti2v-5B's first-frame latent), the other one None.
+ImageCondition = tuple[torch.Tensor | None, torch.Tensor | None]
 
 
 class WanPipeline:
@@ -82,17 +84,19 @@ class WanPipeline:
         cancel: CancelCheck | None = None,
         init_latents: torch.Tensor | None = None,
         denoise: float = 1.0,
+        image_condition: ImageCondition | None = None,
     ) -> torch.Tensor:
         """Denoised latents ``[z, F', H', W']`` (float32, on the pipeline device). ``image``: the start frame
         ``[3, H, W]`` in [-1, 1] (i2v-A14B: required, any size; ti2v-5B: optional); ``last_image``: i2v-A14B's last
-        frame, for a video from a first and a last frame. ``init_latents`` (normalized, ``[z, F', H', W']``):
-        video-to-video from them, with ``request.denoise`` < 1."""
-        self._check_request(request, image, last_image)
+        frame, for a video from a first and a last frame. ``image_condition``: in place of ``image``, what
+        ``image_condition`` made of it (e.g. by a VAE on another device). ``init_latents`` (normalized,
+        ``[z, F', H', W']``): video-to-video from them, with ``request.denoise`` < 1."""
+        self._check_request(request, image is not None or image_condition is not None, last_image)
         if self.high_noise_model is None:
             raise InputError("this pipeline has no diffusion model: pass high_noise_model=...")
-        y = first_frame = None
+        y, first_frame = image_condition or (None, None)
         if image is not None:
-            y, first_frame = self._image_condition(image, request, last_image)
+            y, first_frame = self.image_condition(image, request, last_image)
         return sample_latents(
             request,
             high_noise_model=self.high_noise_model,
@@ -162,7 +166,7 @@ class WanPipeline:
     ) -> torch.Tensor:
         """Prompt to video ``[3, F, H, W]`` in [-1, 1] (float32, CPU). The request and the models are checked before
         any model runs."""
-        self._check_request(request, image, last_image)
+        self._check_request(request, image is not None, last_image)
         if image is not None:
             conditioning.check_image(image)
             self._require_vae("encode the start image")
@@ -179,11 +183,11 @@ class WanPipeline:
     # -- helpers ----------------------------------------------------------------------------------------------------
 
     def _check_request(
-        self, request: SamplingRequest, image: torch.Tensor | None, last_image: torch.Tensor | None = None
+        self, request: SamplingRequest, has_image: bool, last_image: torch.Tensor | None = None
     ) -> None:
         if request.task is not self.task:
             raise InputError(f"the request is for {request.task.name}, this pipeline runs {self.task.name}")
-        check_image_use(self.task, image is not None)
+        check_image_use(self.task, has_image)
         if last_image is not None:
             check_last_frame_use(self.task, request.frame_num)
 
@@ -192,10 +196,11 @@ class WanPipeline:
             raise InputError(f"this pipeline has no VAE to {what}: pass vae=...")
         return self.vae
 
-    def _image_condition(
+    def image_condition(
         self, image: torch.Tensor, request: SamplingRequest, last_image: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """``(y, first_frame_latent)`` of a start image (and i2v's last image) for the task (one of them None)."""
+    ) -> ImageCondition:
+        """``(y, first_frame_latent)`` of a start image (and i2v's last image) for the task (one of them None), made
+        by this pipeline's VAE on the pipeline device."""
         conditioning.check_image(image)
         size = {"width": request.width, "height": request.height, "device": self.device}
         with self.runtime.on_device(self._require_vae("encode the start image")) as vae:

@@ -82,27 +82,33 @@ def test_dit_over_budget_loads_with_block_swap():
     assert {p.device for i in (3, 4, 5) for p in model.blocks[i].parameters()} == {CPU}  # streamed from the CPU
 
 
-def test_an_evicted_model_comes_back_to_its_kept_cpu_copy_unless_patched(caplog):
+@pytest.mark.parametrize("budget_blocks", [None, 5], ids=["resident", "block-swap"])
+def test_an_evicted_model_comes_back_to_its_kept_cpu_copy_unless_patched(caplog, budget_blocks):
     """Two experts under one budget are evicted for each other every run: each eviction copied the whole expert
     (14 GB) off the GPU into new RAM. After the first, the CPU copy is kept and an unpatched return copies nothing.
     The meta device stands in for the GPU: a return from it can only work without a copy."""
     from wan_core.patching import _weights_changed
 
-    model = init_random_(WanDiT(DIT_CONFIGS["tiny-t2v"]), torch.Generator().manual_seed(0)).eval()
+    model = init_random_(WanDiT(DIT_CONFIGS["tiny-t2v"].replace(num_layers=6)), torch.Generator().manual_seed(0))
     expected = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     patcher = ManagedModel(model, META)
+    patcher.activation_reserve = 0
+    block = module_bytes(model.blocks[0])
+    # the whole model, or the other weights, 2 blocks in flight and 3 resident blocks (the rest streamed by block swap)
+    budget = 1e12 if budget_blocks is None else module_bytes(model) - 6 * block + budget_blocks * block
+    on_device = module_bytes(model) - (0 if budget_blocks is None else 3 * block)
     patcher.partially_unload(META)  # the first eviction (here on the CPU already: nothing moves)
     addresses = {name: tensor.data_ptr() for name, tensor in model.state_dict().items()}
     caplog.set_level("INFO", logger="nodes.memory_manager")
     for _ in range(2):
-        assert patcher.partially_load(META, 1e12) == module_bytes(model)
-        assert patcher.partially_unload(META) == module_bytes(model)
+        assert patcher.partially_load(META, budget) == on_device
+        assert patcher.partially_unload(META) == on_device
         state = model.state_dict()
         assert {name: t.data_ptr() for name, t in state.items()} == addresses  # the same RAM: nothing copied
         assert all(torch.equal(state[name], value) for name, value in expected.items())
     assert sum("Wan22: loaded WanDiT onto meta" in line for line in caplog.messages) == 2
 
-    patcher.partially_load(META, 1e12)
+    patcher.partially_load(META, budget)
     _weights_changed(model)  # a LoRA merged on the device: the kept copy is stale
     with pytest.raises(NotImplementedError, match="meta"):  # so it is copied back (meta has no data to copy)
         patcher.partially_unload(META)

@@ -6,7 +6,8 @@ model it frees memory by unloading the others (`free_memory`), "Unload models" u
 modules (a DiT expert, the text encoder, a VAE) that `LoadedModel` drives:
 - `partially_load(device, budget)`: onto the device; a DiT that does not fit the budget gets block swap with as many
   resident blocks as fit (other models move whole);
-- `partially_unload` / `detach`: back to the CPU (the block swap, if any, is kept for the next load);
+- `partially_unload` / `detach`: back to the CPU (the block swap, if any, is kept for the next load; the CPU copy
+  is kept from then on, so that the next eviction of unchanged weights copies nothing); each move is logged;
 - sizes in bytes, counted from where the tensors are now (the sampler moves offloaded experts on its own);
 - ComfyUI >= 0.13 also asks whether a model loads page by page (`is_dynamic`: no) and how much host RAM it has
   pinned or mapped (none that ComfyUI should budget): without those answers it fails on the first GPU load; later

@@ -19,13 +19,14 @@ from wan_core.batch.jobs import BatchJob, JobDefaults, batch_id
 from wan_core.batch.ledger import JobLedger, JobState
 from wan_core.batch.scheduler import BatchScheduler, BatchSummary, ProgressEvent, Worker
 from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings
-from wan_core.batch.start_images import image_digests, read_start_image
+from wan_core.batch.start_images import job_pictures, picture_digests
 from wan_core.errors import InputError
 from wan_core.finite import check_finite_number
 from wan_core.io.atomic import probe_writable
 from wan_core.io.ffmpeg_binary import FfmpegMissingError, ffmpeg_executable
 from wan_core.pipeline.denoise import StepInfo
 from wan_core.pipeline.tasks import get_task
+from wan_core.pipeline.validation import check_last_frame_use
 from wan_core.styles import NO_STYLE, STYLES_DIR, load_styles, style_prompt
 
 from . import all_gpus, host
@@ -136,7 +137,8 @@ class Wan22BatchQueueManager:
                     "then one video per row. Columns: "
                     "prompt, and optional negative_prompt, style, seed, width, height, frames, steps (they "
                     "override the node's settings for that row), and image: the start picture of an image-to-video "
-                    "row (i2v-A14B: every row; ti2v-5B: optional), a file in the CSV's folder.",
+                    "row (i2v-A14B: every row; ti2v-5B: optional), a file in the CSV's folder; last_image: i2v-A14B's "
+                    "last frame, for a video from a first and a last frame.",
                 }),
                 "style": ([NO_STYLE, *load_styles(STYLES_DIR)], {"default": NO_STYLE,
                                                                   "tooltip": "A CSV 'style' cell overrides it."}),
@@ -248,8 +250,12 @@ class Wan22BatchQueueManager:
                 raise InputError(f"{task.name} makes each video from a start image: fill in the row's 'image' cell")
             settings.request(job)  # refuses an image for text-to-video
             style_prompt(styles, job.prompt, job.negative_prompt, job.style)
+            if job.last_image:
+                if not job.image:
+                    raise InputError("a last_image needs a start image too: fill in the row's 'image' cell")
+                check_last_frame_use(task, job.frames)
             if job.image:
-                read_start_image(job.image, csv_folder)  # found and readable now, not after the models loaded
+                job_pictures(job, csv_folder)  # found and readable now, not after the models loaded
 
         defaults = JobDefaults(negative_prompt, style, seed, width, height, frames, steps)
         jobs = load_batch_jobs(prompts, csv_name, csv_folder, defaults, validate_job)
@@ -276,7 +282,7 @@ class Wan22BatchQueueManager:
                 on_step=progress.denoise_step,
                 finish_video=(lambda path: embed_metadata(path, tags)) if tags else None,
                 denoiser=functools.partial(all_gpus.denoise_on_all_gpus, dit) if on_all_gpus else None,
-                read_start_image=lambda job: read_start_image(job.image, csv_folder),
+                read_pictures=lambda job: job_pictures(job, csv_folder),
             )
 
         tags = workflow_metadata(prompt, extra_pnginfo)  # as Save Video: the workflow in every MP4
@@ -353,9 +359,9 @@ def _batch_settings(dit: DiTHandle, t5: T5Handle, vae: VAEHandle, settings: Samp
 
 
 def _image_settings(jobs: list[BatchJob], folder: str) -> dict:
-    """The start images' contents (none: nothing, so text-to-video batches keep their ids)."""
-    digests = image_digests(jobs, folder)
-    return {"start_images": digests} if digests else {}
+    """The pictures' contents (none: nothing, so text-to-video batches keep their ids)."""
+    digests = picture_digests(jobs, folder)
+    return {"pictures": digests} if digests else {}
 
 
 def _preview(summary: BatchSummary, last_done: int | None) -> dict:

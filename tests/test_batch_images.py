@@ -1,5 +1,5 @@
-"""Image-to-video batches: the CSV's `image` column, the start images checked before any model loads, each job's
-start image encoded by the VAE on its own device and denoised exactly as the pipeline does with that image."""
+"""Image-to-video batches: the CSV's `image` and `last_image` columns, the pictures checked before any model loads,
+each job's pictures encoded by the VAE on its own device and denoised exactly as the pipeline does with them."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from nodes import handles, host
 from nodes.batch_queue import Wan22BatchQueueManager
 from wan_core.batch.jobs import BatchJob, batch_id
 from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings
-from wan_core.batch.start_images import read_start_image
+from wan_core.batch.start_images import job_pictures
 from wan_core.errors import InputError
 from wan_core.pipeline.conditioning import pil_to_tensor
 from wan_core.pipeline.pipeline import WanPipeline
@@ -47,9 +47,9 @@ def _tiny_models_of(task: str) -> tuple:
     return dit, vae
 
 
-@pytest.mark.parametrize("task_name", ["i2v-A14B", "ti2v-5B"])
-def test_a_jobs_start_image_gives_the_latents_the_pipeline_gives_for_that_image(
-    tiny_models, tmp_path, monkeypatch, task_name  # noqa: F811
+@pytest.mark.parametrize("task_name,last", [("i2v-A14B", ""), ("i2v-A14B", "end.png"), ("ti2v-5B", "")])
+def test_a_jobs_pictures_give_the_latents_the_pipeline_gives_for_them(
+    tiny_models, tmp_path, monkeypatch, task_name, last  # noqa: F811
 ):
     monkeypatch.setenv(host.MODELS_DIR_ENV, str(tiny_models))
     handles.MODEL_CACHE.clear()
@@ -57,32 +57,36 @@ def test_a_jobs_start_image_gives_the_latents_the_pipeline_gives_for_that_image(
     high, low = dit.load()
     vae = vae_handle.load()
     _write_picture(tmp_path / "fox.png", seed=1)
+    _write_picture(tmp_path / "end.png", seed=2, size=(32, 32))
     task = get_task(task_name)
     settings = SamplingSettings(task, "unipc", 5.0, (3.0, 4.0), Runtime())
     stages = PipelineStages(
         settings=settings, text_encoder=LazyModel(lambda: None), experts=LazyModel(lambda: (high, low)),
         vae=LazyModel(lambda: vae), encode_device="cpu", denoise_device="cpu", decode_device="cpu",
         output_dir=tmp_path, batch="b", build_prompts=lambda job: (job.prompt, ""),
-        read_start_image=lambda job: read_start_image(job.image, tmp_path),
+        read_pictures=lambda job: job_pictures(job, tmp_path),
     )  # fmt: skip
     generator = torch.Generator().manual_seed(0)
     cond = tuple(torch.randn(1, 4, high.config.text_dim, generator=generator) for _ in range(2))
-    job = _job("fox.png")
+    job = _job("fox.png", last_image=last)
     latents = stages.denoise(job, cond, cancel=lambda: False, progress=lambda step, total: None)
 
-    with Image.open(tmp_path / "fox.png") as picture:
-        image = pil_to_tensor(picture)
+    with Image.open(tmp_path / "fox.png") as picture, Image.open(tmp_path / "end.png") as end:
+        image, last_image = pil_to_tensor(picture), pil_to_tensor(end) if last else None
     pipeline = WanPipeline(task, text_encoder=None, vae=vae, high_noise_model=high, low_noise_model=low,
                            runtime=Runtime())
-    expected = pipeline.sample(*cond, settings.request(job), image=image)
+    expected = pipeline.sample(*cond, settings.request(job), image=image, last_image=last_image)
     assert torch.equal(latents, expected)
-    other = pipeline.sample(*cond, settings.request(job), image=-image)
+    other = pipeline.sample(*cond, settings.request(job), image=-image, last_image=last_image)
     assert not torch.allclose(latents, other, atol=1e-3)  # the image matters at this size
+    if last:
+        without_last = pipeline.sample(*cond, settings.request(job), image=image)
+        assert not torch.allclose(latents, without_last, atol=1e-3)
 
     handed = []  # one job on every GPU: the worker pool gets the same conditioning
     stages.denoiser = lambda *args: handed.append(args) or "latents"
     assert stages.denoise(job, cond, cancel=lambda: False, progress=lambda step, total: None) == "latents"
-    expected_condition = pipeline.image_condition(image, settings.request(job))
+    expected_condition = pipeline.image_condition(image, settings.request(job), last_image)
     for handed_part, expected_part in zip(handed[0][-2:], expected_condition, strict=True):
         assert (handed_part is None and expected_part is None) or torch.equal(handed_part, expected_part)
     assert any(part is not None for part in handed[0][-2:])
@@ -92,6 +96,13 @@ def test_a_jobs_start_image_gives_the_latents_the_pipeline_gives_for_that_image(
 def _i2v_inputs(csv_name: str) -> dict:
     model = handles.DiTHandle(task="i2v-A14B", high_noise_path="/absent/high", low_noise_path="/absent/low")
     return _node_inputs(csv_file=csv_name, model=model)
+
+
+def _refusal(csv_name: str) -> str:
+    """The message an i2v-A14B batch of `csv_name` is refused with."""
+    with pytest.raises(InputError) as error:
+        Wan22BatchQueueManager().run_batch(**_i2v_inputs(csv_name))
+    return str(error.value)
 
 
 def test_image_to_video_jobs_are_checked_before_any_model_loads(folders):  # noqa: F811
@@ -107,14 +118,29 @@ def test_image_to_video_jobs_are_checked_before_any_model_loads(folders):  # noq
         "broken,notes.png\n",
         encoding="utf-8",
     )
-    with pytest.raises(InputError) as error:
-        Wan22BatchQueueManager().run_batch(**_i2v_inputs("jobs.csv"))
-    message = str(error.value)
+    (inputs / "ends.csv").write_text(
+        "prompt,image,last_image,frames\n"
+        "fine,fine.png,fine.png,5\n"
+        "too short,fine.png,fine.png,1\n"
+        "no start,,fine.png,5\n"
+        "missing end,fine.png,absent.png,5\n",
+        encoding="utf-8",
+    )
+    message = _refusal("jobs.csv")
     assert "row 3: i2v-A14B makes each video from a start image: fill in the row's 'image' cell" in message
     assert "row 4: The start image 'absent.png' was not found" in message
     assert "row 5: The start image '../secret.png' is outside the CSV file's folder" in message
     assert "row 6: The start image" in message and "cannot be read as an image" in message
     assert "row 2" not in message
+    message = _refusal("ends.csv")
+    assert "row 3: A video from a first and a last frame needs at least 5 frames" in message
+    assert "row 4: i2v-A14B makes each video from a start image" in message
+    assert "row 5: The last image 'absent.png' was not found" in message
+    assert "row 2" not in message
+    (inputs / "ti2v.csv").write_text("prompt,image,last_image\nfine,fine.png,fine.png\n", encoding="utf-8")
+    ti2v = handles.DiTHandle(task="ti2v-5B", high_noise_path="/absent/5b")
+    with pytest.raises(InputError, match="row 2: task ti2v-5B takes no last frame"):
+        Wan22BatchQueueManager().run_batch(**_node_inputs(csv_file="ti2v.csv", model=ti2v))
 
     with pytest.raises(InputError, match="give the jobs as a CSV file with an 'image' column"):
         Wan22BatchQueueManager().run_batch(**_node_inputs(prompts="a fox", model=_i2v_inputs("")["model"]))

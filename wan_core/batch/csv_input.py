@@ -16,7 +16,7 @@ from wan_core.io.files import resolve_inside
 from wan_core.pipeline.validation import MAX_SEED
 
 REQUIRED_COLUMN = "prompt"
-TEXT_COLUMNS = ("negative_prompt", "style", "image")
+TEXT_COLUMNS = ("negative_prompt", "style", "image", "last_image")
 # column -> (smallest, largest) value allowed: the limits of the sampler node's widgets.
 INTEGER_COLUMNS = {"seed": (0, MAX_SEED), "width": (1, 4096), "height": (1, 4096), "frames": (1, 1001),
                    "steps": (1, 200)}
@@ -84,7 +84,7 @@ def read_csv_jobs(
     validate_job: JobValidator | None = None,
 ) -> list[BatchJob]:
     """The jobs of a CSV file in the input folder: a header row naming the columns (`prompt` required; any of
-    negative_prompt, style, image, seed, width, height, frames, steps), then one job per non-empty row."""
+    negative_prompt, style, image, last_image, seed, width, height, frames, steps), then one job per non-empty row."""
     path = resolve_input_file(name, input_dir)
     problems = _Problems(f"The CSV file {path.name!r}")
     try:

@@ -38,6 +38,7 @@ class BatchJob:
     frames: int
     steps: int
     image: str = ""  # the start image's file name (image-to-video), relative to the CSV file's folder; "": none
+    last_image: str = ""  # i2v-A14B: the last frame's file name, for a video from a first and a last frame
 
 
 def batch_id(jobs: Sequence[BatchJob], settings: Mapping[str, object] | None = None) -> str:
@@ -45,8 +46,8 @@ def batch_id(jobs: Sequence[BatchJob], settings: Mapping[str, object] | None = N
 
     The same batch queued again gets the same id, hence finds its ledger and skips the jobs already done; any change
     to a prompt or a setting gives a new batch."""
-    # a job without an image leaves the field out: batches queued before it existed keep their ids (and ledgers)
-    described = [{k: v for k, v in asdict(job).items() if k != "image" or v} for job in jobs]
+    # a job without pictures leaves their fields out: batches queued before they existed keep their ids (and ledgers)
+    described = [{k: v for k, v in asdict(job).items() if v or k not in ("image", "last_image")} for job in jobs]
     content = {"jobs": described, "settings": dict(settings or {})}
     encoded = json.dumps(content, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
     return "batch-" + hashlib.sha256(encoded).hexdigest()[:12]

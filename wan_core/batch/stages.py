@@ -37,7 +37,8 @@ Denoiser = Callable[
      torch.Tensor | None],
     torch.Tensor,
 ]
-StartImageReader = Callable[[BatchJob], torch.Tensor]  # job -> its start image `[3, H, W]` in [-1, 1]
+# job -> (its start image, its last image or None), each `[3, H, W]` in [-1, 1]
+PictureReader = Callable[[BatchJob], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 class LazyModel(Generic[T]):
@@ -101,7 +102,7 @@ class PipelineStages:
     on_step: StepListener | None = None
     finish_video: Callable[[Path], None] | None = None  # e.g. embeds metadata, before the file gets its final name
     denoiser: Denoiser | None = None  # set: denoising runs there (`experts` then only prepares it), not in-process
-    read_start_image: StartImageReader | None = None  # for jobs with an `image`
+    read_pictures: PictureReader | None = None  # for jobs with an `image`
     # The denoising lane encodes a job's start image with the VAE while the decoding lane may be decoding the previous
     # job with it (and with offload, moving it): one at a time.
     _vae_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -131,14 +132,16 @@ class PipelineStages:
         return pipeline.sample(positive, negative, request, progress=on_step, cancel=cancel, image_condition=condition)
 
     def _image_condition(self, job: BatchJob, request: SamplingRequest) -> ImageCondition | None:
-        """The job's start image made ready for the DiT by the VAE on its own device; None for text-to-video."""
+        """The job's start image (and last image) made ready for the DiT by the VAE on its own device; None for
+        text-to-video."""
         if not job.image:
             return None
-        if self.read_start_image is None:
-            raise ValueError(f"job {job.index} has a start image but the stages have no read_start_image")
-        image = self.read_start_image(job)
+        if self.read_pictures is None:
+            raise ValueError(f"job {job.index} has a start image but the stages have no read_pictures")
+        image, last_image = self.read_pictures(job)
         with self._vae_lock:
-            return self._pipeline(self.decode_device, vae=self.vae.get()).image_condition(image, request)
+            pipeline = self._pipeline(self.decode_device, vae=self.vae.get())
+            return pipeline.image_condition(image, request, last_image)
 
     def decode(self, job: BatchJob, latents: torch.Tensor) -> DecodedVideo:
         """The job's video, handed to ffmpeg a latent frame at a time as the VAE decodes it, so that only the end of

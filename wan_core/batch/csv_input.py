@@ -10,13 +10,13 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from wan_core.batch.jobs import BatchJob, JobDefaults
+from wan_core.batch.jobs import PICTURE_FIELDS, BatchJob, JobDefaults
 from wan_core.errors import InputError
 from wan_core.io.files import resolve_inside
 from wan_core.pipeline.validation import MAX_SEED
 
 REQUIRED_COLUMN = "prompt"
-TEXT_COLUMNS = ("negative_prompt", "style", "image", "last_image")
+TEXT_COLUMNS = ("negative_prompt", "style", *PICTURE_FIELDS)
 # column -> (smallest, largest) value allowed: the limits of the sampler node's widgets.
 INTEGER_COLUMNS = {"seed": (0, MAX_SEED), "width": (1, 4096), "height": (1, 4096), "frames": (1, 1001),
                    "steps": (1, 200)}

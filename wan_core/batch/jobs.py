@@ -26,6 +26,10 @@ class JobDefaults:
     steps: int = 40
 
 
+# The fields naming an image-to-video job's pictures (CSV columns of the same names).
+PICTURE_FIELDS = ("image", "last_image")
+
+
 @dataclass(frozen=True)
 class BatchJob:
     index: int  # 1-based position in the batch; names the output file
@@ -47,7 +51,7 @@ def batch_id(jobs: Sequence[BatchJob], settings: Mapping[str, object] | None = N
     The same batch queued again gets the same id, hence finds its ledger and skips the jobs already done; any change
     to a prompt or a setting gives a new batch."""
     # a job without pictures leaves their fields out: batches queued before they existed keep their ids (and ledgers)
-    described = [{k: v for k, v in asdict(job).items() if v or k not in ("image", "last_image")} for job in jobs]
+    described = [{k: v for k, v in asdict(job).items() if v or k not in PICTURE_FIELDS} for job in jobs]
     content = {"jobs": described, "settings": dict(settings or {})}
     encoded = json.dumps(content, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
     return "batch-" + hashlib.sha256(encoded).hexdigest()[:12]

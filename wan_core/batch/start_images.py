@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch
 
-from wan_core.batch.jobs import BatchJob
+from wan_core.batch.jobs import PICTURE_FIELDS, BatchJob
 from wan_core.errors import InputError
 from wan_core.io.files import resolve_inside
 from wan_core.io.images import read_rgb_image
 from wan_core.pipeline.conditioning import pil_to_tensor
 
-# column -> how the messages name its picture
-PICTURE_COLUMNS = {"image": "The start image", "last_image": "The last image"}
+# picture field -> how the messages name it
+PICTURE_NAMES = dict(zip(PICTURE_FIELDS, ("The start image", "The last image"), strict=True))
 
 
 def picture_path(name: str, folder: str | Path, what: str) -> Path:
@@ -34,7 +34,7 @@ def job_pictures(job: BatchJob, folder: str | Path) -> tuple[torch.Tensor, torch
     to the video's size later as the sampler node fits a Load Image picture."""
 
     def read(column: str) -> torch.Tensor:
-        what = PICTURE_COLUMNS[column]
+        what = PICTURE_NAMES[column]
         return pil_to_tensor(read_rgb_image(picture_path(getattr(job, column), folder, what), what))
 
     return read("image"), read("last_image") if job.last_image else None
@@ -43,5 +43,5 @@ def job_pictures(job: BatchJob, folder: str | Path) -> tuple[torch.Tensor, torch
 def picture_digests(jobs: Sequence[BatchJob], folder: str | Path) -> dict[str, str]:
     """SHA-256 of each picture the jobs name: part of the batch id, so that a changed picture under the same name makes
     a new batch instead of resuming the old one's finished videos."""
-    names = sorted({getattr(job, column) for job in jobs for column in PICTURE_COLUMNS if getattr(job, column)})
+    names = sorted({getattr(job, column) for job in jobs for column in PICTURE_FIELDS if getattr(job, column)})
     return {name: hashlib.sha256(picture_path(name, folder, "A picture").read_bytes()).hexdigest() for name in names}

@@ -52,9 +52,9 @@ from low_vram import (  # noqa: E402
 
 from wan_core import ram  # noqa: E402
 from wan_core.dit.block_swap import GIB, enable_block_swap  # noqa: E402
-from wan_core.dit.host_buffers import drop_spares  # noqa: E402
 from wan_core.dit.loader import load_dit  # noqa: E402
 from wan_core.hardware import T5_CPU, TILED_DECODE, Setup, candidates  # noqa: E402
+from wan_core.host_buffers import drop_spares  # noqa: E402
 from wan_core.pipeline.pipeline import WanPipeline  # noqa: E402
 from wan_core.pipeline.request import SamplingRequest  # noqa: E402
 from wan_core.runtime import Runtime  # noqa: E402

@@ -7,6 +7,11 @@ turns: while one is in flight on a side stream, torch's CPU threads fill or empt
 9-22 GB/s to the CPU and 32-35 GB/s to the GPU (docs/benchmarks.md). A 14B expert is 14 GB: a LoRA's originals, an
 expert parked on the CPU and an expert loaded onto the GPU go this way. Where pinned memory is off
 (`pinned_memory`), the copies are torch's plain ones.
+
+A copy whose CPU side is pinned already needs no stage: the GPU's copy engine reads or writes it directly, at the
+bus's speed (55 GB/s on an H100 host, against 26-33 GB/s staged). `move_module(..., pinnable=True)` gives the weights
+that leave a GPU a home that can be pinned later in place (few large buffers, `host_buffers`), for a model that may go
+back and forth (two experts evicted for each other under one budget: `mapped_weights`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from . import pinned_memory
+from .host_buffers import host_buffers
 
 STAGE_BYTES = 8 * 2**20  # an A14B attention weight (26 MB in fp8) spans several, so its two halves overlap
 MIN_BYTES = 2**20  # smaller tensors (norms, biases, scales) are copied as they are
@@ -37,10 +43,18 @@ def _stageable(dst: torch.Tensor, src: torch.Tensor) -> bool:
     )
 
 
+def _pinned_transfer(dst: torch.Tensor, src: torch.Tensor) -> bool:
+    """Whether `dst.copy_(src)` goes between a CUDA device and pinned CPU memory (the copy engine's own speed)."""
+    if {dst.device.type, src.device.type} != {"cpu", "cuda"}:
+        return False
+    return (src if src.device.type == "cpu" else dst).is_pinned()
+
+
 def copy_tensors(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """`dst.copy_(src)` for each `(dst, src)`; those between a CUDA device and pageable CPU memory go through the
-    pinned stages, and all are complete on return."""
+    pinned stages, those with a pinned CPU side are queued without waiting, and all are complete on return."""
     staged: dict[torch.device, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    queued: set[torch.device] = set()
     with torch.inference_mode():  # views and writes of inference tensors (ComfyUI loads models in this mode) too
         for dst, src in pairs:
             if src.shape == dst.shape and src.device != dst.device:
@@ -48,10 +62,15 @@ def copy_tensors(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
             if _stageable(dst, src):
                 gpu = dst.device if dst.is_cuda else src.device
                 staged.setdefault(gpu, []).append((dst.reshape(-1), src.reshape(-1)))
+            elif _pinned_transfer(dst, src):
+                dst.copy_(src, non_blocking=True)
+                queued.add(dst.device if dst.is_cuda else src.device)
             else:
                 dst.copy_(src)
         for device, flat_pairs in staged.items():
             _through_stages(device, flat_pairs)
+        for device in queued:
+            torch.cuda.current_stream(device).synchronize()
 
 
 def _through_stages(device: torch.device, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -124,9 +143,22 @@ def set_parameter(module: torch.nn.Module, name: str, value: torch.Tensor) -> to
     return param
 
 
-def move_module(module: torch.nn.Module, device: torch.device | str) -> None:
+def _pinnable_homes(leaving: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """CPU tensors for the CUDA tensors of `leaving`, by the same keys: views of few large buffers that
+    `pinned_memory.pin_in_place` can pin (`host_buffers`)."""
+    homes: dict[int, torch.Tensor] = {}
+    for inference in (False, True):  # an inference tensor's home is one too, so that its Parameter can stay
+        keys = [key for key, t in leaving.items() if t.is_cuda and t.is_inference() == inference]
+        if keys:
+            with torch.inference_mode(inference):
+                homes.update(zip(keys, host_buffers([leaving[key] for key in keys], pin=False), strict=True))
+    return homes
+
+
+def move_module(module: torch.nn.Module, device: torch.device | str, *, pinnable: bool = False) -> None:
     """`module.to(device)`, with its parameters' and buffers' copies between the CPU and a CUDA device staged
-    (`copy_tensors`). A tensor shared by several modules is moved once and stays shared."""
+    (`copy_tensors`). A tensor shared by several modules is moved once and stays shared. With `pinnable`, the weights
+    that leave a GPU for the CPU land in buffers that can be pinned later in place (see the module docstring)."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -138,10 +170,11 @@ def move_module(module: torch.nn.Module, device: torch.device | str) -> None:
                 if tensor is not None and {tensor.device.type, device.type} == {"cpu", "cuda"}:
                     places.setdefault(id(tensor), []).append((owner, name, is_param))
                     leaving[id(tensor)] = tensor
-    arrived = {}
+    arrived = _pinnable_homes(leaving) if pinnable and device.type == "cpu" else {}
     for key, tensor in leaving.items():
-        with torch.inference_mode(tensor.is_inference()):  # so that the Parameter objects can stay
-            arrived[key] = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+        if key not in arrived:
+            with torch.inference_mode(tensor.is_inference()):  # so that the Parameter objects can stay
+                arrived[key] = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
     copy_tensors([(arrived[key], t) for key, t in leaving.items()])
     for key, spots in places.items():
         (owner, name, is_param), *others = spots

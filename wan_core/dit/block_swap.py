@@ -32,9 +32,9 @@ import torch.nn as nn
 
 from .. import pinned_memory
 from ..errors import InputError
+from ..host_buffers import give_back, host_buffers
 from ..mapped_weights import release_file_pages
 from ..patching import weights_generation
-from .host_buffers import give_back, host_buffers
 from .model import WanDiT
 
 GIB = 1024**3

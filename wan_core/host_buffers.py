@@ -1,10 +1,11 @@
 """Host (CPU) memory for many tensors in a few large buffers, pinned for asynchronous copies to the GPU.
 
-torch's pinned-memory allocator rounds every allocation up to a power of two: pinning an A14B block's fp8 weights one
-tensor at a time (five by five thousand bytes up to 71 MB) takes 1.5x their size. Here the tensors are packed (largest
-first, first fit) into buffers of `CHUNK_BYTES`, itself a power of two, so nothing is rounded; a freed buffer goes back
-to torch's cache, where the next expert's pinning reuses it. Pinning goes through `pinned_memory.empty`: where it
-is refused, `host_buffers` raises `pinned_memory.PinnedMemoryUnavailable`.
+Pinning an A14B block's fp8 weights one tensor at a time (five by five thousand bytes up to 71 MB) would take
+thousands of allocations, each rounded up to a power of two by torch's pinned allocator (1.5x their size). Here the
+tensors are packed (largest first, first fit) into buffers of `CHUNK_BYTES`, which `pinned_memory` registers whole
+(or, unpinned, leaves for `pinned_memory.pin_in_place` to pin later); a buffer given back (`give_back`) is kept for
+the next `host_buffers` of the same size. Pinning goes through `pinned_memory.empty`: where it is refused,
+`host_buffers` raises `pinned_memory.PinnedMemoryUnavailable`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .. import pinned_memory
+from . import pinned_memory
 
 CHUNK_BYTES = 256 * 2**20
 ALIGN = 64  # bytes: every view starts aligned for any dtype
@@ -40,7 +41,7 @@ def host_buffers(like: list[torch.Tensor], *, pin: bool, chunk_bytes: int = CHUN
             used.append(0)
         places[index] = (buffer, used[buffer])
         used[buffer] += size
-    buffers = [_buffer(cap if cap == chunk_bytes else n, pin) for cap, n in zip(capacities, used, strict=True)]
+    buffers = [_buffer(n, pin) for n in used]
     out = []
     for tensor, (buffer, offset) in zip(like, places, strict=True):
         raw = buffers[buffer][offset : offset + tensor.nbytes]
@@ -54,13 +55,12 @@ def _buffer(nbytes: int, pin: bool) -> torch.Tensor:
         if storage.nbytes() == nbytes and pinned == pin:
             del _SPARE[index]
             return torch.empty(0, dtype=torch.uint8).set_(storage)
-    return pinned_memory.empty(nbytes, torch.uint8) if pin else torch.empty(nbytes, dtype=torch.uint8)
+    return pinned_memory.empty(nbytes, torch.uint8) if pin else pinned_memory.pageable(nbytes)
 
 
 def give_back(views: Iterable[torch.Tensor], *, pinned: bool) -> None:
     """The buffers under `views` (from `host_buffers`; nothing reads or writes them any more) become the spares the
-    next `host_buffers` takes; earlier spares are let go. The spares stay until then, as torch's pinned cache would
-    keep them."""
+    next `host_buffers` takes; earlier spares are let go. The spares stay until then."""
     storages: dict[int, torch.UntypedStorage] = {}
     for view in views:
         storage = view.untyped_storage()
@@ -70,5 +70,5 @@ def give_back(views: Iterable[torch.Tensor], *, pinned: bool) -> None:
 
 
 def drop_spares() -> None:
-    """Let the spare buffers go (their RAM returns to torch's pinned cache)."""
+    """Let the spare buffers go (their RAM is unregistered and given back)."""
     _SPARE.clear()

@@ -97,7 +97,7 @@ class Setup:
         expert = shape.gib(self.weights, blocks)
         text_encoder = 0.0 if T5_CPU in self.settings else UMT5_XXL_ENCODER_PARAMS * 2 / GIB
         activations = activation_gib(self.model, self.weights, self.resolution)
-        decode = (TILED_VAE_DECODE if TILED_DECODE in self.settings else VAE_DECODE[self.model]).gib
+        decode = (TILED_VAE_DECODE if TILED_DECODE in self.settings else VAE_DECODE)[self.model].gib
         if OFFLOAD in self.settings or self.resident_blocks is not None:
             peak = max(text_encoder, expert + activations, decode)
         else:

@@ -16,7 +16,6 @@ class Measured:
 
 
 PERF_FACTS = "H100, peak minus weights of one forward (docs: shared perf facts)"
-ESTIMATE = "estimate (not measured yet)"
 LOW_VRAM_BENCH = "bench/low_vram.py, H200, 2026-11-25: uncapped peak allocated minus weights"
 
 # Activations of one DiT forward (CFG runs the two passes one after the other): the forward's peak GPU memory minus
@@ -36,9 +35,14 @@ ACTIVATIONS: dict[tuple[str, str, str], Measured] = {
 # 14336, 27,280 tokens at 1280x704 x 121 frames), rounded up so that it covers every entry (tests/test_activations.py).
 ACTIVATION_BYTES_PER_TOKEN = (12.2, 4.7)
 
-# VAE decode of the whole video: Wan2.1 VAE at 720p x 81 frames (A14B), Wan2.2 VAE at 1280x704 x 121 frames (5B).
-VAE_DECODE = {"A14B": Measured(10.0, ESTIMATE), "5B": Measured(16.0, ESTIMATE)}
-TILED_VAE_DECODE = Measured(3.0, ESTIMATE)
+# VAE decode of the whole video, whole frames and in 256-pixel tiles: the Wan2.1 VAE at 1280x720 x 81 frames (A14B),
+# the Wan2.2 VAE at 1280x704 x 121 frames (5B); peak allocated, the VAE's weights, the latent and the float32 video
+# included.
+VAE_BENCH = "bench/vae_decode.py, H100, 2026-11-23: peak allocated"
+VAE_DECODE = {"A14B": Measured(9.7, VAE_BENCH + ", Wan2.1 VAE 9.69 GiB"),
+              "5B": Measured(11.0, VAE_BENCH + ", Wan2.2 VAE 10.98 GiB")}
+TILED_VAE_DECODE = {"A14B": Measured(1.8, VAE_BENCH + ", Wan2.1 VAE tiled 1.78 GiB"),
+                    "5B": Measured(3.3, VAE_BENCH + ", Wan2.2 VAE tiled 3.29 GiB")}
 
 # CUDA context, cuBLAS workspaces, allocator fragmentation.
 RESERVE = Measured(1.0, "bench/low_vram.py, H200, 2026-11-25: reserved minus allocated, 22.87 - 21.92 GiB at 720p")

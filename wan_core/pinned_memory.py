@@ -20,6 +20,7 @@ the RAM where that is more, must stay available).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import weakref
@@ -79,7 +80,8 @@ class _HostMap(mmap.mmap):
 
     def __del__(self) -> None:
         if self.pointer is not None:
-            torch.cuda.cudart().cudaHostUnregister(self.pointer)
+            with contextlib.suppress(AttributeError, TypeError):  # at exit, torch's modules may be gone first
+                torch.cuda.cudart().cudaHostUnregister(self.pointer)
 
 
 _MAPS: weakref.WeakValueDictionary[int, _HostMap] = weakref.WeakValueDictionary()  # by address, for `pin_in_place`

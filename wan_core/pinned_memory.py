@@ -37,6 +37,7 @@ MIN_REGISTERED_BYTES = 64 * 2**20  # smaller allocations take torch's pinned all
 _PORTABLE = 1  # cudaHostRegisterPortable: pinned for every GPU's context, as ComfyUI registers its pins
 
 _refusal: str | None = None  # why pinning is off in this process (None: it is on)
+_in_place_refusal: str | None = None  # why `pin_in_place` is off (pinning new memory may still work)
 
 
 class PinnedMemoryUnavailable(RuntimeError):
@@ -103,22 +104,25 @@ def _register(region: _HostMap, pointer: int) -> None:
     """Register `region` (at `pointer`) with CUDA; RuntimeError where the driver refuses."""
     status = torch.cuda.cudart().cudaHostRegister(pointer, len(region), _PORTABLE)
     if int(status) != 0:
+        _discard_last_cuda_error()
         raise RuntimeError(f"cudaHostRegister returned {status}")
     region.pointer = pointer
 
 
-def _refused(nbytes: int, err: BaseException) -> PinnedMemoryUnavailable:
-    """Turn pinning off after the refusal `err` of `nbytes`; the error to raise."""
-    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-    disable(f"pinning {nbytes / 2**20:.0f} MiB of RAM failed ({first_line})")
-    return PinnedMemoryUnavailable(_refusal)
+def _discard_last_cuda_error() -> None:
+    """A refused runtime call leaves its error as this thread's last CUDA error, which torch's next kernel launch
+    check would raise, far from here; a checked launch takes it now."""
+    with contextlib.suppress(RuntimeError):
+        torch.zeros(1, device="cuda")
 
 
 def pin_in_place(tensors: Iterable[torch.Tensor], meminfo: str = "/proc/meminfo") -> int:
     """Pin the maps under `tensors` (from `pageable`) that are not pinned yet, where pinning is on and the machine
-    has room for them (`room_to_pin`); returns the bytes pinned. Tensors on other memory are left as they are; a
-    refusal turns pinning off (as in `empty`) and leaves the rest pageable."""
-    if not allowed():
+    has room for them (`room_to_pin`); returns the bytes pinned. Tensors on other memory are left as they are. A
+    refusal leaves the rest pageable and turns this (not `empty`: block swap's masters matter more) off, with one
+    warning."""
+    global _in_place_refusal
+    if not allowed() or _in_place_refusal is not None:
         return 0
     regions = {pointer: region for pointer in {t.untyped_storage().data_ptr() for t in tensors}
                if (region := _MAPS.get(pointer)) is not None and region.pointer is None}
@@ -129,7 +133,9 @@ def pin_in_place(tensors: Iterable[torch.Tensor], meminfo: str = "/proc/meminfo"
         for pointer, region in regions.items():
             _register(region, pointer)
     except RuntimeError as err:
-        _refused(nbytes, err)
+        _in_place_refusal = str(err)
+        log.warning("Kept CPU copies stay in pageable RAM: pinning %.0f MiB in place failed (%s). Loads from them copy "
+                    "through the pinned stages (slower).", nbytes / 2**20, err)
         return sum(len(region) for region in regions.values() if region.pointer is not None)
     return nbytes
 
@@ -148,4 +154,6 @@ def empty(shape: int | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         _register(_MAPS[memory.data_ptr()], memory.data_ptr())
         return memory.view(dtype).view(shape)
     except (RuntimeError, OSError) as err:
-        raise _refused(size, err) from err
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        disable(f"pinning {size / 2**20:.0f} MiB of RAM failed ({first_line})")
+        raise PinnedMemoryUnavailable(_refusal) from err

@@ -19,7 +19,7 @@ from wan_core.batch.jobs import BatchJob, JobDefaults, batch_id
 from wan_core.batch.ledger import JobLedger, JobState
 from wan_core.batch.scheduler import BatchScheduler, BatchSummary, ProgressEvent, Worker
 from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings
-from wan_core.batch.start_images import job_pictures, picture_digests
+from wan_core.batch.start_images import PictureCheck, job_pictures
 from wan_core.errors import InputError
 from wan_core.finite import check_finite_number
 from wan_core.io.atomic import probe_writable
@@ -244,6 +244,7 @@ class Wan22BatchQueueManager:
         settings = SamplingSettings(task, solver, shift, (cfg_low_noise, cfg_high_noise), runtime)
 
         csv_name, csv_folder = ("", host.input_directory()) if csv_file == NO_CSV else csv_location(csv_file)
+        check_pictures = PictureCheck(csv_folder)
 
         def validate_job(job: BatchJob) -> None:
             if task.needs_image and not job.image:
@@ -254,12 +255,11 @@ class Wan22BatchQueueManager:
                 if not job.image:
                     raise InputError("a last_image needs a start image too: fill in the row's 'image' cell")
                 check_last_frame_use(task, job.frames)
-            if job.image:
-                job_pictures(job, csv_folder)  # found and readable now, not after the models loaded
+            check_pictures(job)
 
         defaults = JobDefaults(negative_prompt, style, seed, width, height, frames, steps)
         jobs = load_batch_jobs(prompts, csv_name, csv_folder, defaults, validate_job)
-        batch = batch_id(jobs, {**_batch_settings(dit, t5, vae, settings), **_image_settings(jobs, csv_folder)})
+        batch = batch_id(jobs, {**_batch_settings(dit, t5, vae, settings), **_image_settings(check_pictures.digests)})
         output_dir = Path(host.output_directory()) / BATCH_FOLDER
         ledger = JobLedger.for_batch(output_dir, batch)
         done_before, pending = ledger.split_done(jobs)
@@ -358,9 +358,8 @@ def _batch_settings(dit: DiTHandle, t5: T5Handle, vae: VAEHandle, settings: Samp
     }
 
 
-def _image_settings(jobs: list[BatchJob], folder: str) -> dict:
+def _image_settings(digests: dict[str, str]) -> dict:
     """The pictures' contents (none: nothing, so text-to-video batches keep their ids)."""
-    digests = picture_digests(jobs, folder)
     return {"pictures": digests} if digests else {}
 
 

@@ -11,9 +11,8 @@ from wan_core.pipeline.denoise import StepInfo
 from wan_core.pipeline.long_video import CHUNK_TASKS, PROMPT_SEPARATOR
 
 from . import host
-from .devices import announce_device, device_label
 from .handles import DiTHandle, T5Handle, VAEHandle, require_handle
-from .sampler import MAX_SIZE, _solvers, image_to_video_frame, latent_preview, send_progress
+from .sampler import MAX_SIZE, _solvers, denoising_runtime, image_to_video_frame, latent_preview, send_progress
 from .save_video import resolve_prefix
 from .vae_nodes import video_to_images
 
@@ -86,11 +85,8 @@ class Wan22LongVideo:
             raise InputError("I2V-A14B starts from a picture: connect a Load Image node to start_image.")
         folder, stem = resolve_prefix(host.output_directory(), run_name)
         encoder = require_handle(t5, T5Handle, "t5").load()
-        activations = dit.forward_memory(sampling)  # kept free beside each expert that loads
-        runtime = dit.runtime(host_placement=True, memory_required=activations)
+        runtime, activations, label = denoising_runtime(dit, sampling, unique_id)
         device = runtime.device
-        label = device_label(device)
-        announce_device(unique_id, device)
         high, low = dit.load(memory_required=activations, place=False)  # placed at each expert's first step
         pipeline = WanPipeline(task, text_encoder=None, vae=require_handle(vae, VAEHandle, "vae").load(),
                                high_noise_model=high, low_noise_model=low, runtime=runtime)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from PIL import Image
 
@@ -16,6 +18,10 @@ from .conditioning import WanConditioning, conditioning_from_comfy
 from .devices import ALL_GPUS, announce_device, device_label
 from .handles import DiTHandle, VAEHandle, require_handle
 from .latents import latent_input, latent_output, reject_noise_mask
+
+if TYPE_CHECKING:
+    from wan_core.pipeline.request import SamplingRequest
+    from wan_core.runtime import Runtime
 
 CATEGORY = "Wan2.2"
 MAX_SIZE = 4096
@@ -85,6 +91,15 @@ def sampler_conditioning(
             "outputs to both 'positive' and 'negative'."
         )
     return conditioning_from_comfy(positive, negative)
+
+
+def denoising_runtime(dit: DiTHandle, request: SamplingRequest, node_id: str | None) -> tuple[Runtime, int, str]:
+    """The runtime a sampling node denoises `request` with, the activation bytes each expert that loads keeps free
+    beside it, and the device's label; the node's canvas badge is told the device."""
+    activations = dit.forward_memory(request)
+    runtime = dit.runtime(host_placement=True, memory_required=activations)
+    announce_device(node_id, runtime.device)
+    return runtime, activations, device_label(runtime.device)
 
 
 def video_size_of(task: TaskConfig, latents: torch.Tensor) -> tuple[int, int, int]:
@@ -216,11 +231,8 @@ class Wan22DiTSampler:
             check_last_frame_use(request.task, request.frame_num)
             last_image = image_to_video_frame(end_image, "end_image")
 
-        activations = dit.forward_memory(request)  # kept free beside each expert that loads
-        runtime = dit.runtime(host_placement=True, memory_required=activations)
+        runtime, activations, label = denoising_runtime(dit, request, unique_id)
         device = runtime.device
-        label = device_label(device)
-        announce_device(unique_id, device)
         all_gpus = dit.device == ALL_GPUS
         # all GPUs: the workers load the experts; else the denoising loop places each expert at its first step
         high, low = (None, None) if all_gpus else dit.load(memory_required=activations, place=False)

@@ -3,6 +3,7 @@ each job's pictures encoded by the VAE on its own device and denoised exactly as
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from nodes import handles, host
 from nodes.batch_queue import Wan22BatchQueueManager
 from wan_core.batch.jobs import BatchJob, batch_id
 from wan_core.batch.stages import LazyModel, PipelineStages, SamplingSettings
-from wan_core.batch.start_images import job_pictures
+from wan_core.batch.start_images import PictureCheck, job_pictures
 from wan_core.errors import InputError
 from wan_core.pipeline.conditioning import pil_to_tensor
 from wan_core.pipeline.pipeline import WanPipeline
@@ -173,6 +174,24 @@ def test_an_image_to_video_batch_writes_a_video_per_row_and_a_new_picture_is_a_n
     assert "2 done" in table_again and Path(paths_again.splitlines()[0]).name.split("_")[0] != first_batch
     assert len(list((folders / "output" / "wan22_batches").glob("*.ledger.jsonl"))) == 2  # one per batch id
     handles.MODEL_CACHE.clear()
+
+
+def test_each_picture_is_read_once_to_check_it_and_name_the_batch(tmp_path, monkeypatch):
+    for name, seed in (("a.png", 1), ("b.png", 2)):
+        _write_picture(tmp_path / name, seed=seed)
+    (tmp_path / "text.png").write_text("not a picture", encoding="utf-8")
+    reads: list[str] = []
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda path: reads.append(path.name) or read_bytes(path))
+    check = PictureCheck(tmp_path)
+    for job in (_job("a.png"), _job("b.png", last_image="a.png"), _job("a.png", index=3)):
+        check(job)
+    assert sorted(reads) == ["a.png", "b.png"]
+    digest = {name: hashlib.sha256(read_bytes(tmp_path / name)).hexdigest() for name in ("a.png", "b.png")}
+    assert check.digests == digest
+    with pytest.raises(InputError, match="The last image .*text.png.* cannot be read as an image"):
+        check(_job("b.png", last_image="text.png"))
+    assert "text.png" not in check.digests
 
 
 def test_text_to_video_batch_ids_do_not_change_with_the_image_column():

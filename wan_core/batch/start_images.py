@@ -5,7 +5,6 @@ model loads."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -40,8 +39,22 @@ def job_pictures(job: BatchJob, folder: str | Path) -> tuple[torch.Tensor, torch
     return read("image"), read("last_image") if job.last_image else None
 
 
-def picture_digests(jobs: Sequence[BatchJob], folder: str | Path) -> dict[str, str]:
-    """SHA-256 of each picture the jobs name: part of the batch id, so that a changed picture under the same name makes
-    a new batch instead of resuming the old one's finished videos."""
-    names = sorted({getattr(job, column) for job in jobs for column in PICTURE_FIELDS if getattr(job, column)})
-    return {name: hashlib.sha256(picture_path(name, folder, "A picture").read_bytes()).hexdigest() for name in names}
+class PictureCheck:
+    """Checks the pictures of each job as the CSV is read, before any model loads: each named file is found inside
+    the folder and decodes as an image. Its bytes are read once for that and hashed: `digests` (name -> SHA-256) is
+    part of the batch id, so that a changed picture under the same name makes a new batch instead of resuming the old
+    one's finished videos."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = folder
+        self.digests: dict[str, str] = {}
+
+    def __call__(self, job: BatchJob) -> None:
+        for column in PICTURE_FIELDS:
+            name = getattr(job, column)
+            if name and name not in self.digests:
+                what = PICTURE_NAMES[column]
+                path = picture_path(name, self.folder, what)
+                data = path.read_bytes()
+                read_rgb_image(path, what, data)
+                self.digests[name] = hashlib.sha256(data).hexdigest()

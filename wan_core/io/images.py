@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,12 +12,13 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 
-def read_rgb_image(path: str | Path, what: str) -> Image:
-    """The image at `path` as RGB; `InputError` naming `what` (e.g. `--image`) when it cannot be read as one."""
+def read_rgb_image(path: str | Path, what: str, data: bytes | None = None) -> Image:
+    """The image at `path` (decoded from `data`, its bytes, where the caller has read them) as RGB; `InputError`
+    naming `what` (e.g. `--image`) when it cannot be read as one."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError) as err:
         raise InputError(f"{what} {str(path)!r} cannot be read as an image ({err}). Use a PNG or JPEG file.") from err

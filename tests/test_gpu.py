@@ -291,6 +291,30 @@ def test_our_sage_preparation_is_sageattentions_bit_for_bit():
     assert torch.equal(sage_sm90.attention(q, k, v), sageattn(q, k, v, tensor_layout="NHD", is_causal=False))
 
 
+def test_sage_with_q_normed_in_its_quantization_pass_is_the_two_pass_q():
+    pytest.importorskip("sageattention")
+    from wan_core.dit import kernels, sage_sm90
+    from wan_core.dit.rope import rope_freqs
+
+    heads, dim, grid = 8, 128, (3, 20, 34)  # 2,040 tokens: the last 64-row block partly padded
+    length = math.prod(grid)
+    gen = torch.Generator("cuda").manual_seed(0)
+    x = (torch.randn(2, length, heads * dim, device="cuda", generator=gen) * 3).bfloat16()
+    k, v = (torch.randn(2, length, heads, dim, device="cuda", generator=gen).bfloat16() for _ in range(2))
+    weight = 1 + 0.2 * torch.randn(heads * dim, device="cuda", generator=gen)
+    if not sage_sm90.supported(x.unflatten(-1, (heads, dim)), k, v):
+        pytest.skip("needs SageAttention 2's sm_90 kernel on a Hopper GPU")
+    for freqs in (rope_freqs(dim, grid, "cuda"), None):
+        q = kernels.rms_norm_rope(x, weight, 1e-6, freqs, dim).unflatten(-1, (heads, dim))
+        got, scale = sage_sm90.quantize_normed_q(x, weight, 1e-6, freqs, heads)
+        want, want_scale = sage_sm90.quantize_q(q)
+        steps = (got.int() - want.int()).abs()  # the norm's sum in another order: one step, rarely
+        assert steps.max() <= 1 and (steps == 0).float().mean() > 0.9999
+        assert ((scale - want_scale).abs() <= want_scale * 2**-7).all()
+        fused = sage_sm90.attention_normed_q(x, weight, 1e-6, freqs, k, v)
+        assert _rel(fused, sage_sm90.attention(q, k, v)) < 1e-3
+
+
 def test_sage_keeps_order_on_a_stream_of_its_own():
     """SageAttention 2's kernels launch on the legacy default stream; a batch lane works on a stream of its own, busy
     here when the attention is called, and reads the output right after it."""

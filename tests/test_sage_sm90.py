@@ -80,3 +80,29 @@ SCRIPT = textwrap.dedent(
 
 def test_sage_inputs_have_the_kernels_layout():
     assert_runs_in_interpreter(SCRIPT)
+
+
+NORMED_Q_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from wan_core.dit import kernels, sage_sm90 as s
+    from wan_core.dit.rope import rope_freqs
+
+    torch.manual_seed(0)
+    for length, heads, dim, grid in ((200, 3, 64, (2, 10, 10)), (128, 2, 128, (2, 8, 8)), (77, 3, 64, (1, 7, 11))):
+        x = (torch.randn(2, length, heads * dim) * 3 + torch.linspace(-2, 2, heads * dim)).bfloat16()
+        weight = 1 + 0.2 * torch.randn(heads * dim)
+        for freqs in (rope_freqs(dim, grid, "cpu"), None):
+            got, scale = s.quantize_normed_q(x, weight, 1e-6, freqs, heads)
+            q = kernels.rms_norm_rope(x, weight, 1e-6, freqs, dim).unflatten(-1, (heads, dim))
+            want, want_scale = s.quantize_q(q)
+            steps = (got.int() - want.int()).abs()  # the norm's sum may differ in its last bit: one step at most
+            assert steps.max() <= 1 and (steps == 0).float().mean() > 0.999, (length, steps.max())
+            assert ((scale - want_scale).abs() <= want_scale * 2**-7).all(), length
+    print("ok")
+    """
+)
+
+
+def test_q_normed_in_its_quantization_pass_is_the_unfused_q_quantized():
+    assert_runs_in_interpreter(NORMED_Q_SCRIPT)

@@ -85,3 +85,46 @@ def test_sageattn_on_other_gpus_is_copied_into_the_callers_output(monkeypatch):
     assert torch.equal(out, q * 2 + k - v)
     assert log == ["legacy waits for lane", "enter legacy", "kernel on legacy into its own", "leave legacy",
                         "lane waits for legacy"]
+
+
+def _rms_norm_rope(x, weight, eps, freqs, head_dim):  # the norm without RoPE, which these tests do not need
+    return (torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), weight, eps)).to(x.dtype)
+
+
+def test_a_normed_q_goes_to_the_fused_sm90_kernel_in_the_callers_order(monkeypatch):
+    log, state = _streams(monkeypatch, "lane")
+    monkeypatch.setattr(sage_sm90, "supported", lambda q, k, v: True)
+    monkeypatch.setattr(attention.SageAttention, "takes", lambda self, q: True)
+    kernel = _sm90_kernel(log, state)
+    calls = []
+
+    def fused(x, weight, eps, freqs, k, v, out=None):
+        calls.append((x, weight, eps, freqs))
+        return kernel(x.unflatten(-1, k.shape[2:]), k, v, out)
+
+    monkeypatch.setattr(sage_sm90, "attention_normed_q", fused)
+    q, k, v = _qkv()
+    x, weight = q.flatten(2), torch.ones(16)
+    out = attention.SageAttention().normed_q_attention(x, weight, 1e-6, None, k, v)
+    assert torch.equal(out, q * 2 + k - v) and calls == [(x, weight, 1e-6, None)]
+    assert log == ["legacy waits for lane", "enter legacy", "kernel on legacy into a given output", "leave legacy",
+                   "lane waits for legacy"]
+
+
+@pytest.mark.parametrize("why", ["not supported", "traced by torch.compile"])
+def test_a_normed_q_the_fused_kernel_does_not_take_is_normed_first(monkeypatch, why):
+    log, state = _streams(monkeypatch, "legacy")
+    kernel = _sm90_kernel(log, state)
+    monkeypatch.setattr(attention.kernels, "rms_norm_rope", _rms_norm_rope)
+    monkeypatch.setattr(attention.SageAttention, "takes", lambda self, q: True)
+    monkeypatch.setattr(sage_sm90, "attention_normed_q", lambda *args, **kwargs: pytest.fail("fused kernel called"))
+    monkeypatch.setattr(sage_sm90, "supported", lambda q, k, v: why != "not supported")
+    monkeypatch.setattr(sage_sm90, "attention", kernel)
+    monkeypatch.setattr(attention, "_sage_fn", lambda: lambda q, k, v, tensor_layout, is_causal: kernel(q, k, v))
+    if why == "traced by torch.compile":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    q, k, v = _qkv()
+    weight = torch.rand(16) + 0.5
+    out = attention.SageAttention().normed_q_attention(q.flatten(2), weight, 1e-6, None, k, v)
+    assert torch.equal(out, _rms_norm_rope(q.flatten(2), weight, 1e-6, None, 8).unflatten(-1, (2, 8)) * 2 + k - v)
+    assert log == ["kernel on legacy into its own"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, WanError
-from . import attention8, sage_sm90
+from . import attention8, kernels, sage_sm90
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,16 @@ class AttentionBackend:
 
     def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return sdpa(q, k, v)
+
+    def normed_q_attention(
+        self, x: torch.Tensor, weight: torch.Tensor, eps: float, freqs: torch.Tensor | None, k: torch.Tensor,
+        v: torch.Tensor,
+    ) -> torch.Tensor:
+        """Attention whose q is `kernels.rms_norm_rope` of the projection `x` `[B, L, H * D]` (RMSNorm over all heads
+        times `weight`, then RoPE by `freqs`, None: none), over `k`, `v` `[B, Lk, H, D]`. A backend that quantizes q
+        may make the norm in that pass."""
+        q = kernels.rms_norm_rope(x, weight, eps, freqs, k.shape[-1])
+        return self(q.unflatten(-1, (k.shape[2], k.shape[3])), k, v)
 
     @staticmethod
     def available() -> bool:
@@ -114,6 +124,17 @@ class SageAttention(AttentionBackend):
 
     def kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return _ordered_with_legacy_stream(q, lambda out: self._attention(q, k, v, out))
+
+    def normed_q_attention(
+        self, x: torch.Tensor, weight: torch.Tensor, eps: float, freqs: torch.Tensor | None, k: torch.Tensor,
+        v: torch.Tensor,
+    ) -> torch.Tensor:
+        q = x.unflatten(-1, (k.shape[2], k.shape[3]))
+        if torch.compiler.is_compiling() or not (self.takes(q) and sage_sm90.supported(q, k, v)):
+            return super().normed_q_attention(x, weight, eps, freqs, k, v)
+        return _ordered_with_legacy_stream(
+            q, lambda out: sage_sm90.attention_normed_q(x, weight, eps, freqs, k, v, out)
+        )
 
     @staticmethod
     def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:

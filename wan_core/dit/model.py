@@ -230,12 +230,10 @@ class WanSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, attention: AttentionBackend) -> torch.Tensor:
         dtype = x.dtype
         if self._fused(x):
-            q = self._heads(kernels.rms_norm_rope(self.q(x), self.norm_q.weight, self.norm_q.eps, freqs,
-                                                  self.head_dim))
             k = self._heads(kernels.rms_norm_rope(self.k(x), self.norm_k.weight, self.norm_k.eps, freqs,
                                                   self.head_dim))
             v = self._heads(self.v(x))
-            out = attention(q, k, v)
+            out = attention.normed_q_attention(self.q(x), self.norm_q.weight, self.norm_q.eps, freqs, k, v)
             return self.o(out.reshape(x.shape[0], x.shape[1], self.dim))
         q = apply_rope(self._heads(self.norm_q(self.q(x)).float()), freqs).to(dtype)
         k = apply_rope(self._heads(self.norm_k(self.k(x)).float()), freqs).to(dtype)
@@ -249,15 +247,15 @@ class WanCrossAttention(WanSelfAttention):
         self, x: torch.Tensor, context: torch.Tensor, attention: AttentionBackend
     ) -> torch.Tensor:
         dtype = x.dtype
+        v = self._heads(self.v(context))
         if self._fused(x):
-            q = self._heads(kernels.rms_norm_rope(self.q(x), self.norm_q.weight, self.norm_q.eps, None, self.head_dim))
             k = self._heads(kernels.rms_norm_rope(self.k(context), self.norm_k.weight, self.norm_k.eps, None,
                                                   self.head_dim))
+            out = attention.normed_q_attention(self.q(x), self.norm_q.weight, self.norm_q.eps, None, k, v)
         else:
             q = self._heads(self.norm_q(self.q(x)).to(dtype))
             k = self._heads(self.norm_k(self.k(context)).to(dtype))
-        v = self._heads(self.v(context))
-        out = attention(q, k, v)
+            out = attention(q, k, v)
         return self.o(out.reshape(x.shape[0], x.shape[1], self.dim))
 
 

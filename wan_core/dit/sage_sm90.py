@@ -13,6 +13,12 @@ two rows, a `torch.cat` that pads v, a transpose/permute pass and an fp8 pass ov
   (tokens padded with zeros to a multiple of 128), the tokens of each 16 in the order the kernel's fp8 MMA reads
   them (0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15 at positions 0..15).
 
+The self- and cross-attention's q can come straight from its projection (`attention_normed_q`): its RMSNorm over all
+heads, the weight and the RoPE rotation are made in the quantization's pass (one program per 16 tokens, which holds
+their scale groups whole: it reads the tokens twice, for the norm and then head by head), so the normed q is never
+written. Its int8 values are those of `quantize_q` on the unfused path's q but for the norm's summation order (one
+int8 step, in a few values per million).
+
 The results are the ones `sageattn` hands its kernel (`tests/test_gpu.py` compares them bit for bit), so the output is
 SageAttention's. Used for bf16/fp16 `[B, L, H, 64 or 128]` inputs where SageAttention 2's sm_90 module imports;
 `supported` is False elsewhere and the caller runs `sageattn` as it is.
@@ -52,6 +58,36 @@ if triton is not None:
                  mask=mask)
         w, t = tl.arange(0, 4), tl.arange(0, 8)
         tl.store(SCALE + b * s_sb + h * s_sh + (blk * 4 + w)[:, None] * 8 + t[None, :], scale)
+
+    @triton.jit
+    def _normed_q_kernel(X, W, FREQS, OUT, SCALE, L, eps, s_xb, s_xl, s_ob, s_ol, s_oh, s_sb, s_sh,
+                         H: tl.constexpr, C: tl.constexpr, HAS_ROPE: tl.constexpr):
+        band, b = tl.program_id(0), tl.program_id(1)
+        rows = band * 16 + tl.arange(0, 16)
+        mask = rows[:, None] < L
+        cols = tl.arange(0, C)
+        x_rows = X + b * s_xb + rows[:, None].to(tl.int64) * s_xl + cols[None, :]
+        squares = tl.zeros([16], tl.float32)
+        for h in range(H):
+            x = tl.load(x_rows + h * C, mask=mask, other=0.0).to(tl.float32)
+            squares += tl.sum(x * x, axis=1)
+        rstd = 1.0 / tl.sqrt(squares / (H * C) + eps)
+        if HAS_ROPE:  # every head turns by the same angles
+            pairs = (rows[:, None] * (C // 2) + tl.arange(0, C // 2)[None, :])[:, :, None] * 2
+            cos, sin = tl.split(tl.load(FREQS + pairs + tl.arange(0, 2)[None, None, :], mask=mask[:, :, None],
+                                        other=0.0))
+        for h in range(H):
+            x = tl.load(x_rows + h * C, mask=mask, other=0.0).to(tl.float32)
+            x = x * rstd[:, None] * tl.load(W + h * C + cols)[None, :]
+            if HAS_ROPE:
+                even, odd = tl.split(tl.reshape(x, (16, C // 2, 2)))
+                x = tl.reshape(tl.join(even * cos - odd * sin, even * sin + odd * cos), (16, C))
+            x4 = tl.reshape(x.to(X.dtype.element_ty).to(tl.float32), (2, 8, C))  # rounded as the unfused q is
+            scale = tl.max(tl.max(tl.abs(x4), axis=2), axis=0) / 127.0 + 0.0000001  # rows t and 8 + t share one
+            q = round_int8(x4, scale[None, :, None])
+            tl.store(OUT + b * s_ob + h * s_oh + rows[:, None] * s_ol + cols[None, :], tl.reshape(q, (16, C)),
+                     mask=mask)
+            tl.store(SCALE + b * s_sb + h * s_sh + band * 8 + tl.arange(0, 8), scale)
 
     @triton.jit
     def _quant_k_kernel(X, MEAN, OUT, SCALE, L, s_xb, s_xl, s_xh, s_mb, s_mh, s_ob, s_ol, s_oh, s_sb, s_sh,
@@ -115,6 +151,24 @@ def quantize_q(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out, scale
 
 
+def quantize_normed_q(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, freqs: torch.Tensor | None, heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_q` of the q that `kernels.rms_norm_rope(x, weight, eps, freqs, head_dim)` makes of the projection `x`
+    `[B, L, heads * head_dim]`, in one pass (the module docstring)."""
+    x = x.contiguous()
+    batch, length, dim = x.shape
+    blocks = math.ceil(length / Q_ROWS)
+    out = torch.empty(batch, length, heads, dim // heads, dtype=torch.int8, device=x.device)
+    scale = torch.empty(batch, heads, blocks * 32, dtype=torch.float32, device=x.device)
+    table = torch.view_as_real(freqs).contiguous() if freqs is not None else x  # unused without RoPE
+    _normed_q_kernel[(blocks * Q_ROWS // 16, batch)](
+        x, weight.float().contiguous(), table, out, scale, length, eps, x.stride(0), x.stride(1), out.stride(0),
+        out.stride(1), out.stride(2), scale.stride(0), scale.stride(1), H=heads, C=dim // heads,
+        HAS_ROPE=freqs is not None, num_warps=4)
+    return out, scale
+
+
 def quantize_k(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`k - mean(k over tokens)` `[B, L, H, D]` as int8 and its per-thread scales `[B, H, ceil(L/128) * 4]`."""
     batch, length, heads, dim = k.shape
@@ -143,10 +197,24 @@ def quantize_v(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax attention of `[B, L, H, D]` tensors (`supported`), SageAttention 2's sm_90 kernel, into `out` (a
     contiguous tensor like `q`) where given."""
-    q_int8, q_scale = quantize_q(q)
+    return _attention(*quantize_q(q), k, v, out)
+
+
+def attention_normed_q(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, freqs: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`attention` of the q `kernels.rms_norm_rope` makes of the projection `x` `[B, L, H * D]`, over `k`, `v`
+    `[B, Lk, H, D]` (`supported` for `x` viewed as `[B, L, H, D]`), its norm made in its quantization's pass."""
+    return _attention(*quantize_normed_q(x, weight, eps, freqs, k.shape[2]), k, v, out)
+
+
+def _attention(
+    q_int8: torch.Tensor, q_scale: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None
+) -> torch.Tensor:
     k_int8, k_scale = quantize_k(k)
     v_fp8, v_scale = quantize_v(v)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if out is None else out
+    out = torch.empty(q_int8.shape, dtype=k.dtype, device=k.device) if out is None else out
     _kernel_entry()(q_int8, k_int8, v_fp8, out, q_scale, k_scale, v_scale, NHD, NOT_CAUSAL, PER_THREAD,
-                    q.shape[-1] ** -0.5, NO_LSE)
+                    q_int8.shape[-1] ** -0.5, NO_LSE)
     return out

@@ -62,11 +62,11 @@ if triton is not None:
     @triton.jit
     def _normed_q_kernel(X, W, FREQS, OUT, SCALE, L, eps, s_xb, s_xl, s_ob, s_ol, s_oh, s_sb, s_sh,
                          H: tl.constexpr, C: tl.constexpr, HAS_ROPE: tl.constexpr):
-        band, b = tl.program_id(0), tl.program_id(1)
-        rows = band * 16 + tl.arange(0, 16)
+        band, b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+        rows = (band * 16 + tl.arange(0, 16)).to(tl.int64)  # offsets past 2**31 in long videos
         mask = rows[:, None] < L
         cols = tl.arange(0, C)
-        x_rows = X + b * s_xb + rows[:, None].to(tl.int64) * s_xl + cols[None, :]
+        x_rows = X + b * s_xb + rows[:, None] * s_xl + cols[None, :]
         squares = tl.zeros([16], tl.float32)
         for h in range(H):
             x = tl.load(x_rows + h * C, mask=mask, other=0.0).to(tl.float32)
